@@ -1,0 +1,979 @@
+"""HTTP/1.1 for WSGI apps: the worker's hot path.
+
+Why hand-written: the worker runs in the user's interpreter with the stdlib only, and its speed is
+the product's speed. One epoll loop per process multiplexes keep-alive connections; the app runs
+inline, one request at a time (a prefork worker, like gunicorn's sync worker, but with keep-alive
+and pipelining). Every per-request step is a dict lookup or a C-level bytes operation where it can
+be: the environ is a copy of a prebuilt dict, header names map to environ keys through a cache,
+and a small response leaves in a single send().
+
+Strictness follows RFC 9112 the way h11 reads it; every rejection maps to one status code
+and the connection is closed, so nothing ambiguous ever reaches the app.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from email.utils import formatdate
+from io import BytesIO
+from stat import S_ISREG
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from urllib.parse import unquote_to_bytes
+
+from hurricane import __version__
+
+LISTEN_FD = 3
+RECV_SIZE = 65536
+# A client that stalls mid-body or mid-response for this long is dropped.
+CLIENT_IO_TIMEOUT_S = 30.0
+# Unread request body we are willing to discard to keep a connection alive.
+MAX_DISCARD_BYTES = 65536
+SERVER_SOFTWARE = "hurricane/" + __version__
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_APP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# field-value per RFC 9110 5.5: visible chars and obs-text, inner spaces/tabs; no CTLs, no NUL.
+_FIELD_VALUE = re.compile(rb"[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*")
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+EPOLLIN = select.EPOLLIN
+EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+
+
+class HTTPError(Exception):
+    """A request we refuse: the status is sent with ``Connection: close`` and the app never runs."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class ClientGone(Exception):
+    """The client closed, reset or stalled; the connection is dropped without a response."""
+
+
+class Conn:
+    __slots__ = ("sock", "fd", "buf", "addr", "port", "last")
+
+    def __init__(self, sock: socket.socket, addr: Any, now: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.buf = b""
+        if isinstance(addr, tuple):
+            self.addr, self.port = str(addr[0]), str(addr[1])
+        else:
+            self.addr, self.port = "", ""
+        self.last = now
+
+
+def _wait(sock: socket.socket, events: int, deadline: float) -> None:
+    poller = select.poll()
+    poller.register(sock.fileno(), events)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ClientGone("timed out")
+        if poller.poll(remaining * 1000):
+            return
+
+
+def send_all(sock: socket.socket, data: Any) -> None:
+    """Send everything on a non-blocking socket, waiting (bounded) when the kernel buffer is full."""
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        raise ClientGone(str(exc)) from None
+    if sent == len(data):  # the common case: one syscall
+        return
+    view = memoryview(data)[sent:]
+    deadline = time.monotonic() + CLIENT_IO_TIMEOUT_S
+    while view:
+        _wait(sock, select.POLLOUT, deadline)
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise ClientGone(str(exc)) from None
+
+
+def recv_some(conn: Conn) -> bytes:
+    """Block (bounded) until the client sends more; b"" never returns, EOF raises ClientGone."""
+    deadline = time.monotonic() + CLIENT_IO_TIMEOUT_S
+    while True:
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            _wait(conn.sock, select.POLLIN, deadline)
+            continue
+        except OSError as exc:
+            raise ClientGone(str(exc)) from None
+        if not data:
+            raise ClientGone("client closed the connection mid-body")
+        return data
+
+
+class EmptyInput:
+    """wsgi.input for requests without a body; stateless, so one instance serves every request."""
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int = -1) -> List[bytes]:
+        return []
+
+    def __iter__(self) -> "EmptyInput":
+        return self
+
+    def __next__(self) -> bytes:
+        raise StopIteration
+
+
+EMPTY_INPUT = EmptyInput()
+
+
+class BodyReader:
+    """wsgi.input streaming a body that has not fully arrived: Content-Length or chunked.
+
+    Data comes from the connection's buffer first, then from the socket. ``Expect: 100-continue``
+    is answered on the first read, so a client waiting for it is never sent a 100 by a server
+    whose app rejects the request without reading it (RFC 9110 10.1.1).
+    """
+
+    def __init__(
+        self, conn: Conn, length: Optional[int], expect_continue: bool, max_body: int
+    ) -> None:
+        self._conn = conn
+        self._remaining = length if length is not None else 0  # bytes left in body / chunk
+        self._chunked = length is None
+        self._done = length == 0
+        self._pending = b""  # decoded body bytes not yet handed to the app
+        self._continue = expect_continue
+        self._max_body = max_body
+        self._total = 0
+
+    @property
+    def finished(self) -> bool:
+        return self._done and not self._pending
+
+    def _raw(self) -> bytes:
+        conn = self._conn
+        if self._continue:
+            self._continue = False
+            send_all(conn.sock, b"HTTP/1.1 100 Continue\r\n\r\n")
+        if conn.buf:
+            data, conn.buf = conn.buf, b""
+            return data
+        return recv_some(conn)
+
+    def _raw_line(self) -> bytes:
+        conn = self._conn
+        while True:
+            end = conn.buf.find(b"\r\n")
+            if end >= 0:
+                line, conn.buf = conn.buf[:end], conn.buf[end + 2 :]
+                if b"\n" in line or b"\r" in line:
+                    raise HTTPError("400 Bad Request", "bare CR or LF in chunked framing")
+                return line
+            if len(conn.buf) > 4096:
+                raise HTTPError("400 Bad Request", "chunk header line too long")
+            conn.buf += self._raw()
+
+    def _next_chunk_size(self) -> int:
+        line = self._raw_line()
+        size, _, ext = line.partition(b";")
+        # RFC 9112 7.1: chunk-size is 1*HEXDIG; no sign, no spaces, no 0x prefix.
+        if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
+            raise HTTPError("400 Bad Request", "invalid chunk size")
+        if ext and not re.fullmatch(rb"(?:[ \t]*;[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+                                    rb"(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+                                    rb"|\"(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\.)*\"))?)*[ \t]*",
+                                    b";" + ext):
+            raise HTTPError("400 Bad Request", "invalid chunk extension")
+        return int(size, 16)
+
+    def _fill(self) -> bool:
+        """Move more decoded body into _pending; False at the end of the body."""
+        if self._done:
+            return False
+        conn = self._conn
+        if self._chunked and self._remaining == 0:
+            size = self._next_chunk_size()
+            if size == 0:
+                while self._raw_line():  # trailer fields are read and ignored
+                    pass
+                self._done = True
+                return False
+            self._remaining = size
+        if not conn.buf:
+            conn.buf = self._raw()
+        data = conn.buf[: self._remaining]
+        conn.buf = conn.buf[len(data) :]
+        self._remaining -= len(data)
+        self._total += len(data)
+        if self._total > self._max_body:
+            raise HTTPError("413 Content Too Large", "request body exceeds --max-body-size")
+        if self._remaining == 0:
+            if self._chunked:
+                if self._raw_line() != b"":
+                    raise HTTPError("400 Bad Request", "chunk data longer than its size")
+            else:
+                self._done = True
+        self._pending += data
+        return True
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            data, self._pending = self._pending, b""
+            return data
+        while len(self._pending) < size and self._fill():
+            pass
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        while True:
+            end = self._pending.find(b"\n")
+            if end >= 0 or (size is not None and 0 <= size <= len(self._pending)):
+                cut = end + 1 if end >= 0 else size
+                if size is not None and 0 <= size < cut:
+                    cut = size
+                data, self._pending = self._pending[:cut], self._pending[cut:]
+                return data
+            if not self._fill():
+                data, self._pending = self._pending, b""
+                return data
+
+    def readlines(self, hint: int = -1) -> List[bytes]:
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                return lines
+
+    def __iter__(self) -> "BodyReader":
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def discard(self, limit: int) -> bool:
+        """Read and drop what the app left unread; False if more than ``limit`` remained."""
+        if self._continue:
+            return False  # the client still waits for 100; closing is cheaper than reading
+        dropped = len(self._pending)
+        self._pending = b""
+        while dropped <= limit and self._fill():
+            dropped += len(self._pending)
+            self._pending = b""
+        return self._done and dropped <= limit
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: the server sends a real file with os.sendfile, else iterates blocks."""
+
+    def __init__(self, filelike: Any, blksize: int = 8192) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> Iterable[bytes]:
+        read = self.filelike.read
+        while True:
+            data = read(self.blksize)
+            if not data:
+                return
+            yield data
+
+
+class Exchange:
+    """One request/response: holds start_response's state and frames the response bytes."""
+
+    __slots__ = (
+        "conn", "version11", "head", "keep_alive", "status", "code", "headers",
+        "sent", "chunked", "length", "written", "draining", "bodyless",
+    )
+
+    def __init__(self, conn: Conn, version11: bool, head: bool, keep_alive: bool) -> None:
+        self.conn = conn
+        self.version11 = version11
+        self.head = head
+        self.keep_alive = keep_alive
+        self.status: Optional[str] = None
+        self.code = 0
+        self.headers: List[Tuple[str, str]] = []
+        self.sent = False
+        self.chunked = False
+        self.length: Optional[int] = None  # Content-Length the app declared
+        self.written = 0
+        self.draining = False
+        self.bodyless = head
+
+    def start_response(
+        self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info:
+            try:
+                if self.sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None  # PEP 3333: avoid a reference cycle through the traceback
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        if type(status) is not str or len(status) < 4 or status[3] != " " or not status[:3].isdigit():
+            raise ValueError(f"invalid status {status!r}: want e.g. '200 OK'")
+        if type(headers) is not list:
+            raise TypeError("response headers must be a list of (name, value) tuples")
+        self.status = status
+        self.code = int(status[:3])
+        self.headers = headers
+        return self.write
+
+    def _head_bytes(self, body_len: Optional[int]) -> bytes:
+        """Validate the app's headers and frame the response; body_len is known for one-shot bodies."""
+        if self.status is None:
+            raise AssertionError("the app returned without calling start_response")
+        code = self.code
+        length = None
+        close = False
+        lines = []
+        has_date = has_server = False
+        for header in self.headers:
+            name, value = header
+            kind = _NAME_KIND.get(name)
+            if kind is None:
+                kind = _classify_app_header(name)
+            if type(value) is not str:
+                raise TypeError(f"header {name!r} value must be str, got {type(value).__name__}")
+            if kind:
+                if kind == 1:
+                    if not value.isdigit():
+                        raise ValueError(f"invalid Content-Length {value!r}")
+                    length = int(value)
+                elif kind == 2:
+                    if value.strip().lower() == "close":
+                        close = True
+                elif kind == 3:
+                    has_date = True
+                elif kind == 4:
+                    has_server = True
+                else:
+                    raise ValueError(f"hop-by-hop header {name!r} is the server's to set (PEP 3333)")
+            lines.append(f"{name}: {value}\r\n")
+        block = "".join(lines)
+        # One C-level scan instead of a check per value: every CR and LF must be a line end we wrote.
+        if block.count("\n") != len(lines) or block.count("\r") != len(lines) or "\0" in block:
+            raise ValueError("response header contains CR, LF or NUL (header injection)")
+        bodyless = self.head or code < 200 or code == 204 or code == 304
+        self.bodyless = bodyless
+        if length is None and not bodyless:
+            if body_len is not None:
+                block += f"Content-Length: {body_len}\r\n"
+                length = body_len
+            elif self.version11:
+                block += "Transfer-Encoding: chunked\r\n"
+                self.chunked = True
+            else:
+                close = True  # HTTP/1.0 without a length: the end of the body is the close
+        self.length = None if bodyless else length
+        if close or self.draining:
+            self.keep_alive = False
+        if not self.keep_alive:
+            block += "Connection: close\r\n"
+        elif not self.version11:
+            block += "Connection: keep-alive\r\n"
+        if not has_date:
+            block += _http_date()
+        if not has_server:
+            block += "Server: hurricane\r\n"
+        self.sent = True
+        return (_status_line(self.status) + block + "\r\n").encode("latin-1")
+
+    def write(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            if isinstance(data, (bytearray, memoryview)):
+                data = bytes(data)
+            else:
+                raise TypeError(f"the app must yield bytes, got {type(data).__name__}")
+        out = b"" if self.sent else self._head_bytes(None)
+        if self.bodyless:
+            if out:
+                send_all(self.conn.sock, out)
+            return
+        if self.length is not None:
+            room = self.length - self.written
+            if len(data) > room:
+                data = data[:room]
+                self.keep_alive = False  # the app lied about its length; end the connection
+        self.written += len(data)
+        if self.chunked:
+            if data:
+                out += b"%x\r\n%b\r\n" % (len(data), data)
+        else:
+            out += data
+        if out:
+            send_all(self.conn.sock, out)
+
+    def finish(self) -> None:
+        if not self.sent:
+            send_all(self.conn.sock, self._head_bytes(0))
+        elif self.chunked:
+            send_all(self.conn.sock, b"0\r\n\r\n")
+        elif self.length is not None and self.written < self.length:
+            self.keep_alive = False  # short body: the client would wait for bytes never coming
+
+    def send_one(self, body: bytes) -> None:
+        """The common case: the whole body is one bytes object; headers and body in one send."""
+        if type(body) is not bytes:
+            self.write(body)
+            self.finish()
+            return
+        head = self._head_bytes(len(body))
+        if self.bodyless:
+            send_all(self.conn.sock, head)  # HEAD, 1xx, 204, 304
+            return
+        if len(body) != self.length:
+            # The app declared another length; let write() enforce it.
+            send_all(self.conn.sock, head)
+            self.sent = True
+            self.write(body)
+            self.finish()
+            return
+        self.written = len(body)
+        send_all(self.conn.sock, head + body)
+
+    def send_file(self, wrapper: FileWrapper) -> bool:
+        """sendfile(2) for a wsgi.file_wrapper around a real file; False if it is not one."""
+        filelike = wrapper.filelike
+        try:
+            fd = filelike.fileno()
+            stat = os.fstat(fd)
+            offset = filelike.tell() if hasattr(filelike, "tell") else 0
+        except (AttributeError, OSError, ValueError):
+            return False
+        if not S_ISREG(stat.st_mode):
+            return False
+        size = max(0, stat.st_size - offset)
+        send_all(self.conn.sock, self._head_bytes(size))
+        if self.bodyless:
+            return True
+        count = min(size, self.length)
+        sock = self.conn.sock
+        deadline = time.monotonic() + CLIENT_IO_TIMEOUT_S
+        while count > 0:
+            try:
+                sent = os.sendfile(sock.fileno(), fd, offset, count)
+            except BlockingIOError:
+                _wait(sock, select.POLLOUT, deadline)
+                continue
+            except OSError as exc:
+                raise ClientGone(str(exc)) from None
+            if sent == 0:
+                break  # the file shrank under us
+            offset += sent
+            count -= sent
+            self.written += sent
+            deadline = time.monotonic() + CLIENT_IO_TIMEOUT_S
+        if self.written < self.length:
+            self.keep_alive = False
+        return True
+
+
+# App header name -> 0 ordinary, 1 Content-Length, 2 Connection, 3 Date, 4 Server, 5 hop-by-hop.
+# Validated once per distinct name; apps use a handful of names, so this stays small.
+_NAME_KIND: Dict[str, int] = {}
+_SPECIAL = {
+    "content-length": 1, "connection": 2, "date": 3, "server": 4,
+    "transfer-encoding": 5, "keep-alive": 5, "upgrade": 5, "trailer": 5, "te": 5,
+    "proxy-authenticate": 5, "proxy-authorization": 5,
+}
+
+
+def _classify_app_header(name: Any) -> int:
+    if type(name) is not str or not _APP_TOKEN.fullmatch(name):
+        raise ValueError(f"invalid response header name {name!r}")
+    kind = _SPECIAL.get(name.lower(), 0)
+    if len(_NAME_KIND) < 1024:
+        _NAME_KIND[name] = kind
+    return kind
+
+
+_STATUS_LINES: Dict[str, str] = {}
+
+
+def _status_line(status: str) -> str:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        if "\r" in status or "\n" in status or "\0" in status:
+            raise ValueError("status contains CR, LF or NUL")
+        line = f"HTTP/1.1 {status}\r\n"
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[status] = line
+    return line
+
+
+_date_cache = [0, ""]
+
+
+def _http_date() -> str:
+    now = int(time.time())
+    if now != _date_cache[0]:
+        _date_cache[0] = now
+        _date_cache[1] = f"Date: {formatdate(now, usegmt=True)}\r\n"
+    return _date_cache[1]
+
+
+# Request header name (raw bytes) -> environ key; None for names we drop (see _environ_key).
+_ENV_KEYS: Dict[bytes, Optional[str]] = {}
+
+
+def _environ_key(name: bytes) -> Optional[str]:
+    key = _ENV_KEYS.get(name)
+    if key is None and name not in _ENV_KEYS:
+        if not _TOKEN.fullmatch(name):
+            raise HTTPError("400 Bad Request", "invalid header name")
+        upper = name.decode("latin-1").upper()
+        if "_" in upper:
+            # HTTP_X_USER would be spoofable through "X_User"; gunicorn and nginx drop these too.
+            key = None
+        elif upper == "CONTENT_TYPE" or upper == "CONTENT-TYPE":
+            key = "CONTENT_TYPE"
+        elif upper == "CONTENT-LENGTH":
+            key = "CONTENT_LENGTH"
+        else:
+            key = "HTTP_" + upper.replace("-", "_")
+        if len(_ENV_KEYS) < 4096:
+            _ENV_KEYS[name] = key
+    return key
+
+
+def _error_response(status: str) -> bytes:
+    body = status.encode("latin-1") + b"\n"
+    return (
+        b"HTTP/1.1 %b\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n"
+        b"%bServer: hurricane\r\n\r\n%b"
+        % (status.encode("latin-1"), len(body), _http_date().encode("latin-1"), body)
+    )
+
+
+class Server:
+    """The worker's event loop: accept on the shared socket, parse, call the app, respond."""
+
+    def __init__(self, config: Dict[str, Any], activity: Any) -> None:
+        self.activity = activity
+        self.keep_alive_s = float(config.get("keep_alive", 5))
+        self.graceful_timeout_s = float(config.get("graceful_timeout", 30))
+        self.max_body = int(config.get("max_body_size", 100 * 1024 * 1024))
+        self.max_head = int(config.get("max_head_size", 65536))
+        self.stopping = False
+        self._wake_w: Optional[socket.socket] = None
+        self.conns: Dict[int, Conn] = {}
+
+    def request_stop(self) -> None:
+        """Begin draining. Safe from a signal handler and from another thread."""
+        self.stopping = True
+        wake = self._wake_w
+        if wake is not None:
+            try:
+                wake.send(b"x")
+            except OSError:
+                pass
+
+    def serve(self, app: Callable) -> int:
+        listener = socket.socket(fileno=LISTEN_FD)
+        listener.setblocking(False)
+        sockname = listener.getsockname()
+        if isinstance(sockname, tuple):
+            server_name, server_port = str(sockname[0]), str(sockname[1])
+        else:
+            server_name, server_port = str(sockname), ""
+        self.base_environ = {
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+            "SCRIPT_NAME": "",
+            "SERVER_NAME": server_name,
+            "SERVER_PORT": server_port,
+            "SERVER_SOFTWARE": SERVER_SOFTWARE,
+        }
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        self._wake_w = wake_w
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+
+        epoll = select.epoll()
+        lfd = listener.fileno()
+        # EPOLLEXCLUSIVE: a new connection wakes one idle worker, not the whole pool.
+        epoll.register(lfd, EPOLLIN | EPOLLEXCLUSIVE)
+        epoll.register(wake_r.fileno(), EPOLLIN)
+        conns = self.conns
+        listening = True
+        deadline = 0.0
+        now = time.monotonic()
+        next_sweep = now + 1.0
+
+        while True:
+            if self.stopping and listening:
+                listening = False
+                epoll.unregister(lfd)
+                listener.close()
+                deadline = now + self.graceful_timeout_s
+                for conn in list(conns.values()):
+                    if not conn.buf:
+                        self._drain_idle(conn, app, epoll, now)
+            if not listening and (not conns or now > deadline):
+                for conn in list(conns.values()):
+                    self._close(conn, epoll)
+                return 0
+            events = epoll.poll(1.0 if conns or not listening else -1)
+            now = time.monotonic()
+            for fd, _ in events:
+                conn = conns.get(fd)
+                if conn is not None:
+                    self._on_readable(conn, app, epoll, now)
+                elif fd == lfd:
+                    if listening:
+                        self._accept(listener, epoll, now)
+                else:
+                    try:
+                        wake_r.recv(4096)
+                    except OSError:
+                        pass
+            if now >= next_sweep:
+                next_sweep = now + 1.0
+                self._sweep(epoll, now)
+
+    def _accept(self, listener: socket.socket, epoll: Any, now: float) -> None:
+        # A bounded batch: take what is queued, but leave some for the other workers.
+        for _ in range(16):
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE/ENFILE/ECONNABORTED: the connection stays queued or is gone; not our crash.
+                print(f"hurricane worker pid={os.getpid()} event=accept_error error={exc}", file=sys.stderr)
+                return
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # not TCP (a Unix socket)
+            conn = Conn(sock, addr, now)
+            self.conns[conn.fd] = conn
+            epoll.register(conn.fd, EPOLLIN)
+
+    def _close(self, conn: Conn, epoll: Any) -> None:
+        if self.conns.pop(conn.fd, None) is not None:
+            try:
+                epoll.unregister(conn.fd)
+            except OSError:
+                pass
+            conn.sock.close()
+
+    def _sweep(self, epoll: Any, now: float) -> None:
+        """Close connections idle past --keep-alive; one stuck mid-request gets a 408 first."""
+        limit = now - self.keep_alive_s
+        for conn in [c for c in self.conns.values() if c.last < limit]:
+            if conn.buf:
+                try:
+                    conn.sock.send(_error_response("408 Request Timeout"))
+                except OSError:
+                    pass
+            self._close(conn, epoll)
+
+    def _drain_idle(self, conn: Conn, app: Callable, epoll: Any, now: float) -> None:
+        """At drain time a request may already be on its way to an idle connection: serve it."""
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            data = b""
+        except OSError:
+            data = b""
+        if data:
+            conn.buf = data
+            if self._process(conn, app, now) and conn.buf:
+                return  # a partial request: it may finish before the graceful deadline
+        self._close(conn, epoll)
+
+    def _on_readable(self, conn: Conn, app: Callable, epoll: Any, now: float) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn, epoll)
+            return
+        if conn.buf:
+            conn.buf += data
+        else:
+            conn.buf = data
+        if not self._process(conn, app, now):
+            self._close(conn, epoll)
+
+    def _process(self, conn: Conn, app: Callable, now: float) -> bool:
+        """Serve every complete request in the buffer, in order; False to close the connection."""
+        while True:
+            buf = conn.buf
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self.max_head:
+                    self._reject(conn, "431 Request Header Fields Too Large")
+                    return False
+                if buf[:2] == b"\r\n" and len(buf) >= 2:
+                    conn.buf = buf.lstrip(b"\r\n")  # RFC 9112 2.2: ignore CRLF before a request
+                return True
+            if end > self.max_head:
+                self._reject(conn, "431 Request Header Fields Too Large")
+                return False
+            if end == 0 or buf[0] in b"\r\n":
+                stripped = buf.lstrip(b"\r\n")
+                if stripped is not buf and len(buf) - len(stripped) <= 8:
+                    conn.buf = stripped
+                    continue
+            conn.last = now
+            try:
+                keep = self._handle(conn, buf[:end], end + 4, app)
+            except HTTPError as exc:
+                self._reject(conn, exc.status)
+                return False
+            except ClientGone:
+                return False
+            if not keep:
+                return False
+            if not conn.buf:
+                return True
+
+    def _reject(self, conn: Conn, status: str) -> None:
+        try:
+            conn.sock.send(_error_response(status))
+        except OSError:
+            pass
+
+    def _handle(self, conn: Conn, head: bytes, body_start: int, app: Callable) -> bool:
+        lines = head.split(b"\r\n")
+        # Every LF and CR in the head must belong to a CRLF we split on (no bare LF/CR, RFC 9112 2.2).
+        if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
+            raise HTTPError("400 Bad Request", "bare CR or LF")
+        request_line = lines[0]
+        parts = request_line.split(b" ")
+        if len(parts) != 3:
+            raise HTTPError("400 Bad Request", "malformed request line")
+        method_b, target, version = parts
+        if version == b"HTTP/1.1":
+            version11 = True
+        elif version == b"HTTP/1.0":
+            version11 = False
+        elif _VERSION.fullmatch(version):
+            raise HTTPError("505 HTTP Version Not Supported", "unsupported version")
+        else:
+            raise HTTPError("400 Bad Request", "malformed request line")
+        method = _METHODS.get(method_b)
+        if method is None:
+            if not _TOKEN.fullmatch(method_b):
+                raise HTTPError("400 Bad Request", "invalid method")
+            method = method_b.decode("ascii")
+
+        env = self.base_environ.copy()
+        content_length: Optional[bytes] = None
+        transfer_encoding: Optional[bytes] = None
+        connection = b""
+        expect = b""
+        hosts = 0
+        environ_key = _environ_key
+        field_value = _FIELD_VALUE.fullmatch
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                raise HTTPError("400 Bad Request", "header line without a colon")
+            value = value.strip(b" \t")
+            if value and not field_value(value):
+                raise HTTPError("400 Bad Request", "invalid character in header value")
+            key = environ_key(name)  # raises for obs-fold, whitespace before the colon, non-tokens
+            if key is None:
+                continue
+            if key == "CONTENT_LENGTH":
+                if content_length is not None and content_length != value:
+                    raise HTTPError("400 Bad Request", "conflicting Content-Length")
+                content_length = value
+            elif key == "HTTP_TRANSFER_ENCODING":
+                transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
+            elif key == "HTTP_CONNECTION":
+                connection = value.lower()
+            elif key == "HTTP_EXPECT":
+                expect = value.lower()
+            elif key == "HTTP_HOST":
+                hosts += 1
+            decoded = value.decode("latin-1")
+            old = env.get(key)
+            env[key] = decoded if old is None else old + "," + decoded
+        if version11 and hosts != 1:
+            raise HTTPError("400 Bad Request", "HTTP/1.1 needs exactly one Host header")
+
+        if version11:
+            keep_alive = connection != b"close" and b"close" not in connection.split(b",")
+        else:
+            keep_alive = connection == b"keep-alive"
+
+        # Body framing, RFC 9112 6: Transfer-Encoding wins, and with Content-Length it is an attack.
+        conn.buf = conn.buf[body_start:]
+        body: Any = EMPTY_INPUT
+        if transfer_encoding is not None:
+            if content_length is not None:
+                raise HTTPError("400 Bad Request", "both Content-Length and Transfer-Encoding")
+            if not version11:
+                raise HTTPError("400 Bad Request", "Transfer-Encoding in an HTTP/1.0 request")
+            codings = [c.strip().lower() for c in transfer_encoding.split(b",")]
+            if codings[-1] != b"chunked":
+                raise HTTPError("501 Not Implemented", "unsupported transfer coding")
+            if len(codings) > 1:
+                raise HTTPError("501 Not Implemented", "only a single 'chunked' coding is supported")
+            env.pop("CONTENT_LENGTH", None)
+            body = BodyReader(conn, None, version11 and expect == b"100-continue", self.max_body)
+        elif content_length is not None:
+            if not content_length.isdigit() or len(content_length) > 18:
+                raise HTTPError("400 Bad Request", "invalid Content-Length")
+            length = int(content_length)
+            if length > self.max_body:
+                raise HTTPError("413 Content Too Large", "body exceeds --max-body-size")
+            if length:
+                if len(conn.buf) >= length:
+                    body = BytesIO(conn.buf[:length])
+                    conn.buf = conn.buf[length:]
+                else:
+                    body = BodyReader(conn, length, version11 and expect == b"100-continue", self.max_body)
+        if expect and expect != b"100-continue":
+            raise HTTPError("417 Expectation Failed", "unsupported expectation")
+
+        # Request target, RFC 9112 3.2: origin-form, absolute-form (proxies), asterisk for OPTIONS.
+        if target[:1] != b"/":
+            if target == b"*" and method == "OPTIONS":
+                pass
+            elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+                slash = target.find(b"/", target.find(b"//") + 2)
+                target = target[slash:] if slash >= 0 else b"/"
+            else:
+                raise HTTPError("400 Bad Request", "invalid request target")
+        path, _, query = target.partition(b"?")
+        if b"%" in path:
+            path = unquote_to_bytes(path)
+        if b"#" in target:
+            raise HTTPError("400 Bad Request", "fragment in request target")
+        env["REQUEST_METHOD"] = method
+        env["PATH_INFO"] = path.decode("latin-1")
+        env["QUERY_STRING"] = query.decode("latin-1")
+        env["SERVER_PROTOCOL"] = "HTTP/1.1" if version11 else "HTTP/1.0"
+        env["REMOTE_ADDR"] = conn.addr
+        env["REMOTE_PORT"] = conn.port
+        env["wsgi.input"] = body
+        if self.stopping:
+            keep_alive = False
+        return self._run_app(conn, app, env, method, version11, keep_alive, body)
+
+    def _run_app(
+        self, conn: Conn, app: Callable, env: Dict[str, Any], method: str,
+        version11: bool, keep_alive: bool, body: Any,
+    ) -> bool:
+        ex = Exchange(conn, version11, method == "HEAD", keep_alive)
+        ex.draining = self.stopping
+        activity = self.activity
+        activity.current = (time.time(), method, env["PATH_INFO"])
+        result = None
+        try:
+            result = app(env, ex.start_response)
+            if type(result) is list and len(result) == 1 and ex.status is not None:
+                ex.send_one(result[0])
+            elif type(result) is FileWrapper and ex.status is not None and ex.send_file(result):
+                pass
+            else:
+                # Hold the first chunk: if it is also the last, it goes out with a Content-Length.
+                first: Optional[bytes] = None
+                for data in result:
+                    if not data:
+                        continue
+                    if ex.sent:
+                        ex.write(data)
+                    elif first is None:
+                        first = data
+                    else:
+                        ex.write(first)
+                        ex.write(data)
+                        first = None
+                if first is not None and not ex.sent:
+                    ex.send_one(first)
+                else:
+                    ex.finish()
+        except ClientGone:
+            ex.keep_alive = False
+        except HTTPError:
+            raise
+        except Exception:
+            self._log_app_error(env)
+            if ex.sent:
+                ex.keep_alive = False  # never a second status line; the client sees a cut response
+            else:
+                try:
+                    send_all(conn.sock, _error_response("500 Internal Server Error"))
+                except ClientGone:
+                    pass
+                ex.code = 500
+                ex.keep_alive = False
+        finally:
+            if result is not None and hasattr(result, "close"):
+                try:
+                    result.close()
+                except Exception:
+                    self._log_app_error(env)
+            activity.current = None
+            activity.requests += 1
+            statuses = activity.statuses
+            cls = ex.code // 100
+            statuses[cls] = statuses.get(cls, 0) + 1
+        if ex.keep_alive and body is not EMPTY_INPUT and type(body) is BodyReader:
+            try:
+                if not body.finished and not body.discard(MAX_DISCARD_BYTES):
+                    return False
+            except (ClientGone, HTTPError):
+                return False
+        return ex.keep_alive
+
+    def _log_app_error(self, env: Dict[str, Any]) -> None:
+        print(
+            f"hurricane worker pid={os.getpid()} event=app_error "
+            f"method={env.get('REQUEST_METHOD')} path={env.get('PATH_INFO')!r}",
+            file=sys.stderr,
+        )
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()

@@ -1,0 +1,183 @@
+"""One prefork worker: boot the user's app, report to the master, serve HTTP until told to stop.
+
+Why this module exists apart from the HTTP server: everything here happens once per process or once
+per second (boot, the status pipe, heartbeats, signals, the master-gone watchdog), while ``http``
+runs per request. Keeping them apart keeps the hot path free of supervision code.
+
+The master talks to us over two inherited pipes (see DESIGN.md):
+  fd 4, status, worker -> master: one JSON object per line (boot, ready, hb, fail).
+  fd 5, control, master -> worker: the bootstrap, then one JSON object per line (stop).
+EOF on fd 5 means the master is gone: we drain briefly and exit, so no worker outlives its master.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import IO, Any, Callable, Dict, List, Optional
+
+LISTEN_FD = 3
+STATUS_FD = 4
+CONTROL_FD = 5
+
+# Exit codes the master understands; keep in sync with src/pool.rs.
+EXIT_BOOT_FAILED = 3
+
+# After the master disappears, in-flight work gets this long before the process ends anyway.
+MASTER_GONE_GRACE_S = 1.0
+
+
+class StatusPipe:
+    """Writes JSON lines to the master. Shared by the main and heartbeat threads, hence the lock."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def send(self, **message: Any) -> None:
+        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            try:
+                while data:
+                    data = data[os.write(self._fd, data) :]
+            except OSError:
+                # The master is gone; the control-pipe watcher ends the process.
+                pass
+
+
+class Activity:
+    """What the main thread is doing, read by the heartbeat thread without locking.
+
+    The main thread replaces ``current`` with a tuple per request (one attribute store) and bumps
+    ``requests``; the heartbeat thread reads both. Tuple replacement is atomic under the GIL.
+    """
+
+    __slots__ = ("current", "requests", "statuses")
+
+    def __init__(self) -> None:
+        self.current: Optional[tuple] = None  # (started_unix_s, method, path) while busy
+        self.requests = 0
+        self.statuses: Dict[int, int] = {}  # status class (2, 3, 4, 5) -> count
+
+
+def load_app(spec: str) -> Callable:
+    """Import ``module[:attr]`` and return the WSGI callable (attr defaults to ``application``)."""
+    module_name, _, attr = spec.partition(":")
+    attr = attr or "application"
+    module = __import__(module_name, fromlist=["_"])
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AttributeError(
+                f"module '{module_name}' has no attribute '{attr}'"
+            ) from None
+    if not callable(obj):
+        raise TypeError(f"'{spec}' is not callable (got {type(obj).__name__})")
+    return obj
+
+
+def _heartbeat_loop(status: StatusPipe, activity: Activity, interval_s: float) -> None:
+    sent_requests = 0
+    sent_statuses: Dict[int, int] = {}
+    while True:
+        time.sleep(interval_s)
+        current = activity.current
+        requests = activity.requests
+        statuses = dict(activity.statuses)
+        message: Dict[str, Any] = {"t": "hb", "requests": requests - sent_requests}
+        delta = {str(k): v - sent_statuses.get(k, 0) for k, v in statuses.items()}
+        delta = {k: v for k, v in delta.items() if v}
+        if delta:
+            message["statuses"] = delta
+        if current is not None:
+            message["busy_since"] = current[0]
+            message["method"] = current[1]
+            message["path"] = current[2]
+        status.send(**message)
+        sent_requests = requests
+        sent_statuses = statuses
+
+
+def _control_loop(control: IO[bytes], on_stop: Callable[[], None]) -> None:
+    for line in iter(control.readline, b""):
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if message.get("t") == "stop":
+            on_stop()
+    # EOF: the master is gone. Ask the server to drain; end the process if that takes too long.
+    on_stop()
+    time.sleep(MASTER_GONE_GRACE_S)
+    os._exit(1)
+
+
+def _boot_failure(status: StatusPipe, config: Dict[str, Any], exc: BaseException) -> None:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    status.send(
+        t="fail",
+        kind="import",
+        app=config["app"],
+        error=f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__,
+        cwd=os.getcwd(),
+        python=sys.executable,
+        sys_path=[p for p in sys.path if p],
+        traceback=tb,
+    )
+
+
+def main(config: Dict[str, Any], control: IO[bytes]) -> None:
+    for fd in (LISTEN_FD, STATUS_FD, CONTROL_FD):
+        os.set_inheritable(fd, False)  # subprocesses of the app must not hold our pipes
+    status = StatusPipe(STATUS_FD)
+    booted = time.monotonic()
+    status.send(t="boot", pid=os.getpid())
+
+    # Interrupts go to the master (workers run in their own process group); a stray INT or QUIT
+    # here means "stop now", without a KeyboardInterrupt traceback in the log.
+    signal.signal(signal.SIGINT, lambda *_: os._exit(0))
+    signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
+
+    extra_paths: List[str] = config.get("pythonpath", [])
+    for path in reversed(extra_paths):
+        sys.path.insert(0, os.path.abspath(path))
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+    # Import the server before the app: our own import errors are bugs, not the user's.
+    from hurricane import http
+
+    server = http.Server(config, Activity())
+
+    # TERM before the app finished importing is handled like any other time: drain (nothing to drain).
+    signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
+    threading.Thread(
+        target=_control_loop, args=(control, server.request_stop), name="hurricane-control", daemon=True
+    ).start()
+
+    try:
+        app = load_app(config["app"])
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from an app's import is a failure too
+        _boot_failure(status, config, exc)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_BOOT_FAILED)
+
+    threading.Thread(
+        target=_heartbeat_loop,
+        args=(status, server.activity, config.get("heartbeat_ms", 1000) / 1000.0),
+        name="hurricane-heartbeat",
+        daemon=True,
+    ).start()
+    status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000))
+    code = server.serve(app)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,212 @@
+//! The command line, defined once: `--help`, the environment names and the README table come from here.
+//!
+//! Every option can also be set as `HURRICANE_<NAME>` (the long flag in upper case, dashes as
+//! underscores); the command line wins. `hurricane -w app` is the same as `hurricane serve -w app`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hurricane",
+    version,
+    about = "A process supervisor and prefork application server for Python WSGI apps",
+    long_about = "A process supervisor and prefork application server for Python WSGI apps.\n\n\
+        Binds the socket, runs N Python workers that share it, watches, respawns and reaps them, \
+        answers Kubernetes probes on its own port, and reloads without downtime.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a WSGI app on N prefork workers (the default command)
+    Serve(ServeArgs),
+}
+
+impl Cli {
+    /// The serve options, whether given as `hurricane serve ...` or `hurricane ...`.
+    pub fn into_serve(self) -> ServeArgs {
+        match self.command {
+            Some(Command::Serve(args)) => args,
+            None => self.serve,
+        }
+    }
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    let value: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("'{s}' must be zero or more seconds"));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn workers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a worker count (a whole number, 1 or more)"
+        )),
+    }
+}
+
+fn probe_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.contains(char::is_whitespace) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is not a path: it must start with '/' and contain no spaces"
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The WSGI app to serve: a module, optionally with the callable's name (default `application`)
+    #[arg(
+        short = 'w',
+        long = "wsgi",
+        env = "HURRICANE_WSGI",
+        value_name = "MODULE[:ATTR]",
+        required = true
+    )]
+    pub wsgi: Option<String>,
+
+    /// Address to listen on
+    #[arg(
+        long,
+        env = "HURRICANE_BIND",
+        value_name = "ADDR",
+        default_value = "0.0.0.0"
+    )]
+    pub bind: String,
+
+    /// Port to listen on (0 picks a free one and logs it)
+    #[arg(long, env = "HURRICANE_PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// Number of worker processes [default: the CPUs this process may use, cgroup quota included]
+    #[arg(long, env = "HURRICANE_WORKERS", value_name = "N", value_parser = workers)]
+    pub workers: Option<usize>,
+
+    /// Python interpreter for the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH]
+    #[arg(long, env = "HURRICANE_PYTHON", value_name = "PATH")]
+    pub python: Option<PathBuf>,
+
+    /// Change to this directory before loading the app
+    #[arg(long, env = "HURRICANE_CHDIR", value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Directory to put first on the workers' sys.path (repeatable; in the environment, ':'-separated)
+    #[arg(
+        long,
+        env = "HURRICANE_PYTHONPATH",
+        value_name = "DIR",
+        value_delimiter = ':'
+    )]
+    pub pythonpath: Vec<PathBuf>,
+
+    /// Listen backlog: connections the kernel queues while every worker is busy
+    #[arg(
+        long,
+        env = "HURRICANE_BACKLOG",
+        value_name = "N",
+        default_value_t = 2048
+    )]
+    pub backlog: i32,
+
+    /// Port of the probe server [default: --port + 1]
+    #[arg(long, env = "HURRICANE_PROBE_PORT", value_name = "PORT")]
+    pub probe_port: Option<u16>,
+
+    /// Path of the startup probe
+    #[arg(long, env = "HURRICANE_STARTUP_PROBE", value_name = "PATH", default_value = "/startup", value_parser = probe_path)]
+    pub startup_probe: String,
+
+    /// Path of the readiness probe
+    #[arg(long, env = "HURRICANE_READINESS_PROBE", value_name = "PATH", default_value = "/ready", value_parser = probe_path)]
+    pub readiness_probe: String,
+
+    /// Path of the liveness probe (`--probe` is the same option)
+    #[arg(long, alias = "probe", env = "HURRICANE_LIVENESS_PROBE", value_name = "PATH", default_value = "/alive", value_parser = probe_path)]
+    pub liveness_probe: String,
+
+    /// Do not run the probe server
+    #[arg(long, env = "HURRICANE_NO_PROBE", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub no_probe: bool,
+
+    /// Seconds a stopping worker gets to finish its requests before it is killed
+    #[arg(long, env = "HURRICANE_GRACEFUL_TIMEOUT", value_name = "S", default_value = "30", value_parser = seconds)]
+    pub graceful_timeout: Duration,
+
+    /// Seconds to keep serving after SIGTERM (with /ready failing) before workers drain
+    #[arg(long, env = "HURRICANE_SHUTDOWN_DELAY", value_name = "S", default_value = "0", value_parser = seconds)]
+    pub shutdown_delay: Duration,
+
+    /// Seconds a worker may take to import the app and report ready
+    #[arg(long, env = "HURRICANE_BOOT_TIMEOUT", value_name = "S", default_value = "60", value_parser = seconds)]
+    pub boot_timeout: Duration,
+
+    /// Seconds an idle keep-alive connection stays open
+    #[arg(long, env = "HURRICANE_KEEP_ALIVE", value_name = "S", default_value = "5", value_parser = seconds)]
+    pub keep_alive: Duration,
+
+    /// Log level: error, warn, info, debug or trace
+    #[arg(long, env = "HURRICANE_LOG_LEVEL", value_name = "LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hurricane").chain(args.iter().copied()))
+            .map(Cli::into_serve)
+    }
+
+    #[test]
+    fn serve_is_the_default_command() {
+        let plain = parse(&["-w", "app.wsgi", "--port", "9000"]).unwrap();
+        let sub = parse(&["serve", "-w", "app.wsgi", "--port", "9000"]).unwrap();
+        assert_eq!(plain.wsgi.as_deref(), Some("app.wsgi"));
+        assert_eq!(sub.wsgi, plain.wsgi);
+        assert_eq!(sub.port, 9000);
+    }
+
+    #[test]
+    fn wsgi_is_required() {
+        let err = parse(&["--port", "1"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(parse(&["serve"]).is_err());
+    }
+
+    #[test]
+    fn probe_is_an_alias_of_liveness_probe() {
+        let args = parse(&["-w", "a", "--probe", "/healthz"]).unwrap();
+        assert_eq!(args.liveness_probe, "/healthz");
+    }
+
+    #[test]
+    fn values_are_checked() {
+        assert!(parse(&["-w", "a", "--workers", "0"]).is_err());
+        assert!(parse(&["-w", "a", "--graceful-timeout", "-1"]).is_err());
+        assert!(parse(&["-w", "a", "--readiness-probe", "ready"]).is_err());
+        let args = parse(&["-w", "a", "--graceful-timeout", "0.5", "--no-probe"]).unwrap();
+        assert_eq!(args.graceful_timeout, Duration::from_millis(500));
+        assert!(args.no_probe);
+    }
+}

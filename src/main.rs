@@ -1,0 +1,150 @@
+//! hurricane: a process supervisor and prefork application server for Python WSGI apps.
+//!
+//! main parses the command line, resolves what needs resolving (the interpreter, the working
+//! directory, the worker count), and maps every outcome to an exit code:
+//! 0 clean shutdown, 1 fatal error, 2 bad usage, 3 the app failed to boot.
+
+mod cli;
+mod master;
+mod pool;
+mod probe;
+mod signals;
+mod spawn;
+mod worker;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::cli::{Cli, ServeArgs};
+use crate::pool::PoolConfig;
+use crate::probe::Paths;
+use crate::worker::WorkerConfig;
+
+const EXIT_FATAL: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+/// How often a worker reports in (DESIGN.md: heartbeat every second).
+const HEARTBEAT_INTERVAL_MS: u64 = 1000;
+
+/// A usage error found after parsing (a directory that does not exist, say): exit 2.
+struct Usage(String);
+
+fn init_logging(level: &str) {
+    env_logger::Builder::new()
+        .parse_filters(level)
+        .format(|buf, record| {
+            writeln!(
+                buf,
+                "{} {:<5} {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.args()
+            )
+        })
+        .target(env_logger::Target::Stderr)
+        .init();
+}
+
+/// Finds `name` on PATH the way execvp will, so a missing interpreter is reported before binding.
+fn on_path(name: &Path) -> bool {
+    if name.components().count() > 1 {
+        return name.is_file();
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false)
+}
+
+fn python(args: &ServeArgs) -> PathBuf {
+    if let Some(python) = &args.python {
+        return python.clone();
+    }
+    match std::env::var_os("VIRTUAL_ENV") {
+        Some(venv) if !venv.is_empty() => PathBuf::from(venv).join("bin/python"),
+        _ => PathBuf::from("python3"),
+    }
+}
+
+fn config(args: ServeArgs) -> Result<master::Config, Usage> {
+    if let Some(dir) = &args.chdir {
+        std::env::set_current_dir(dir)
+            .map_err(|e| Usage(format!("--chdir '{}': {e}", dir.display())))?;
+    }
+    let app = args.wsgi.clone().unwrap_or_default();
+    let module = app.split(':').next().unwrap_or_default();
+    if module.is_empty()
+        || !module
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'))
+    {
+        return Err(Usage(format!(
+            "-w '{app}' is not MODULE[:ATTR]: give a dotted module path such as mysite.wsgi, not a file name"
+        )));
+    }
+    let python = python(&args);
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    Ok(master::Config {
+        bind: args.bind,
+        port: args.port,
+        backlog: args.backlog,
+        probe: (!args.no_probe).then(|| {
+            (
+                args.probe_port,
+                Paths {
+                    startup: args.startup_probe,
+                    ready: args.readiness_probe,
+                    alive: args.liveness_probe,
+                },
+            )
+        }),
+        pool: PoolConfig {
+            size: workers,
+            boot_timeout: args.boot_timeout,
+            graceful_timeout: args.graceful_timeout,
+            shutdown_delay: args.shutdown_delay,
+        },
+        worker: WorkerConfig {
+            app,
+            pythonpath: args
+                .pythonpath
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            keep_alive: args.keep_alive,
+            graceful_timeout: args.graceful_timeout,
+            heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
+        },
+        python,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse().into_serve();
+    init_logging(&args.log_level);
+    let config = match config(args) {
+        Ok(config) => config,
+        Err(Usage(message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if !on_path(&config.python) {
+        eprintln!(
+            "error: cannot find python '{}'; pass --python PATH or activate a virtualenv",
+            config.python.display()
+        );
+        return ExitCode::from(EXIT_FATAL);
+    }
+    match master::run(config) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
+}

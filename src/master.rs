@@ -1,0 +1,430 @@
+//! The master: binds, spawns, watches, reaps. The thin process layer around `pool`.
+//!
+//! Why this shape (tini's loop): one thread, one loop a reader can hold in their head —
+//! `loop { carry out actions; publish health; wait for events; handle signals, pipes, reaping }`.
+//! Each duty is a function named for it. The loop sleeps in epoll until a signal, a worker's pipe
+//! or the pool's next deadline wakes it (at most once a second, so /alive can tell it is alive);
+//! an idle master costs ~0 % CPU.
+
+use std::collections::HashMap;
+use std::io::{self, ErrorKind};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::pool::{Action, ExitStatus, Pool, PoolConfig, Signal, WorkerId};
+use crate::probe::{self, Paths, Shared};
+use crate::signals::{self, Event};
+use crate::spawn;
+use crate::worker::{self, WorkerConfig};
+
+const SIGNALS: Token = Token(0);
+/// The loop wakes at least this often, so the probe thread can tell a live loop from a stuck one.
+const LOOP_TICK_MS: u64 = 1000;
+
+pub struct Config {
+    pub bind: String,
+    pub port: u16,
+    pub backlog: i32,
+    pub python: PathBuf,
+    /// The probe port and paths; None with --no-probe.
+    pub probe: Option<(Option<u16>, Paths)>,
+    pub pool: PoolConfig,
+    pub worker: WorkerConfig,
+}
+
+/// A running worker process as the master sees it: its pipes and their buffers.
+struct Proc {
+    pid: i32,
+    status: Option<OwnedFd>,
+    status_buf: Vec<u8>,
+    control: OwnedFd,
+    /// Bytes still to write to the control pipe (the bootstrap, if the pipe was full).
+    control_out: Vec<u8>,
+}
+
+fn status_token(id: WorkerId) -> Token {
+    Token(id as usize * 2)
+}
+
+fn control_token(id: WorkerId) -> Token {
+    Token(id as usize * 2 + 1)
+}
+
+/// Binds the app socket, or takes it from systemd-style socket activation (LISTEN_FDS/LISTEN_PID).
+fn listen(bind: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
+    if let (Ok(pid), Ok(fds)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) {
+        if pid.parse::<u32>().ok() == Some(std::process::id())
+            && fds.parse::<u32>().unwrap_or(0) >= 1
+        {
+            // SAFETY: LISTEN_FDS names fd 3 as handed to this very process, which owns it from now on.
+            let listener = unsafe { TcpListener::from_raw_fd(3) };
+            // SAFETY: fcntl with integer arguments on the fd we just took ownership of.
+            unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) };
+            listener
+                .local_addr()
+                .context("LISTEN_FDS is set but fd 3 is not a listening TCP socket")?;
+            // SAFETY: single-threaded at this point (no threads started yet); nobody reads env concurrently.
+            unsafe {
+                std::env::remove_var("LISTEN_PID");
+                std::env::remove_var("LISTEN_FDS");
+                std::env::remove_var("LISTEN_FDNAMES");
+            }
+            return Ok(listener);
+        }
+    }
+    let addrs: Vec<SocketAddr> = (bind, port)
+        .to_socket_addrs()
+        .with_context(|| {
+            format!("cannot resolve --bind '{bind}'; give an IP address such as 0.0.0.0 or ::")
+        })?
+        .collect();
+    let addr = *addrs
+        .first()
+        .with_context(|| format!("--bind '{bind}' resolves to no address"))?;
+    let listener = TcpListener::bind(addr).map_err(|e| match e.kind() {
+        ErrorKind::AddrInUse => {
+            anyhow::anyhow!("cannot listen on {addr}: address already in use; stop the other server or pick another --port")
+        }
+        ErrorKind::PermissionDenied => {
+            anyhow::anyhow!("cannot listen on {addr}: permission denied; ports below 1024 need privileges, pick another --port")
+        }
+        _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
+    })?;
+    // std listens with its own backlog; listen(2) again on a listening socket just resizes the queue.
+    // SAFETY: listen on a socket fd we own.
+    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
+        bail!(
+            "cannot set --backlog {backlog}: {}",
+            io::Error::last_os_error()
+        );
+    }
+    Ok(listener)
+}
+
+fn become_subreaper() {
+    if std::process::id() == 1 {
+        return; // PID 1 inherits every orphan already
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        log::warn!(
+            "event=subreaper_failed error={}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+fn send_signal(pid: i32, signal: Signal) {
+    let sig = match signal {
+        Signal::Term => libc::SIGTERM,
+        Signal::Quit => libc::SIGQUIT,
+        Signal::Kill => libc::SIGKILL,
+    };
+    // SAFETY: kill with integer arguments. The pid is one of our unreaped children, so it cannot
+    // have been recycled for another process.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        log::debug!(
+            "event=signal_failed pid={pid} signal={sig} error={}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// Non-blocking reads from one worker's status pipe; returns complete lines. EOF closes the pipe.
+fn read_status(poll: &Poll, proc_: &mut Proc) -> Vec<Vec<u8>> {
+    let mut chunk = [0u8; 16384];
+    while let Some(fd) = &proc_.status {
+        // SAFETY: read into a stack buffer from a pipe fd we own.
+        let n = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+        if n > 0 {
+            proc_.status_buf.extend_from_slice(&chunk[..n as usize]);
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        if n < 0 && err.kind() == ErrorKind::WouldBlock {
+            break;
+        }
+        if n < 0 && err.kind() == ErrorKind::Interrupted {
+            continue;
+        }
+        let raw = fd.as_raw_fd();
+        let _ = poll.registry().deregister(&mut SourceFd(&raw));
+        proc_.status = None;
+    }
+    worker::take_lines(&mut proc_.status_buf)
+}
+
+/// Writes what it can of the pending control bytes; keeps the pipe registered while any remain.
+fn flush_control(poll: &Poll, id: WorkerId, proc_: &mut Proc) {
+    let raw = proc_.control.as_raw_fd();
+    let was_pending = !proc_.control_out.is_empty();
+    while !proc_.control_out.is_empty() {
+        // SAFETY: write from an owned buffer to a pipe fd we own.
+        let n = unsafe {
+            libc::write(
+                raw,
+                proc_.control_out.as_ptr().cast(),
+                proc_.control_out.len(),
+            )
+        };
+        if n > 0 {
+            proc_.control_out.drain(..n as usize);
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.kind() {
+            ErrorKind::Interrupted => continue,
+            ErrorKind::WouldBlock => {
+                let _ = poll.registry().register(
+                    &mut SourceFd(&raw),
+                    control_token(id),
+                    Interest::WRITABLE,
+                );
+                return;
+            }
+            _ => {
+                proc_.control_out.clear(); // the worker is gone; its exit arrives through SIGCHLD
+            }
+        }
+    }
+    if was_pending {
+        let _ = poll.registry().deregister(&mut SourceFd(&raw));
+    }
+}
+
+struct Master {
+    config: Config,
+    listener: TcpListener,
+    poll: Poll,
+    pool: Pool,
+    procs: HashMap<WorkerId, Proc>,
+    shared: Arc<Shared>,
+}
+
+impl Master {
+    /// Carries out the pool's actions until it has none; Some(code) when the master should exit.
+    fn carry_out_actions(&mut self) -> Option<i32> {
+        loop {
+            let actions = self.pool.take_actions();
+            if actions.is_empty() {
+                return None;
+            }
+            for action in actions {
+                match action {
+                    Action::Spawn {
+                        worker, generation, ..
+                    } => self.spawn(worker, generation),
+                    Action::Signal { pid, signal } => send_signal(pid, signal),
+                    Action::Exit { code } => return Some(code),
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, id: WorkerId, generation: u64) {
+        match spawn::spawn_worker(&self.config.python, self.listener.as_raw_fd(), id) {
+            Ok(spawned) => {
+                let status_raw = spawned.status.as_raw_fd();
+                if let Err(e) = self.poll.registry().register(
+                    &mut SourceFd(&status_raw),
+                    status_token(id),
+                    Interest::READABLE,
+                ) {
+                    log::error!("event=register_failed worker={id} error={e}");
+                }
+                let mut proc_ = Proc {
+                    pid: spawned.pid,
+                    status: Some(spawned.status),
+                    status_buf: Vec::new(),
+                    control: spawned.control,
+                    control_out: worker::bootstrap(&self.config.worker, id, generation),
+                };
+                flush_control(&self.poll, id, &mut proc_);
+                self.procs.insert(id, proc_);
+                self.pool.spawned(id, spawned.pid);
+            }
+            Err(e) => {
+                let python = self.config.python.display();
+                let error = if e.kind() == ErrorKind::NotFound {
+                    format!(
+                        "cannot run python '{python}': not found; pass --python PATH or activate a virtualenv"
+                    )
+                } else {
+                    format!("cannot run python '{python}': {e}")
+                };
+                self.pool.spawn_failed(id, error, Instant::now());
+            }
+        }
+    }
+
+    fn handle_signals(&mut self, signals: &mut Signals) {
+        let pending: Vec<i32> = signals.pending().collect();
+        for sig in pending {
+            match signals::classify(sig) {
+                Some(Event::Shutdown(kind)) => {
+                    log::info!("event=signal signal={}", signals::name(sig));
+                    self.pool.shutdown(kind, Instant::now());
+                }
+                Some(Event::ChildExited) => self.reap(),
+                None => {}
+            }
+        }
+    }
+
+    /// waitpid(-1) until nothing is left: workers go to the pool, orphans are just reaped.
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid with a pointer to a local int.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return;
+            }
+            let exit = if libc::WIFSIGNALED(status) {
+                ExitStatus::Signal(libc::WTERMSIG(status))
+            } else {
+                ExitStatus::Code(libc::WEXITSTATUS(status))
+            };
+            let id = self
+                .procs
+                .iter()
+                .find(|(_, p)| p.pid == pid)
+                .map(|(id, _)| *id);
+            match id {
+                Some(id) => {
+                    // The worker's last words (a boot failure, say) are still in its pipe: read them first.
+                    let mut proc_ = self.procs.remove(&id).expect("found above");
+                    self.deliver_messages(&mut proc_);
+                    let now = Instant::now();
+                    self.pool.exited(pid, exit, now);
+                    let raw = proc_.control.as_raw_fd();
+                    if !proc_.control_out.is_empty() {
+                        let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+                    }
+                }
+                None => log::debug!("event=reaped_orphan pid={pid} {exit}"),
+            }
+        }
+    }
+
+    fn deliver_messages(&mut self, proc_: &mut Proc) {
+        let now = Instant::now();
+        for line in read_status(&self.poll, proc_) {
+            match worker::parse_message(&line) {
+                Some(message) => self.pool.message(proc_.pid, message, now),
+                None => log::warn!(
+                    "event=bad_worker_message pid={} line={:?}",
+                    proc_.pid,
+                    String::from_utf8_lossy(&line)
+                ),
+            }
+        }
+    }
+
+    fn handle_worker_io(&mut self, token: Token) {
+        let id = (token.0 / 2) as WorkerId;
+        let Some(mut proc_) = self.procs.remove(&id) else {
+            return;
+        };
+        if token == status_token(id) {
+            self.deliver_messages(&mut proc_);
+        } else {
+            flush_control(&self.poll, id, &mut proc_);
+        }
+        self.procs.insert(id, proc_);
+    }
+
+    fn run(&mut self, mut signals: Signals) -> i32 {
+        let mut events = Events::with_capacity(64);
+        loop {
+            if let Some(code) = self.carry_out_actions() {
+                return code;
+            }
+            self.shared.publish(self.pool.health());
+            let now = Instant::now();
+            let tick = Duration::from_millis(LOOP_TICK_MS);
+            let timeout = self
+                .pool
+                .next_deadline()
+                .map_or(tick, |d| d.saturating_duration_since(now).min(tick));
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    log::error!("event=poll_failed error={e}");
+                }
+                continue;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.handle_signals(&mut signals),
+                    token => self.handle_worker_io(token),
+                }
+            }
+            self.pool.tick(Instant::now());
+        }
+    }
+}
+
+/// Runs the server until it shuts down; the exit code, or an error for main to print.
+pub fn run(config: Config) -> anyhow::Result<i32> {
+    let listener = listen(&config.bind, config.port, config.backlog)?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared::new());
+    let mut probe_addr = String::from("off");
+    if let Some((probe_port, paths)) = &config.probe {
+        let port = match probe_port {
+            Some(port) => *port,
+            None if config.port == 0 => 0, // a free port for the app, so a free one for probes too
+            None => addr
+                .port()
+                .checked_add(1)
+                .context("no port above 65535 for probes; set --probe-port")?,
+        };
+        let probe_listener = TcpListener::bind((addr.ip(), port)).map_err(|e| {
+            if e.kind() == ErrorKind::AddrInUse {
+                anyhow::anyhow!("cannot listen for probes on {}:{port}: address already in use; pick another --probe-port", addr.ip())
+            } else {
+                anyhow::anyhow!("cannot listen for probes on {}:{port}: {e}", addr.ip())
+            }
+        })?;
+        probe_addr = probe_listener.local_addr()?.to_string();
+        probe::spawn(probe_listener, paths.clone(), shared.clone())?;
+    }
+    become_subreaper();
+
+    let poll = Poll::new().context("cannot create the event loop (epoll)")?;
+    let mut signals = Signals::new(signals::HANDLED).context("cannot install signal handlers")?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)?;
+
+    log::info!(
+        "event=listening addr={addr} probe={probe_addr} workers={} app={} python={} version={}",
+        config.pool.size,
+        config.worker.app,
+        config.python.display(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let pool = Pool::new(config.pool.clone(), Instant::now());
+    let mut master = Master {
+        config,
+        listener,
+        poll,
+        pool,
+        procs: HashMap::new(),
+        shared,
+    };
+    let code = master.run(signals);
+    if let Some(error) = master.pool.fatal_error() {
+        eprintln!("error: {error}");
+    } else {
+        log::info!("event=exit code={code}");
+    }
+    Ok(code)
+}

@@ -1,0 +1,148 @@
+//! Starting one worker process: the only place that forks.
+//!
+//! Why its own module: between fork and exec only async-signal-safe calls are allowed (the master
+//! has threads, and another thread may hold the allocator's lock), so this code is kept small
+//! enough to audit. Everything is prepared before the fork; the child only moves fds into place,
+//! marks every other fd close-on-exec, resets signals and joins its own process group.
+//!
+//! The child's fds: 0-2 as the master's (stdin from /dev/null), 3 the listening socket, 4 the
+//! status pipe (worker -> master), 5 the control pipe (master -> worker). Nothing else survives exec.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::worker::STAGE_ONE;
+
+/// The fds the child gets, in order, starting at 3.
+const CHILD_FDS: usize = 3;
+/// Pipe capacity asked for the control pipe, so the whole bootstrap fits without waiting.
+const CONTROL_PIPE_BYTES: i32 = 1 << 20;
+
+/// A started worker: its pid and the master's ends of its two pipes (non-blocking).
+pub struct Spawned {
+    pub pid: i32,
+    pub status: OwnedFd,
+    pub control: OwnedFd,
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-int array; pipe2 fills it with two new fds on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we own, with integer arguments only.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Runs in the child between fork and exec: async-signal-safe calls only, no allocation.
+fn in_child(sources: [RawFd; CHILD_FDS]) -> io::Result<()> {
+    // SAFETY: each call is async-signal-safe and takes plain integers or stack memory.
+    unsafe {
+        // Reset every signal first: the master's handlers must not run in this process.
+        for sig in 1..libc::SIGRTMIN() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+
+        // Copy the sources above the target range first, so no dup2 below clobbers a source.
+        let mut high = [0; CHILD_FDS];
+        for (slot, &fd) in high.iter_mut().zip(sources.iter()) {
+            *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+            if *slot < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        for (i, &fd) in high.iter().enumerate() {
+            // dup2 clears close-on-exec on the target: these are the fds the worker inherits.
+            if libc::dup2(fd, 3 + i as RawFd) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        // Everything from 6 up closes at exec. Marking (not closing) keeps std's exec-error pipe alive.
+        const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+        let first = (3 + CHILD_FDS) as libc::c_uint;
+        if libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            // Kernels before 5.11: mark them one by one, up to the soft limit.
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                limit.rlim_cur.min(1 << 20) as RawFd
+            } else {
+                4096
+            };
+            for fd in first as RawFd..max {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+        // Own process group: a terminal's Ctrl-C reaches the master, which decides what workers see.
+        if libc::setpgid(0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Forks and execs `python -c STAGE_ONE` with the listening socket and fresh pipes.
+pub fn spawn_worker(python: &Path, listener: RawFd, worker: u64) -> io::Result<Spawned> {
+    let (status_r, status_w) = pipe()?;
+    let (control_r, control_w) = pipe()?;
+    // SAFETY: fcntl on a pipe fd we own; failure only means a smaller buffer and a few more writes.
+    unsafe {
+        libc::fcntl(
+            control_w.as_raw_fd(),
+            libc::F_SETPIPE_SZ,
+            CONTROL_PIPE_BYTES,
+        )
+    };
+    set_nonblocking(status_r.as_raw_fd())?;
+    set_nonblocking(control_w.as_raw_fd())?;
+
+    let sources = [listener, status_w.as_raw_fd(), control_r.as_raw_fd()];
+    let mut command = Command::new(python);
+    command
+        .arg("-c")
+        .arg(STAGE_ONE)
+        .arg(format!("hurricane-worker-{worker}"))
+        .stdin(Stdio::null())
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES");
+    // SAFETY: in_child only makes async-signal-safe calls and does not allocate.
+    unsafe { command.pre_exec(move || in_child(sources)) };
+    let child = command.spawn()?;
+    // The child has its copies; the master keeps only its own ends. Dropping `child` does not wait:
+    // the master reaps every pid itself with waitpid(-1).
+    drop((status_w, control_r));
+    Ok(Spawned {
+        pid: child.id() as i32,
+        status: status_r,
+        control: control_w,
+    })
+}

@@ -1,0 +1,237 @@
+//! The master's side of the worker protocol: what goes down the control pipe, what comes up the
+//! status pipe.
+//!
+//! Why JSON lines: the messages are rare (boot, ready, one heartbeat a second, a failure), so
+//! readability and binary safety (tracebacks, paths) matter more than bytes. Requests never produce
+//! a message of their own; their counters ride on the heartbeat.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+mod bundle {
+    include!(concat!(env!("OUT_DIR"), "/bundle.rs"));
+}
+
+/// Stage one of the bootstrap, given to `python -c`: read stage two from the control pipe, run it.
+/// Kept short because it is what `ps` shows for a worker.
+pub const STAGE_ONE: &str = "import os;f=os.fdopen(5,'rb');exec(f.read(int(f.readline())))";
+
+/// Exit code of a worker whose app failed to import; the same number in python/hurricane/worker.py.
+pub const EXIT_BOOT_FAILED: i32 = 3;
+
+/// Settings a worker needs, sent as the last line of the bootstrap.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub app: String,
+    pub pythonpath: Vec<String>,
+    pub keep_alive: Duration,
+    pub graceful_timeout: Duration,
+    pub heartbeat: Duration,
+}
+
+/// The bytes written to a new worker's control pipe: stage two, the embedded package, the config.
+pub fn bootstrap(config: &WorkerConfig, worker: u64, generation: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 * 1024);
+    out.extend_from_slice(format!("{}\n", bundle::BOOT.len()).as_bytes());
+    out.extend_from_slice(bundle::BOOT.as_bytes());
+    out.extend_from_slice(format!("{}\n", bundle::MODULES.len()).as_bytes());
+    for (name, is_pkg, source) in bundle::MODULES {
+        out.extend_from_slice(
+            format!("{name} {} {}\n", u8::from(*is_pkg), source.len()).as_bytes(),
+        );
+        out.extend_from_slice(source.as_bytes());
+    }
+    let line = json!({
+        "app": config.app,
+        "pythonpath": config.pythonpath,
+        "keep_alive": config.keep_alive.as_secs_f64(),
+        "graceful_timeout": config.graceful_timeout.as_secs_f64(),
+        "heartbeat_ms": config.heartbeat.as_millis() as u64,
+        "worker": worker,
+        "generation": generation,
+    });
+    out.extend_from_slice(line.to_string().as_bytes());
+    out.push(b'\n');
+    out
+}
+
+/// A request the worker is in the middle of, as its last heartbeat said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Busy {
+    pub since_unix_s: f64,
+    pub method: String,
+    pub path: String,
+}
+
+/// What a worker reported about its app failing to load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootFailure {
+    pub app: String,
+    pub error: String,
+    pub cwd: String,
+    pub python: String,
+    pub sys_path: Vec<String>,
+    pub traceback: String,
+}
+
+impl BootFailure {
+    /// The one line a user reads first, saying what to do.
+    pub fn summary(&self) -> String {
+        format!(
+            "cannot import '{}': {} (cwd={}, python={}, sys.path={}); try --chdir or --pythonpath",
+            self.app,
+            self.error,
+            self.cwd,
+            self.python,
+            self.sys_path.join(":"),
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// The interpreter is up and importing the app.
+    Boot,
+    Ready {
+        boot_ms: u64,
+    },
+    Heartbeat {
+        requests: u64,
+        busy: Option<Busy>,
+    },
+    Failed(BootFailure),
+}
+
+/// Parses one status-pipe line; None for a line this master does not understand (logged by the caller).
+pub fn parse_message(line: &[u8]) -> Option<Message> {
+    let value: Value = serde_json::from_slice(line).ok()?;
+    let text = |key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    match value.get("t")?.as_str()? {
+        "boot" => Some(Message::Boot),
+        "ready" => Some(Message::Ready {
+            boot_ms: value.get("boot_ms").and_then(Value::as_u64).unwrap_or(0),
+        }),
+        "hb" => Some(Message::Heartbeat {
+            requests: value.get("requests").and_then(Value::as_u64).unwrap_or(0),
+            busy: value
+                .get("busy_since")
+                .and_then(Value::as_f64)
+                .map(|since| Busy {
+                    since_unix_s: since,
+                    method: text("method"),
+                    path: text("path"),
+                }),
+        }),
+        "fail" => Some(Message::Failed(BootFailure {
+            app: text("app"),
+            error: text("error"),
+            cwd: text("cwd"),
+            python: text("python"),
+            sys_path: value
+                .get("sys_path")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            traceback: text("traceback"),
+        })),
+        _ => None,
+    }
+}
+
+/// Splits complete lines off the front of a pipe buffer, leaving a partial line in place.
+pub fn take_lines(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
+    while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+        let rest = buf.split_off(end + 1);
+        let mut line = std::mem::replace(buf, rest);
+        line.pop();
+        lines.push(line);
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundle_holds_the_package() {
+        let names: Vec<_> = bundle::MODULES.iter().map(|m| m.0).collect();
+        assert!(names.contains(&"hurricane"));
+        assert!(names.contains(&"hurricane.worker"));
+        assert!(names.contains(&"hurricane.http"));
+    }
+
+    #[test]
+    fn bootstrap_frames_each_part_with_its_length() {
+        let config = WorkerConfig {
+            app: "a:b".into(),
+            pythonpath: vec![],
+            keep_alive: Duration::from_secs(5),
+            graceful_timeout: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(1),
+        };
+        let data = bootstrap(&config, 1, 0);
+        let newline = data.iter().position(|&b| b == b'\n').unwrap();
+        let boot_len: usize = std::str::from_utf8(&data[..newline])
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            &data[newline + 1..newline + 1 + boot_len],
+            bundle::BOOT.as_bytes()
+        );
+        let last = data[..data.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .unwrap();
+        let cfg: Value = serde_json::from_slice(&data[last + 1..]).unwrap();
+        assert_eq!(cfg["app"], "a:b");
+    }
+
+    #[test]
+    fn messages_parse() {
+        assert_eq!(
+            parse_message(br#"{"t":"boot","pid":3}"#),
+            Some(Message::Boot)
+        );
+        assert_eq!(
+            parse_message(br#"{"t":"ready","boot_ms":12}"#),
+            Some(Message::Ready { boot_ms: 12 })
+        );
+        let hb = parse_message(
+            br#"{"t":"hb","requests":4,"busy_since":1.5,"method":"GET","path":"/x"}"#,
+        );
+        assert_eq!(
+            hb,
+            Some(Message::Heartbeat {
+                requests: 4,
+                busy: Some(Busy {
+                    since_unix_s: 1.5,
+                    method: "GET".into(),
+                    path: "/x".into()
+                })
+            })
+        );
+        assert_eq!(parse_message(b"not json"), None);
+        assert_eq!(parse_message(br#"{"t":"future"}"#), None);
+    }
+
+    #[test]
+    fn lines_are_split_and_partials_kept() {
+        let mut buf = b"one\ntwo\nthr".to_vec();
+        assert_eq!(take_lines(&mut buf), vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(buf, b"thr");
+    }
+}
