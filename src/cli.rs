@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
     about = "A process supervisor and prefork application server for Python WSGI apps",
     long_about = "A process supervisor and prefork application server for Python WSGI apps.\n\n\
         Binds the socket, runs N Python workers that share it, watches, respawns and reaps them, \
-        answers Kubernetes probes on its own port, and reloads without downtime.",
+        answers Kubernetes probes on its own port, and shuts down without dropping requests.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]

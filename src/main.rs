@@ -92,7 +92,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
         bind: args.bind,
         port: args.port,
         backlog: args.backlog,
-        probe: (!args.no_probe).then(|| {
+        probe: (!args.no_probe).then_some({
             (
                 args.probe_port,
                 Paths {

@@ -60,25 +60,24 @@ fn control_token(id: WorkerId) -> Token {
 
 /// Binds the app socket, or takes it from systemd-style socket activation (LISTEN_FDS/LISTEN_PID).
 fn listen(bind: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
-    if let (Ok(pid), Ok(fds)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) {
-        if pid.parse::<u32>().ok() == Some(std::process::id())
-            && fds.parse::<u32>().unwrap_or(0) >= 1
-        {
-            // SAFETY: LISTEN_FDS names fd 3 as handed to this very process, which owns it from now on.
-            let listener = unsafe { TcpListener::from_raw_fd(3) };
-            // SAFETY: fcntl with integer arguments on the fd we just took ownership of.
-            unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) };
-            listener
-                .local_addr()
-                .context("LISTEN_FDS is set but fd 3 is not a listening TCP socket")?;
-            // SAFETY: single-threaded at this point (no threads started yet); nobody reads env concurrently.
-            unsafe {
-                std::env::remove_var("LISTEN_PID");
-                std::env::remove_var("LISTEN_FDS");
-                std::env::remove_var("LISTEN_FDNAMES");
-            }
-            return Ok(listener);
+    if let (Ok(pid), Ok(fds)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS"))
+        && pid.parse::<u32>().ok() == Some(std::process::id())
+        && fds.parse::<u32>().unwrap_or(0) >= 1
+    {
+        // SAFETY: LISTEN_FDS names fd 3 as handed to this very process, which owns it from now on.
+        let listener = unsafe { TcpListener::from_raw_fd(3) };
+        // SAFETY: fcntl with integer arguments on the fd we just took ownership of.
+        unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) };
+        listener
+            .local_addr()
+            .context("LISTEN_FDS is set but fd 3 is not a listening TCP socket")?;
+        // SAFETY: single-threaded at this point (no threads started yet); nobody reads env concurrently.
+        unsafe {
+            std::env::remove_var("LISTEN_PID");
+            std::env::remove_var("LISTEN_FDS");
+            std::env::remove_var("LISTEN_FDNAMES");
         }
+        return Ok(listener);
     }
     let addrs: Vec<SocketAddr> = (bind, port)
         .to_socket_addrs()
@@ -98,6 +97,19 @@ fn listen(bind: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
         }
         _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
     })?;
+    // Wake a worker only once the request's first bytes are here: the worker that accepts is then
+    // busy at once, and the next connection's wakeup goes to an idle sibling. Best effort.
+    let defer_s: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to a local int of the size passed.
+    unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&defer_s as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
     // std listens with its own backlog; listen(2) again on a listening socket just resizes the queue.
     // SAFETY: listen on a socket fd we own.
     if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
@@ -377,6 +389,10 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
     let listener = listen(&config.bind, config.port, config.backlog)?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared::new());
+    // The pool decides its first spawns now; they are carried out in the loop. Publishing its health
+    // before the probe thread starts means no probe ever sees an empty, sizeless pool.
+    let pool = Pool::new(config.pool.clone(), Instant::now());
+    shared.publish(pool.health());
     let mut probe_addr = String::from("off");
     if let Some((probe_port, paths)) = &config.probe {
         let port = match probe_port {
@@ -411,7 +427,6 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
         config.python.display(),
         env!("CARGO_PKG_VERSION")
     );
-    let pool = Pool::new(config.pool.clone(), Instant::now());
     let mut master = Master {
         config,
         listener,

@@ -391,12 +391,12 @@ impl Pool {
 
     /// Time passed: respawn, enforce deadlines, move between phases. Call after every event.
     pub fn tick(&mut self, now: Instant) {
-        if let Phase::Delaying { until } = self.phase {
-            if now >= until {
-                log::info!("event=drain workers={}", self.workers.len());
-                self.phase = Phase::Draining;
-                self.drain_all(Signal::Term, now, now + self.config.graceful_timeout);
-            }
+        if let Phase::Delaying { until } = self.phase
+            && now >= until
+        {
+            log::info!("event=drain workers={}", self.workers.len());
+            self.phase = Phase::Draining;
+            self.drain_all(Signal::Term, now, now + self.config.graceful_timeout);
         }
 
         // Deadlines: boot timeouts and drain deadlines end in SIGKILL.
@@ -429,10 +429,10 @@ impl Pool {
                         kill_at: now + Duration::from_secs(u32::MAX as u64),
                     };
                 }
-                WorkerState::Ready { since, .. } => {
-                    if now.duration_since(since) >= Duration::from_secs(STABLE_AFTER_S) {
-                        self.slots[w.slot].crashes = 0;
-                    }
+                WorkerState::Ready { since, .. }
+                    if now.duration_since(since) >= Duration::from_secs(STABLE_AFTER_S) =>
+                {
+                    self.slots[w.slot].crashes = 0;
                 }
                 _ => {}
             }

@@ -663,7 +663,7 @@ class Server:
                     self._on_readable(conn, app, epoll, now)
                 elif fd == lfd:
                     if listening:
-                        self._accept(listener, epoll, now)
+                        self._accept(listener, app, epoll, now)
                 else:
                     try:
                         wake_r.recv(4096)
@@ -673,25 +673,30 @@ class Server:
                 next_sweep = now + 1.0
                 self._sweep(epoll, now)
 
-    def _accept(self, listener: socket.socket, epoll: Any, now: float) -> None:
-        # A bounded batch: take what is queued, but leave some for the other workers.
-        for _ in range(16):
-            try:
-                sock, addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # EMFILE/ENFILE/ECONNABORTED: the connection stays queued or is gone; not our crash.
-                print(f"hurricane worker pid={os.getpid()} event=accept_error error={exc}", file=sys.stderr)
-                return
-            sock.setblocking(False)
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass  # not TCP (a Unix socket)
-            conn = Conn(sock, addr, now)
-            self.conns[conn.fd] = conn
-            epoll.register(conn.fd, EPOLLIN)
+    def _accept(self, listener: socket.socket, app: Callable, epoll: Any, now: float) -> None:
+        """Take one connection and serve it at once.
+
+        One per wakeup, never a batch: the app runs inline, so a worker that took three queued
+        connections would serve them one after another while its idle siblings wait. The master
+        sets TCP_DEFER_ACCEPT, so the request is usually already here when accept returns.
+        """
+        try:
+            sock, addr = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # EMFILE/ENFILE/ECONNABORTED: the connection stays queued or is gone; not our crash.
+            print(f"hurricane worker pid={os.getpid()} event=accept_error error={exc}", file=sys.stderr)
+            return
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a Unix socket)
+        conn = Conn(sock, addr, now)
+        self.conns[conn.fd] = conn
+        epoll.register(conn.fd, EPOLLIN)
+        self._on_readable(conn, app, epoll, now)
 
     def _close(self, conn: Conn, epoll: Any) -> None:
         if self.conns.pop(conn.fd, None) is not None:

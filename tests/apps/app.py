@@ -1,0 +1,79 @@
+"""The integration tests' main app: one view per behaviour a test needs to provoke."""
+
+import json
+import os
+import time
+from urllib.parse import parse_qs
+
+
+def _fd_snapshot():
+    """The fds this worker inherited, taken at import, before the server opens its own."""
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the directory handle listdir used, already closed
+        fds[int(name)] = target
+    return fds
+
+
+INHERITED_FDS = _fd_snapshot()
+
+
+def _touch(path):
+    if path:
+        with open(path, "a"):
+            pass
+
+
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    query = {k: v[0] for k, v in parse_qs(environ["QUERY_STRING"]).items()}
+    status, body = "200 OK", b""
+    if path == "/pid":
+        body = str(os.getpid()).encode()
+    elif path == "/sleep":
+        _touch(query.get("mark"))
+        time.sleep(float(query.get("s", "1")))
+        body = b"slept " + str(os.getpid()).encode()
+    elif path == "/exit":
+        os._exit(1)
+    elif path == "/fds":
+        body = json.dumps(INHERITED_FDS).encode()
+    elif path == "/doublefork":
+        # An orphan for the master to reap: the child forks a grandchild and exits at once; the
+        # grandchild is re-parented to the master (subreaper or PID 1) and lives until the test
+        # creates the `release` file (or 20 s pass).
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:
+            grandchild = os.fork()
+            if grandchild == 0:
+                release = query.get("release", "")
+                for _ in range(2000):
+                    if os.path.exists(release):
+                        break
+                    time.sleep(0.01)
+                os._exit(0)
+            os.write(write, str(grandchild).encode())
+            os._exit(0)
+        os.waitpid(child, 0)
+        body = os.read(read, 100)
+        os.close(read)
+        os.close(write)
+    elif path == "/echo":
+        body = environ["wsgi.input"].read()
+    elif path == "/environ":
+        keys = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL", "REMOTE_ADDR",
+                "CONTENT_TYPE", "CONTENT_LENGTH", "HTTP_X_TEST", "wsgi.url_scheme", "SCRIPT_NAME")
+        body = json.dumps({k: environ.get(k) for k in keys}).encode()
+    elif path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return (part for part in (b"one ", b"two ", b"three"))
+    elif path == "/error":
+        raise RuntimeError("boom from the test app")
+    else:
+        body = b"hello"
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

@@ -1,0 +1,13 @@
+"""An app that ignores SIGTERM: the master must SIGKILL it after --graceful-timeout."""
+
+import signal
+import time
+
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def application(environ, start_response):
+    if environ["PATH_INFO"] == "/sleep":
+        time.sleep(30)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ignoring TERM"]

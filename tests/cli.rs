@@ -1,0 +1,125 @@
+//! The command line and startup errors: exit codes and one-line messages (issue 2).
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::*;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("HURRICANE_PORT")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flag_is_a_usage_error() {
+    let (code, err) = run(&["-w", "app", "--no-such-flag"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("unexpected argument '--no-such-flag'"),
+        "{err}"
+    );
+    let (code, err) = run(&["--port", "8000"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--wsgi"), "{err}");
+    let (code, err) = run(&["-w", "app", "--workers", "zero"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn help_and_version() {
+    let (code, _) = run(&["--version"]);
+    assert_eq!(code, 0);
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--graceful-timeout") && help.contains("HURRICANE_PORT"),
+        "{help}"
+    );
+}
+
+#[test]
+fn bad_module_path_and_chdir_are_usage_errors() {
+    let (code, err) = run(&["-w", "mysite/wsgi.py", "--port", "0"]);
+    assert_eq!(code, 2);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: -w 'mysite/wsgi.py' is not MODULE[:ATTR]"),
+        "{err}"
+    );
+    let (code, err) = run(&["-w", "app", "--chdir", "/no/such/dir"]);
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: --chdir '/no/such/dir'"), "{err}");
+}
+
+#[test]
+fn missing_python_is_one_line_and_exit_1() {
+    let (code, err) = run(&["-w", "app", "--port", "0", "--python", "/no/such/python3"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "error: cannot find python '/no/such/python3'; pass --python PATH or activate a virtualenv"
+    );
+}
+
+#[test]
+fn port_in_use_is_one_line_and_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = Command::new(BIN)
+        .args([
+            "-w",
+            "app",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--python",
+            &python(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("address already in use") && err.contains(&port),
+        "{err}"
+    );
+}
+
+#[test]
+fn options_come_from_the_environment_and_the_command_line_wins() {
+    let server = Server::spawn(command("app", &[]).env("HURRICANE_WORKERS", "3"));
+    server.wait_started();
+    assert_eq!(server.wait_workers(3, START_TIMEOUT).len(), 3);
+    drop(server);
+    let server = Server::spawn(command("app", &["--workers", "1"]).env("HURRICANE_WORKERS", "3"));
+    server.wait_started();
+    assert_eq!(server.wait_workers(1, Duration::from_secs(5)).len(), 1);
+}
+
+#[test]
+fn readme_documents_every_option() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let help = String::from_utf8(Command::new(BIN).arg("--help").output().unwrap().stdout).unwrap();
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--"))
+        .map(|w| w.trim_end_matches(','))
+        .collect();
+    assert!(flags.len() > 15, "{flags:?}");
+    for flag in flags {
+        assert!(
+            readme.contains(&format!("`{flag}")),
+            "README's options table lacks {flag}"
+        );
+    }
+}

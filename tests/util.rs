@@ -1,0 +1,406 @@
+//! The test harness: start the real hurricane binary against an app in tests/apps, wait until it
+//! is started, talk HTTP to it over loopback, signal it, read its log, and clean up.
+//!
+//! Servers listen on `--port 0`; the harness learns both ports from the `event=listening` log line,
+//! so tests never race each other for fixed or "free" ports.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hurricane");
+
+/// Long enough for a loaded 2-core CI machine, short enough that a hang fails the test quickly.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn apps_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps")
+}
+
+/// The interpreter tests run workers with: HURRICANE_TEST_PYTHON, else python3.
+pub fn python() -> String {
+    std::env::var("HURRICANE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Polls `check` until it returns Some or the deadline passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[derive(Default)]
+struct LogState {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+#[derive(Clone, Default)]
+pub struct Log(Arc<(Mutex<LogState>, Condvar)>);
+
+impl Log {
+    fn push(&self, line: String) {
+        let (lock, cond) = &*self.0;
+        lock.lock().unwrap().lines.push(line);
+        cond.notify_all();
+    }
+
+    fn close(&self) {
+        let (lock, cond) = &*self.0;
+        lock.lock().unwrap().closed = true;
+        cond.notify_all();
+    }
+
+    pub fn text(&self) -> String {
+        self.0.0.lock().unwrap().lines.join("\n")
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.0
+            .0
+            .lock()
+            .unwrap()
+            .lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let (lock, cond) = &*self.0;
+        let deadline = Instant::now() + timeout;
+        let mut state = lock.lock().unwrap();
+        loop {
+            if let Some(line) = state.lines.iter().find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline || state.closed {
+                return None;
+            }
+            state = cond.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub log: Log,
+    pub addr: SocketAddr,
+    pub probe: Option<SocketAddr>,
+}
+
+/// Command line for hurricane serving `app` from tests/apps on a free loopback port.
+pub fn command(app: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["-w", app, "--bind", "127.0.0.1", "--port", "0", "--chdir"])
+        .arg(apps_dir())
+        .args(["--python", &python()])
+        .args(args)
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("HURRICANE_") && key != "HURRICANE_TEST_PYTHON" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+fn capture(stream: impl Read + Send + 'static, log: Log) {
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            match line {
+                Ok(line) => log.push(line),
+                Err(_) => break,
+            }
+        }
+        log.close();
+    });
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+impl Server {
+    /// Starts hurricane and waits until it listens (not until workers are ready).
+    pub fn spawn(cmd: &mut Command) -> Server {
+        let mut child = cmd.spawn().expect("start hurricane");
+        let log = Log::default();
+        capture(child.stderr.take().unwrap(), log.clone());
+        let out = Log::default();
+        capture(child.stdout.take().unwrap(), out);
+        let Some(line) = log.wait_for("event=listening", START_TIMEOUT) else {
+            let _ = child.kill();
+            panic!("hurricane did not start listening; log:\n{}", log.text());
+        };
+        let addr = field(&line, "addr").unwrap().parse().unwrap();
+        let probe = field(&line, "probe").unwrap().parse().ok();
+        Server {
+            child,
+            log,
+            addr,
+            probe,
+        }
+    }
+
+    /// Starts hurricane serving `app` and waits until /startup says 200.
+    pub fn start(app: &str, args: &[&str]) -> Server {
+        let server = Server::spawn(&mut command(app, args));
+        server.wait_started();
+        server
+    }
+
+    pub fn wait_started(&self) {
+        if self.log.wait_for("event=started", START_TIMEOUT).is_none() {
+            panic!("hurricane did not start; log:\n{}", self.log.text());
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        get(self.addr, path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}; log:\n{}", self.log.text()))
+    }
+
+    pub fn probe(&self, path: &str) -> Response {
+        get(self.probe.expect("probe server is on"), path).expect("probe request")
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill with integer arguments on our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_for(timeout, || self.child.try_wait().unwrap())
+    }
+
+    /// Worker processes: children of the master running a hurricane worker.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        children(self.pid())
+            .into_iter()
+            .filter(|pid| cmdline(*pid).contains("hurricane-worker"))
+            .collect()
+    }
+
+    /// Waits until exactly `n` workers are alive and all of them differ from `old`.
+    pub fn wait_workers(&self, n: usize, timeout: Duration) -> Vec<i32> {
+        wait_for(timeout, || {
+            let pids = self.worker_pids();
+            (pids.len() == n).then_some(pids)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "expected {n} workers, have {:?}; log:\n{}",
+                self.worker_pids(),
+                self.log.text()
+            )
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let workers = self.worker_pids();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for pid in workers {
+                // SAFETY: kill with integer arguments; at worst the pid is already gone.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Pids whose parent is `pid` (from /proc/*/stat).
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Some((ppid, _)) = stat(child)
+            && ppid == pid
+        {
+            out.push(child);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// (parent pid, state letter) of a process, None if it is gone.
+pub fn stat(pid: i32) -> Option<(i32, char)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+/// True once the process is gone or only a zombie (it has exited).
+pub fn has_exited(pid: i32) -> bool {
+    stat(pid).is_none_or(|(_, state)| state == 'Z' || state == 'X')
+}
+
+pub fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One GET on a fresh connection with `Connection: close`.
+pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Sends raw bytes on a fresh connection and parses the one response that comes back.
+pub fn request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(raw)?;
+    // Read until the response is complete by its own framing, not until EOF: a process the app
+    // forked may hold the connection open long after the response was sent.
+    let head_request = raw.starts_with(b"HEAD ");
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        if let Some(response) = parse_response(&data, head_request) {
+            let framed = response.header("content-length").is_some()
+                || response.header("transfer-encoding").is_some()
+                || head_request;
+            if framed {
+                return Ok(response);
+            }
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&chunk[..n]);
+    }
+    parse_response(&data, head_request).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("bad response {:?}", String::from_utf8_lossy(&data)),
+        )
+    })
+}
+
+/// Parses one HTTP/1.1 response (Content-Length, chunked, or read-to-close body; none for HEAD).
+pub fn parse_response(data: &[u8], head_request: bool) -> Option<Response> {
+    let end = data.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&data[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    let rest = &data[end + 4..];
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let body = if head_request {
+        Vec::new()
+    } else if let Some(len) = find("content-length") {
+        rest.get(..len.parse::<usize>().ok()?)?.to_vec()
+    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        let mut pos = 0;
+        loop {
+            let line_end = pos + rest[pos..].windows(2).position(|w| w == b"\r\n")?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[pos..line_end]).ok()?, 16).ok()?;
+            pos = line_end + 2;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(rest.get(pos..pos + size)?);
+            pos += size + 2;
+        }
+        body
+    } else {
+        rest.to_vec()
+    };
+    Some(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A scratch directory under target/ for marker files, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
