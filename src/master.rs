@@ -64,13 +64,27 @@ fn listen(bind: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
         && pid.parse::<u32>().ok() == Some(std::process::id())
         && fds.parse::<u32>().unwrap_or(0) >= 1
     {
-        // SAFETY: LISTEN_FDS names fd 3 as handed to this very process, which owns it from now on.
+        let mut accepting: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt on fd 3 with pointers to locals of the sizes passed; it only reads.
+        let status = unsafe {
+            libc::getsockopt(
+                3,
+                libc::SOL_SOCKET,
+                libc::SO_ACCEPTCONN,
+                (&mut accepting as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if status != 0 || accepting != 1 {
+            bail!(
+                "LISTEN_FDS is set but fd 3 is not a listening socket; unset LISTEN_FDS/LISTEN_PID or fix the socket unit"
+            );
+        }
+        // SAFETY: fd 3 is an open listening socket handed to this very process, which owns it from now on.
         let listener = unsafe { TcpListener::from_raw_fd(3) };
         // SAFETY: fcntl with integer arguments on the fd we just took ownership of.
         unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) };
-        listener
-            .local_addr()
-            .context("LISTEN_FDS is set but fd 3 is not a listening TCP socket")?;
         // SAFETY: single-threaded at this point (no threads started yet); nobody reads env concurrently.
         unsafe {
             std::env::remove_var("LISTEN_PID");

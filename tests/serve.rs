@@ -384,3 +384,115 @@ fn wsgi_basics_over_real_http() {
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
     assert!(text.ends_with("hello"), "{text}");
 }
+
+#[test]
+fn int_is_a_fast_shutdown_and_a_second_term_escalates() {
+    let dir = TempDir::new("fast");
+    let mut server = Server::start("app", &["--workers", "1"]);
+    let addr = server.addr;
+    let mark = dir.path("m");
+    let slow = thread::spawn(move || get(addr, &format!("/sleep?s=10&mark={mark}")));
+    wait_for(Duration::from_secs(5), || {
+        std::path::Path::new(&dir.path("m")).exists().then_some(())
+    })
+    .expect("request in flight");
+    let started = Instant::now();
+    server.signal(libc::SIGINT);
+    let status = server.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "fast: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        slow.join().unwrap().is_err(),
+        "a fast shutdown cuts the request"
+    );
+
+    // A worker that ignores TERM with a long graceful timeout: the second TERM ends it now.
+    let mut server = Server::start(
+        "ignoreterm",
+        &["--workers", "1", "--graceful-timeout", "60"],
+    );
+    server.signal(libc::SIGTERM);
+    server
+        .log
+        .wait_for("event=shutdown", Duration::from_secs(5))
+        .unwrap();
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(5)).expect("escalated");
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(server.log.count("event=shutdown_escalated") == 1);
+}
+
+#[test]
+fn an_idle_master_uses_no_cpu() {
+    let server = Server::start("app", &["--workers", "2"]);
+    let ticks = || {
+        let text = std::fs::read_to_string(format!("/proc/{}/stat", server.pid())).unwrap();
+        let fields: Vec<u64> = text[text.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        fields[0] + fields[1] // utime + stime, in clock ticks (1/100 s)
+    };
+    let before = ticks();
+    thread::sleep(Duration::from_secs(3));
+    let used = ticks() - before;
+    assert!(used <= 3, "idle master used {used} ticks (1/100 s) in 3 s");
+}
+
+#[test]
+fn a_socket_from_listen_fds_is_used_instead_of_binding() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    // LISTEN_PID must be hurricane's own pid: a shell sets it, then execs hurricane in its place.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"", BIN])
+        .args([
+            "-w",
+            "app",
+            "--port",
+            "9",
+            "--probe-port",
+            "0",
+            "--workers",
+            "1",
+            "--python",
+            &python(),
+            "--chdir",
+        ])
+        .arg(apps_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: dup2 is async-signal-safe; it puts the listening socket at fd 3 for the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec; clear it by hand in that case.
+            let ok = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if ok < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let server = Server::spawn(&mut cmd);
+    server.wait_started();
+    assert_eq!(
+        server.addr, addr,
+        "listens on the inherited socket, not on --port 9"
+    );
+    assert_eq!(server.get("/").text(), "hello");
+}
