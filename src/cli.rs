@@ -163,6 +163,73 @@ pub struct ServeArgs {
     #[arg(long, env = "HURRICANE_KEEP_ALIVE", value_name = "S", default_value = "5", value_parser = seconds)]
     pub keep_alive: Duration,
 
+    /// Seconds a request may run before its worker is killed and replaced (0: no limit)
+    #[arg(long, env = "HURRICANE_TIMEOUT", value_name = "S", default_value = "30", value_parser = seconds)]
+    pub timeout: Duration,
+
+    /// Seconds a worker may go without a heartbeat (a frozen process) before it is killed (0: no limit)
+    #[arg(long, env = "HURRICANE_HEARTBEAT_TIMEOUT", value_name = "S", default_value = "30", value_parser = seconds)]
+    pub heartbeat_timeout: Duration,
+
+    /// Replace a worker after this many requests, its successor ready first (0: never)
+    #[arg(
+        long,
+        env = "HURRICANE_MAX_REQUESTS",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    pub max_requests: u64,
+
+    /// Add a random 0..=J to each worker's --max-requests, so workers do not recycle together
+    #[arg(
+        long,
+        env = "HURRICANE_MAX_REQUESTS_JITTER",
+        value_name = "J",
+        default_value_t = 0
+    )]
+    pub max_requests_jitter: u64,
+
+    /// Replace a worker whose resident memory exceeds this many MiB, its successor ready first (0: never)
+    #[arg(
+        long,
+        env = "HURRICANE_MAX_MEMORY",
+        value_name = "MB",
+        default_value_t = 0
+    )]
+    pub max_memory: u64,
+
+    /// Reload when a source file of the app changes (development)
+    #[arg(long, env = "HURRICANE_AUTORELOAD", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub autoreload: bool,
+
+    /// With --autoreload, also watch this directory, recursively (repeatable)
+    #[arg(
+        long,
+        env = "HURRICANE_RELOAD_DIR",
+        value_name = "DIR",
+        value_delimiter = ':'
+    )]
+    pub reload_dir: Vec<PathBuf>,
+
+    /// With --autoreload, file names that count as changes (repeatable) [default: *.py]
+    #[arg(
+        long,
+        env = "HURRICANE_RELOAD_INCLUDE",
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
+    pub reload_include: Vec<String>,
+
+    /// With --autoreload, file names that never count (repeatable; __pycache__, *.pyc, .git and
+    /// editor temp files never count anyway)
+    #[arg(
+        long,
+        env = "HURRICANE_RELOAD_EXCLUDE",
+        value_name = "GLOB",
+        value_delimiter = ','
+    )]
+    pub reload_exclude: Vec<String>,
+
     /// Log level: error, warn, info, debug or trace
     #[arg(long, env = "HURRICANE_LOG_LEVEL", value_name = "LEVEL", default_value = "info",
           value_parser = ["error", "warn", "info", "debug", "trace"])]

@@ -8,6 +8,7 @@ mod cli;
 mod master;
 mod pool;
 mod probe;
+mod reload;
 mod signals;
 mod spawn;
 mod worker;
@@ -85,6 +86,13 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
         )));
     }
     let python = python(&args);
+    let autoreload = if args.autoreload {
+        let filter = reload::Filter::new(&args.reload_include, &args.reload_exclude)
+            .map_err(|e| Usage(format!("--reload-include/--reload-exclude: {e}")))?;
+        Some((filter, args.reload_dir.clone()))
+    } else {
+        None
+    };
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -107,6 +115,11 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             boot_timeout: args.boot_timeout,
             graceful_timeout: args.graceful_timeout,
             shutdown_delay: args.shutdown_delay,
+            timeout: Some(args.timeout).filter(|t| !t.is_zero()),
+            heartbeat_timeout: Some(args.heartbeat_timeout).filter(|t| !t.is_zero()),
+            max_requests: Some(args.max_requests).filter(|n| *n > 0),
+            max_requests_jitter: args.max_requests_jitter,
+            max_memory_bytes: Some(args.max_memory.saturating_mul(1 << 20)).filter(|n| *n > 0),
         },
         worker: WorkerConfig {
             app,
@@ -118,7 +131,9 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             keep_alive: args.keep_alive,
             graceful_timeout: args.graceful_timeout,
             heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
+            autoreload: args.autoreload,
         },
+        autoreload,
         python,
     })
 }

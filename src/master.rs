@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -21,11 +22,14 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::pool::{Action, ExitStatus, Pool, PoolConfig, Signal, WorkerId};
 use crate::probe::{self, Paths, Shared};
+use crate::reload;
 use crate::signals::{self, Event};
 use crate::spawn;
 use crate::worker::{self, WorkerConfig};
 
 const SIGNALS: Token = Token(0);
+/// The autoreload watcher wakes the loop through this token.
+const WAKER: Token = Token(1);
 /// The loop wakes at least this often, so the probe thread can tell a live loop from a stuck one.
 const LOOP_TICK_MS: u64 = 1000;
 
@@ -38,6 +42,8 @@ pub struct Config {
     pub probe: Option<(Option<u16>, Paths)>,
     pub pool: PoolConfig,
     pub worker: WorkerConfig,
+    /// --autoreload: what counts as a change, and --reload-dir directories.
+    pub autoreload: Option<(reload::Filter, Vec<PathBuf>)>,
 }
 
 /// A running worker process as the master sees it: its pipes and their buffers.
@@ -153,6 +159,7 @@ fn send_signal(pid: i32, signal: Signal) {
         Signal::Term => libc::SIGTERM,
         Signal::Quit => libc::SIGQUIT,
         Signal::Kill => libc::SIGKILL,
+        Signal::DumpTraceback => libc::SIGUSR2,
     };
     // SAFETY: kill with integer arguments. The pid is one of our unreaped children, so it cannot
     // have been recycled for another process.
@@ -233,6 +240,9 @@ struct Master {
     pool: Pool,
     procs: HashMap<WorkerId, Proc>,
     shared: Arc<Shared>,
+    watcher: Option<reload::Watcher>,
+    reload_pending: Arc<AtomicBool>,
+    last_memory_check: Instant,
 }
 
 impl Master {
@@ -300,6 +310,19 @@ impl Master {
                     self.pool.shutdown(kind, Instant::now());
                 }
                 Some(Event::ChildExited) => self.reap(),
+                Some(Event::Reload) => {
+                    log::info!("event=signal signal=HUP");
+                    self.pool.reload(Instant::now());
+                }
+                Some(Event::Scale(up)) => {
+                    log::info!("event=signal signal={}", signals::name(sig));
+                    self.pool.scale(up, Instant::now());
+                }
+                Some(Event::ReopenLogs) => {
+                    log::info!(
+                        "event=signal signal=USR1 action=none reason=\"logs go to stderr; nothing to reopen\""
+                    );
+                }
                 None => {}
             }
         }
@@ -345,7 +368,16 @@ impl Master {
         let now = Instant::now();
         for line in read_status(&self.poll, proc_) {
             match worker::parse_message(&line) {
-                Some(message) => self.pool.message(proc_.pid, message, now),
+                Some(message) => {
+                    if let (worker::Message::Ready { dirs, .. }, Some(watcher)) =
+                        (&message, &self.watcher)
+                    {
+                        for dir in dirs {
+                            watcher.watch(PathBuf::from(dir), false);
+                        }
+                    }
+                    self.pool.message(proc_.pid, message, now)
+                }
                 None => log::warn!(
                     "event=bad_worker_message pid={} line={:?}",
                     proc_.pid,
@@ -390,16 +422,46 @@ impl Master {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.handle_signals(&mut signals),
+                    WAKER => {
+                        if self.reload_pending.swap(false, Ordering::AcqRel) {
+                            self.pool.reload(Instant::now());
+                        }
+                    }
                     token => self.handle_worker_io(token),
                 }
             }
+            self.check_memory();
             self.pool.tick(Instant::now());
+        }
+    }
+
+    /// --max-memory: read each worker's resident set, at most once a second.
+    fn check_memory(&mut self) {
+        if self.config.pool.max_memory_bytes.is_none()
+            || self.last_memory_check.elapsed() < Duration::from_secs(1)
+        {
+            return;
+        }
+        self.last_memory_check = Instant::now();
+        for pid in self.pool.pids() {
+            if let Some(rss) = resident_bytes(pid) {
+                self.pool.memory(pid, rss, Instant::now());
+            }
         }
     }
 }
 
+/// Resident memory of a process, from /proc/PID/statm (in pages).
+pub fn resident_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf with an integer argument.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(4096) as u64)
+}
+
 /// Runs the server until it shuts down; the exit code, or an error for main to print.
-pub fn run(config: Config) -> anyhow::Result<i32> {
+pub fn run(mut config: Config) -> anyhow::Result<i32> {
     let listener = listen(&config.bind, config.port, config.backlog)?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared::new());
@@ -441,6 +503,16 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
         config.python.display(),
         env!("CARGO_PKG_VERSION")
     );
+    let reload_pending = Arc::new(AtomicBool::new(false));
+    let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+    let mut watcher = None;
+    if let Some((filter, dirs)) = config.autoreload.take() {
+        let w = reload::spawn(filter, reload_pending.clone(), waker).map_err(anyhow::Error::msg)?;
+        for dir in dirs {
+            w.watch(dir, true);
+        }
+        watcher = Some(w);
+    }
     let mut master = Master {
         config,
         listener,
@@ -448,6 +520,9 @@ pub fn run(config: Config) -> anyhow::Result<i32> {
         pool,
         procs: HashMap::new(),
         shared,
+        watcher,
+        reload_pending,
+        last_memory_check: Instant::now(),
     };
     let code = master.run(signals);
     if let Some(error) = master.pool.fatal_error() {

@@ -1,17 +1,22 @@
 //! The worker pool as a pure state machine: events in (a worker spawned, spoke, exited; time
-//! passed; shutdown requested), actions out (spawn, signal, exit).
+//! passed; a reload, a scale or a shutdown was asked for), actions out (spawn, signal, exit).
 //!
 //! Why pure: every supervision rule (boot failures stop the server instead of looping, crashes back
-//! off, a drain ends in SIGKILL at its deadline, shutdown waits for the last worker) lives here and is
-//! unit-tested with a fake clock and fake pids. `master` only carries actions out on real processes.
+//! off, a replacement is ready before its predecessor drains, a drain ends in SIGKILL at its
+//! deadline, shutdown waits for the last worker) lives here and is unit-tested with a fake clock and
+//! fake pids. `master` only carries actions out on real processes.
 //!
 //! Worker lifecycle: `Spawned -> Booting -> Ready -> Draining -> (removed on exit)`.
 //! Pool lifecycle: `Starting -> Running -> Delaying -> Draining`, or `-> Failing` on a fatal error.
+//!
+//! Replacing a worker (reload, --max-requests, --max-memory) always starts a *successor* in the same
+//! slot first; the old worker is told to drain only once the successor is Ready, so the pool never
+//! has fewer ready workers than its size while it happens. A reload walks the slots one at a time.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::worker::{BootFailure, Busy, EXIT_BOOT_FAILED, Message};
+use crate::worker::{BootFailure, EXIT_BOOT_FAILED, Message};
 
 /// First respawn delay after a quick crash; it doubles up to the maximum.
 pub const RESPAWN_BACKOFF_MIN_MS: u64 = 100;
@@ -22,6 +27,8 @@ pub const STABLE_AFTER_S: u64 = 10;
 pub const CRASH_LOOP_CRASHES: u32 = 5;
 /// On a fast shutdown (INT, QUIT), workers get this long after SIGQUIT before SIGKILL.
 pub const FAST_SHUTDOWN_GRACE_MS: u64 = 1000;
+/// A worker killed for a timeout gets this long after SIGTERM (and the traceback dump) before SIGKILL.
+pub const HUNG_KILL_GRACE_MS: u64 = 1000;
 
 pub type WorkerId = u64;
 
@@ -30,6 +37,8 @@ pub enum Signal {
     Term,
     Quit,
     Kill,
+    /// SIGUSR2: the worker's faulthandler prints every thread's traceback.
+    DumpTraceback,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,18 +83,36 @@ pub enum WorkerState {
     Booting,
     Ready {
         since: Instant,
-        busy: Option<Busy>,
+        last_heartbeat: Instant,
     },
     /// Told to stop (SIGTERM or SIGQUIT); SIGKILL at `kill_at`.
-    Draining {
-        kill_at: Instant,
-    },
+    Draining { kill_at: Instant },
 }
 
-/// Why a worker was killed by the pool, so its exit is explained rather than called a crash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KillReason {
+/// Why a worker is being restarted: the `reason` of `hurricane_worker_restarts_total` and of the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    Crash,
+    Timeout,
+    MaxRequests,
+    MaxMemory,
+    Reload,
+    Scale,
     BootTimeout,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Crash => "crash",
+            Reason::Timeout => "timeout",
+            Reason::MaxRequests => "max_requests",
+            Reason::MaxMemory => "max_memory",
+            Reason::Reload => "reload",
+            Reason::Scale => "scale",
+            Reason::BootTimeout => "boot_timeout",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -96,7 +123,15 @@ pub struct Worker {
     pub generation: u64,
     pub state: WorkerState,
     pub spawned_at: Instant,
-    killed: Option<KillReason>,
+    /// Why the pool killed or is replacing this worker, so its exit is not called a crash.
+    ending: Option<Reason>,
+    /// For a successor: the worker it replaces once ready.
+    replaces: Option<WorkerId>,
+    /// For a worker being replaced: its successor has been started.
+    replaced_by: Option<WorkerId>,
+    requests: u64,
+    /// Recycle after this many requests (--max-requests plus this worker's jitter).
+    max_requests: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -136,9 +171,16 @@ pub struct PoolConfig {
     pub boot_timeout: Duration,
     pub graceful_timeout: Duration,
     pub shutdown_delay: Duration,
+    /// Kill a worker whose request runs longer (None: never).
+    pub timeout: Option<Duration>,
+    /// Kill a ready worker silent for longer (None: never).
+    pub heartbeat_timeout: Option<Duration>,
+    pub max_requests: Option<u64>,
+    pub max_requests_jitter: u64,
+    pub max_memory_bytes: Option<u64>,
 }
 
-/// What the probes need to know, copied out after every event.
+/// What the probes (and metrics) need to know, copied out after every event.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Health {
     pub started: bool,
@@ -146,6 +188,7 @@ pub struct Health {
     pub size: usize,
     pub ready: usize,
     pub booted: usize,
+    pub workers: usize,
     pub crash_loop: Option<String>,
 }
 
@@ -156,12 +199,21 @@ pub struct Pool {
     slots: Vec<Slot>,
     next_id: WorkerId,
     generation: u64,
+    /// The generation a reload is rolling out, while one is.
+    reload_to: Option<u64>,
+    /// A HUP that came before the first full pool: carried out once started.
+    reload_pending: bool,
     started_at: Instant,
     actions: Vec<Action>,
     /// The first fatal error, for main to print as the last line.
     fatal: Option<String>,
     last_traceback: Option<String>,
+    /// State of the jitter generator (xorshift): worker limits need spread, not cryptography.
+    jitter_state: u64,
     pub requests_total: u64,
+    pub restarts: BTreeMap<Reason, u64>,
+    pub reloads_succeeded: u64,
+    pub reloads_failed: u64,
 }
 
 impl Pool {
@@ -174,11 +226,17 @@ impl Pool {
             slots,
             next_id: 1,
             generation: 0,
+            reload_to: None,
+            reload_pending: false,
             started_at: now,
             actions: Vec::new(),
             fatal: None,
             last_traceback: None,
+            jitter_state: 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()),
             requests_total: 0,
+            restarts: BTreeMap::new(),
+            reloads_succeeded: 0,
+            reloads_failed: 0,
         };
         pool.tick(now);
         pool
@@ -193,8 +251,26 @@ impl Pool {
         self.fatal.as_deref()
     }
 
+    /// Pids of live workers, for the master's memory checks.
+    pub fn pids(&self) -> Vec<i32> {
+        self.workers.values().filter_map(|w| w.pid).collect()
+    }
+
     fn worker_by_pid(&mut self, pid: i32) -> Option<&mut Worker> {
         self.workers.values_mut().find(|w| w.pid == Some(pid))
+    }
+
+    fn jitter(&mut self) -> u64 {
+        let mut x = self.jitter_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter_state = x;
+        if self.config.max_requests_jitter == 0 {
+            0
+        } else {
+            x % (self.config.max_requests_jitter + 1)
+        }
     }
 
     pub fn spawned(&mut self, worker: WorkerId, pid: i32) {
@@ -216,21 +292,27 @@ impl Pool {
     }
 
     pub fn message(&mut self, pid: i32, message: Message, now: Instant) {
-        let phase_failing = matches!(self.phase, Phase::Failing { .. });
+        let failing = matches!(self.phase, Phase::Failing { .. });
+        let timeout = self.config.timeout;
         let Some(worker) = self.worker_by_pid(pid) else {
             return;
         };
+        // Decisions that need the whole pool are made after the worker's borrow ends.
+        let mut retire = None;
+        let mut hung = false;
+        let mut failure = None;
+        let mut requests_seen = 0;
         match message {
             Message::Boot => {
                 if worker.state == WorkerState::Spawned {
                     worker.state = WorkerState::Booting;
                 }
             }
-            Message::Ready { boot_ms } => {
+            Message::Ready { boot_ms, .. } => {
                 if matches!(worker.state, WorkerState::Spawned | WorkerState::Booting) {
                     worker.state = WorkerState::Ready {
                         since: now,
-                        busy: None,
+                        last_heartbeat: now,
                     };
                     log::info!(
                         "event=ready worker={} slot={} pid={pid} gen={} boot_ms={boot_ms}",
@@ -238,21 +320,130 @@ impl Pool {
                         worker.slot,
                         worker.generation
                     );
+                    retire = worker.replaces.take();
                 }
             }
             Message::Heartbeat { requests, busy } => {
-                if let WorkerState::Ready { busy: b, .. } = &mut worker.state {
-                    *b = busy;
+                worker.requests += requests;
+                requests_seen = requests;
+                if let WorkerState::Ready { last_heartbeat, .. } = &mut worker.state {
+                    *last_heartbeat = now;
                 }
-                self.requests_total += requests;
-            }
-            Message::Failed(failure) => {
-                if !phase_failing {
-                    self.boot_failed(failure, now);
+                if let (Some(busy), Some(limit)) = (busy, timeout)
+                    && busy.elapsed >= limit
+                    && worker.ending.is_none()
+                {
+                    log::error!(
+                        "event=timeout worker={} pid={pid} method={} path={:?} elapsed_s={:.1}",
+                        worker.id,
+                        busy.method,
+                        busy.path,
+                        busy.elapsed.as_secs_f64()
+                    );
+                    hung = true;
                 }
             }
+            Message::Failed(f) => failure = Some(f).filter(|_| !failing),
+        }
+        self.requests_total += requests_seen;
+        if let Some(old) = retire {
+            self.retire(old, now);
+        }
+        if hung {
+            self.kill_hung(pid, Reason::Timeout, now);
+        }
+        if let Some(failure) = failure {
+            self.boot_failed(failure, now);
         }
         self.tick(now);
+    }
+
+    /// The successor of `old` is ready: `old` drains (new up before old goes).
+    fn retire(&mut self, old: WorkerId, now: Instant) {
+        let graceful = self.config.graceful_timeout;
+        let Some(w) = self.workers.get_mut(&old) else {
+            return;
+        };
+        let reason = w.ending.unwrap_or(Reason::Reload);
+        if let Some(pid) = w.pid {
+            self.actions.push(Action::Signal {
+                pid,
+                signal: Signal::Term,
+            });
+        }
+        w.state = WorkerState::Draining {
+            kill_at: now + graceful,
+        };
+        *self.restarts.entry(reason).or_default() += 1;
+        log::info!(
+            "event=retire worker={old} slot={} reason={}",
+            w.slot,
+            reason.name()
+        );
+    }
+
+    /// A request over --timeout or a silent worker: traceback, TERM, then KILL after a short grace.
+    fn kill_hung(&mut self, pid: i32, reason: Reason, now: Instant) {
+        if let Some(w) = self.worker_by_pid(pid) {
+            w.ending = Some(reason);
+            w.state = WorkerState::Draining {
+                kill_at: now + Duration::from_millis(HUNG_KILL_GRACE_MS),
+            };
+            self.actions.push(Action::Signal {
+                pid,
+                signal: Signal::DumpTraceback,
+            });
+            self.actions.push(Action::Signal {
+                pid,
+                signal: Signal::Term,
+            });
+        }
+    }
+
+    /// The master read a worker's resident memory.
+    pub fn memory(&mut self, pid: i32, rss_bytes: u64, now: Instant) {
+        let Some(limit) = self.config.max_memory_bytes else {
+            return;
+        };
+        let id = match self.worker_by_pid(pid) {
+            Some(w)
+                if rss_bytes > limit
+                    && matches!(w.state, WorkerState::Ready { .. })
+                    && w.ending.is_none() =>
+            {
+                log::warn!(
+                    "event=max_memory worker={} pid={pid} rss_mb={}",
+                    w.id,
+                    rss_bytes >> 20
+                );
+                w.id
+            }
+            _ => return,
+        };
+        self.replace(id, Reason::MaxMemory, now);
+    }
+
+    /// Starts a successor for `old`'s slot; `old` drains when the successor is ready.
+    fn replace(&mut self, old: WorkerId, reason: Reason, now: Instant) {
+        let Some(w) = self.workers.get_mut(&old) else {
+            return;
+        };
+        if w.replaced_by.is_some() {
+            return;
+        }
+        w.ending = Some(reason);
+        let slot = w.slot;
+        let successor = self.start_worker(slot, now);
+        if let Some(w) = self.workers.get_mut(&old) {
+            w.replaced_by = Some(successor);
+        }
+        if let Some(s) = self.workers.get_mut(&successor) {
+            s.replaces = Some(old);
+        }
+        log::info!(
+            "event=replace worker={old} slot={slot} successor={successor} reason={}",
+            reason.name()
+        );
     }
 
     fn boot_failed(&mut self, failure: BootFailure, now: Instant) {
@@ -293,13 +484,45 @@ impl Pool {
         };
         let worker = self.workers.remove(&id).expect("found above");
         let slot = worker.slot;
+        let booting = matches!(worker.state, WorkerState::Spawned | WorkerState::Booting);
+        if let Some(old) = worker.replaces.filter(|_| booting) {
+            // A successor died before it was ready: its predecessor keeps serving.
+            if let Some(w) = self.workers.get_mut(&old) {
+                w.replaced_by = None;
+                if w.ending != Some(Reason::Reload) {
+                    w.ending = None; // the limit still holds: replaced again after the backoff
+                }
+            }
+            let slot_state = &mut self.slots[slot];
+            slot_state.crashes += 1;
+            slot_state.respawn_at = Some(now + backoff(slot_state.crashes.max(2)));
+            log::error!("event=replace_failed worker={id} slot={slot} pid={pid} {status}");
+            if self.reload_to.take().is_some() {
+                self.reloads_failed += 1;
+                log::error!(
+                    "event=reload result=failed gen={} reason=\"new workers did not boot; old workers keep serving\"",
+                    self.generation
+                );
+            }
+            self.tick(now);
+            return;
+        }
         match (&self.phase, &worker.state) {
-            (Phase::Failing { .. } | Phase::Draining, _) | (_, WorkerState::Draining { .. }) => {
+            (Phase::Failing { .. } | Phase::Draining, _) => {
                 log::info!("event=exit worker={id} slot={slot} pid={pid} {status}");
             }
+            (_, WorkerState::Draining { .. }) => {
+                log::info!("event=exit worker={id} slot={slot} pid={pid} {status}");
+                match worker.ending {
+                    Some(reason @ (Reason::Timeout | Reason::Crash)) => {
+                        *self.restarts.entry(reason).or_default() += 1;
+                    }
+                    _ => {}
+                }
+            }
             (Phase::Starting, WorkerState::Spawned | WorkerState::Booting) => {
-                let error = match (worker.killed, status) {
-                    (Some(KillReason::BootTimeout), _) => format!(
+                let error = match (worker.ending, status) {
+                    (Some(Reason::BootTimeout), _) => format!(
                         "worker did not boot within {}s; raise --boot-timeout or find what the import waits on",
                         self.config.boot_timeout.as_secs_f64()
                     ),
@@ -312,6 +535,8 @@ impl Pool {
             (_, state) => {
                 let stable = matches!(state, WorkerState::Ready { since, .. }
                     if now.duration_since(*since) >= Duration::from_secs(STABLE_AFTER_S));
+                let reason = worker.ending.unwrap_or(Reason::Crash);
+                *self.restarts.entry(reason).or_default() += 1;
                 let slot_state = &mut self.slots[slot];
                 if stable {
                     slot_state.crashes = 0;
@@ -319,18 +544,97 @@ impl Pool {
                 slot_state.crashes += 1;
                 let delay = backoff(slot_state.crashes);
                 slot_state.respawn_at = Some(now + delay);
-                let reason = if worker.killed == Some(KillReason::BootTimeout) {
-                    "boot_timeout"
-                } else {
-                    "crash"
-                };
                 log::warn!(
-                    "event=worker_died worker={id} slot={slot} pid={pid} {status} reason={reason} crashes={} respawn_in_ms={}",
+                    "event=worker_died worker={id} slot={slot} pid={pid} {status} reason={} crashes={} respawn_in_ms={}",
+                    reason.name(),
                     slot_state.crashes,
                     delay.as_millis()
                 );
+                // Its successor, if one was booting, now simply fills the slot.
+                if let Some(successor) = worker.replaced_by {
+                    if let Some(s) = self.workers.get_mut(&successor) {
+                        s.replaces = None;
+                    }
+                }
             }
         }
+        self.tick(now);
+    }
+
+    /// SIGHUP: roll out a new generation, slot by slot; a HUP during a reload restarts it.
+    pub fn reload(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Starting => {
+                log::info!("event=reload_deferred reason=starting");
+                self.reload_pending = true;
+            }
+            Phase::Running => {
+                self.generation += 1;
+                log::info!("event=reload gen={}", self.generation);
+                // Successors of an older reload are stale: stop them; their slots are redone.
+                let stale: Vec<WorkerId> = self
+                    .workers
+                    .values()
+                    .filter(|w| w.replaces.is_some() && w.generation < self.generation)
+                    .map(|w| w.id)
+                    .collect();
+                for id in stale {
+                    let w = self.workers.get_mut(&id).expect("listed above");
+                    let old = w.replaces.take();
+                    if let Some(pid) = w.pid {
+                        self.actions.push(Action::Signal {
+                            pid,
+                            signal: Signal::Kill,
+                        });
+                    }
+                    w.state = WorkerState::Draining {
+                        kill_at: now + Duration::from_secs(u32::MAX as u64),
+                    };
+                    if let Some(old) = old.and_then(|o| self.workers.get_mut(&o)) {
+                        old.replaced_by = None;
+                    }
+                }
+                self.reload_to = Some(self.generation);
+            }
+            _ => log::info!("event=reload_ignored reason=stopping"),
+        }
+        self.tick(now);
+    }
+
+    /// SIGTTIN (+1) / SIGTTOU (-1): change the pool size, never below one.
+    pub fn scale(&mut self, up: bool, now: Instant) {
+        if !matches!(self.phase, Phase::Running | Phase::Starting) {
+            return;
+        }
+        if up {
+            self.config.size += 1;
+            self.slots.push(Slot::default());
+        } else if self.config.size > 1 {
+            self.config.size -= 1;
+            self.slots.pop();
+            let gone = self.config.size;
+            let graceful = self.config.graceful_timeout;
+            for w in self.workers.values_mut().filter(|w| w.slot == gone) {
+                if matches!(w.state, WorkerState::Draining { .. }) {
+                    continue;
+                }
+                if let Some(pid) = w.pid {
+                    self.actions.push(Action::Signal {
+                        pid,
+                        signal: Signal::Term,
+                    });
+                }
+                w.ending = Some(Reason::Scale);
+                w.state = WorkerState::Draining {
+                    kill_at: now + graceful,
+                };
+                *self.restarts.entry(Reason::Scale).or_default() += 1;
+            }
+        } else {
+            log::warn!("event=scale_refused workers=1 reason=\"never below one worker\"");
+            return;
+        }
+        log::info!("event=scale workers={}", self.config.size);
         self.tick(now);
     }
 
@@ -399,12 +703,13 @@ impl Pool {
             self.drain_all(Signal::Term, now, now + self.config.graceful_timeout);
         }
 
-        // Deadlines: boot timeouts and drain deadlines end in SIGKILL.
+        // Deadlines: boot timeouts, silent workers and drain deadlines.
+        let mut hung = Vec::new();
         for w in self.workers.values_mut() {
             let Some(pid) = w.pid else { continue };
             match w.state {
                 WorkerState::Spawned | WorkerState::Booting
-                    if w.killed.is_none()
+                    if w.ending.is_none()
                         && now.duration_since(w.spawned_at) >= self.config.boot_timeout =>
                 {
                     log::error!(
@@ -412,7 +717,7 @@ impl Pool {
                         w.id,
                         w.slot
                     );
-                    w.killed = Some(KillReason::BootTimeout);
+                    w.ending = Some(Reason::BootTimeout);
                     self.actions.push(Action::Signal {
                         pid,
                         signal: Signal::Kill,
@@ -429,17 +734,39 @@ impl Pool {
                         kill_at: now + Duration::from_secs(u32::MAX as u64),
                     };
                 }
-                WorkerState::Ready { since, .. }
-                    if now.duration_since(since) >= Duration::from_secs(STABLE_AFTER_S) =>
-                {
-                    self.slots[w.slot].crashes = 0;
+                WorkerState::Ready {
+                    since,
+                    last_heartbeat,
+                } => {
+                    if now.duration_since(since) >= Duration::from_secs(STABLE_AFTER_S) {
+                        self.slots[w.slot].crashes = 0;
+                    }
+                    if let Some(limit) = self.config.heartbeat_timeout
+                        && now.duration_since(last_heartbeat) >= limit
+                    {
+                        log::error!(
+                            "event=heartbeat_timeout worker={} pid={pid} silent_s={:.1}",
+                            w.id,
+                            now.duration_since(last_heartbeat).as_secs_f64()
+                        );
+                        hung.push(pid);
+                    }
                 }
                 _ => {}
             }
         }
+        for pid in hung {
+            self.kill_hung(pid, Reason::Timeout, now);
+        }
 
         match self.phase {
-            Phase::Starting | Phase::Running | Phase::Delaying { .. } => self.fill_slots(now),
+            Phase::Starting | Phase::Running | Phase::Delaying { .. } => {
+                self.fill_slots(now);
+                if matches!(self.phase, Phase::Running) {
+                    self.recycle(now);
+                    self.roll_reload(now);
+                }
+            }
             Phase::Draining => {
                 if self.workers.is_empty() {
                     self.actions.push(Action::Exit { code: 0 });
@@ -459,6 +786,63 @@ impl Pool {
                 self.config.size,
                 now.duration_since(self.started_at).as_millis()
             );
+            if std::mem::take(&mut self.reload_pending) {
+                self.reload(now);
+            }
+        }
+    }
+
+    /// --max-requests: a ready worker past its limit gets a successor (when its slot is not backing off).
+    fn recycle(&mut self, now: Instant) {
+        let due: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|w| {
+                matches!(w.state, WorkerState::Ready { .. })
+                    && w.ending.is_none()
+                    && w.max_requests.is_some_and(|limit| w.requests >= limit)
+                    && self
+                        .slots
+                        .get(w.slot)
+                        .is_some_and(|s| s.respawn_at.is_none_or(|at| now >= at))
+            })
+            .map(|w| w.id)
+            .collect();
+        for id in due {
+            log::info!("event=max_requests worker={id}");
+            self.replace(id, Reason::MaxRequests, now);
+        }
+    }
+
+    /// One slot at a time: replace the first worker of an older generation, once nothing is booting.
+    fn roll_reload(&mut self, now: Instant) {
+        let Some(target) = self.reload_to else { return };
+        if self.workers.values().any(|w| w.replaces.is_some()) {
+            return; // a successor is still booting
+        }
+        let next = self
+            .workers
+            .values()
+            .filter(|w| {
+                w.generation < target
+                    && matches!(w.state, WorkerState::Ready { .. })
+                    && w.slot < self.config.size
+            })
+            .map(|w| w.id)
+            .next();
+        match next {
+            Some(id) => self.replace(id, Reason::Reload, now),
+            None => {
+                let booting = self
+                    .workers
+                    .values()
+                    .any(|w| matches!(w.state, WorkerState::Spawned | WorkerState::Booting));
+                if !booting {
+                    self.reload_to = None;
+                    self.reloads_succeeded += 1;
+                    log::info!("event=reload result=succeeded gen={target}");
+                }
+            }
         }
     }
 
@@ -470,6 +854,34 @@ impl Pool {
             }
         }
         ready.into_iter().filter(|r| *r).count()
+    }
+
+    fn start_worker(&mut self, slot: usize, now: Instant) -> WorkerId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let max_requests = self.config.max_requests.map(|n| n + self.jitter());
+        self.workers.insert(
+            id,
+            Worker {
+                id,
+                slot,
+                pid: None,
+                generation: self.generation,
+                state: WorkerState::Spawned,
+                spawned_at: now,
+                ending: None,
+                replaces: None,
+                replaced_by: None,
+                requests: 0,
+                max_requests,
+            },
+        );
+        self.actions.push(Action::Spawn {
+            worker: id,
+            slot,
+            generation: self.generation,
+        });
+        id
     }
 
     fn fill_slots(&mut self, now: Instant) {
@@ -486,25 +898,7 @@ impl Pool {
                 continue;
             }
             state.respawn_at = None;
-            let id = self.next_id;
-            self.next_id += 1;
-            self.workers.insert(
-                id,
-                Worker {
-                    id,
-                    slot,
-                    pid: None,
-                    generation: self.generation,
-                    state: WorkerState::Spawned,
-                    spawned_at: now,
-                    killed: None,
-                },
-            );
-            self.actions.push(Action::Spawn {
-                worker: id,
-                slot,
-                generation: self.generation,
-            });
+            self.start_worker(slot, now);
         }
     }
 
@@ -517,12 +911,20 @@ impl Pool {
         }
         for w in self.workers.values() {
             match w.state {
-                WorkerState::Spawned | WorkerState::Booting if w.killed.is_none() => {
+                WorkerState::Spawned | WorkerState::Booting if w.ending.is_none() => {
                     consider(w.spawned_at + self.config.boot_timeout)
                 }
                 WorkerState::Draining { kill_at } => consider(kill_at),
-                WorkerState::Ready { since, .. } if self.slots[w.slot].crashes > 0 => {
-                    consider(since + Duration::from_secs(STABLE_AFTER_S))
+                WorkerState::Ready {
+                    since,
+                    last_heartbeat,
+                } => {
+                    if self.slots.get(w.slot).is_some_and(|s| s.crashes > 0) {
+                        consider(since + Duration::from_secs(STABLE_AFTER_S));
+                    }
+                    if let Some(limit) = self.config.heartbeat_timeout {
+                        consider(last_heartbeat + limit);
+                    }
                 }
                 _ => {}
             }
@@ -566,6 +968,7 @@ impl Pool {
             size: self.config.size,
             ready,
             booted: self.ready_slots(),
+            workers: self.workers.len(),
             crash_loop,
         }
     }
@@ -602,6 +1005,11 @@ mod tests {
                 boot_timeout: Duration::from_secs(60),
                 graceful_timeout: Duration::from_secs(30),
                 shutdown_delay: Duration::ZERO,
+                timeout: None,
+                heartbeat_timeout: None,
+                max_requests: None,
+                max_requests_jitter: 0,
+                max_memory_bytes: None,
             };
             let mut h = Harness {
                 pool: Pool::new(config, now),
@@ -654,7 +1062,13 @@ mod tests {
 
         fn ready_all(&mut self) {
             for pid in self.alive.clone() {
-                self.say(pid, Message::Ready { boot_ms: 1 });
+                self.say(
+                    pid,
+                    Message::Ready {
+                        boot_ms: 1,
+                        dirs: vec![],
+                    },
+                );
             }
         }
 
@@ -681,7 +1095,13 @@ mod tests {
         let mut h = Harness::new(3);
         assert_eq!(h.alive, vec![100, 101, 102]);
         assert!(!h.pool.health().started);
-        h.say(100, Message::Ready { boot_ms: 5 });
+        h.say(
+            100,
+            Message::Ready {
+                boot_ms: 5,
+                dirs: vec![],
+            },
+        );
         assert_eq!(h.pool.health().ready, 1);
         assert!(!h.pool.health().started);
         h.ready_all();
@@ -726,7 +1146,13 @@ mod tests {
         h.ready_all();
         h.exit(100, ExitStatus::Code(1));
         assert_eq!(h.alive, vec![101], "first crash: immediate respawn");
-        h.say(101, Message::Ready { boot_ms: 1 });
+        h.say(
+            101,
+            Message::Ready {
+                boot_ms: 1,
+                dirs: vec![],
+            },
+        );
         h.exit(101, ExitStatus::Code(1));
         assert!(h.alive.is_empty(), "second quick crash waits");
         assert_eq!(
@@ -830,6 +1256,11 @@ mod tests {
             boot_timeout: Duration::from_secs(1),
             graceful_timeout: Duration::from_secs(1),
             shutdown_delay: Duration::ZERO,
+            timeout: None,
+            heartbeat_timeout: None,
+            max_requests: None,
+            max_requests_jitter: 0,
+            max_memory_bytes: None,
         };
         let mut pool = Pool::new(config, now);
         let actions = pool.take_actions();
@@ -844,5 +1275,194 @@ mod tests {
         pool.tick(now);
         assert!(pool.take_actions().contains(&Action::Exit { code: 1 }));
         assert_eq!(pool.fatal_error(), Some("no python"));
+    }
+
+    fn ready(h: &mut Harness, pid: i32) {
+        h.say(
+            pid,
+            Message::Ready {
+                boot_ms: 1,
+                dirs: vec![],
+            },
+        );
+    }
+
+    fn heartbeat(h: &mut Harness, pid: i32, requests: u64, busy_s: Option<u64>) {
+        let busy = busy_s.map(|s| crate::worker::Busy {
+            elapsed: Duration::from_secs(s),
+            method: "GET".into(),
+            path: "/slow".into(),
+        });
+        h.say(pid, Message::Heartbeat { requests, busy });
+    }
+
+    #[test]
+    fn reload_replaces_slot_by_slot_new_ready_before_old_drains() {
+        let mut h = Harness::new(2);
+        h.ready_all();
+        h.pool.reload(h.now);
+        h.run();
+        assert_eq!(h.alive, vec![100, 101, 102], "one successor at a time");
+        assert!(
+            h.signals.is_empty(),
+            "nobody drains before the successor is ready"
+        );
+        ready(&mut h, 102);
+        assert_eq!(h.signals, vec![(100, Signal::Term)]);
+        assert_eq!(
+            h.alive,
+            vec![100, 101, 102, 103],
+            "next slot's successor started"
+        );
+        assert_eq!(h.pool.health().ready, 2, "never below the pool size");
+        h.exit(100, ExitStatus::Code(0));
+        ready(&mut h, 103);
+        assert_eq!(h.signals, vec![(100, Signal::Term), (101, Signal::Term)]);
+        h.exit(101, ExitStatus::Code(0));
+        assert_eq!(h.pool.reloads_succeeded, 1);
+        assert_eq!(h.pool.restarts.get(&Reason::Reload), Some(&2));
+        assert_eq!(h.pool.health().crash_loop, None);
+    }
+
+    #[test]
+    fn a_reload_whose_new_code_fails_is_abandoned_and_old_workers_keep_serving() {
+        let mut h = Harness::new(2);
+        h.ready_all();
+        h.pool.reload(h.now);
+        h.run();
+        h.say(102, Message::Failed(failure()));
+        h.exit(102, ExitStatus::Code(3));
+        assert!(h.signals.is_empty(), "old workers untouched");
+        assert_eq!(h.exit, None);
+        assert_eq!(h.pool.reloads_failed, 1);
+        h.advance(Duration::from_secs(60));
+        assert_eq!(h.alive, vec![100, 101], "no retry until the next HUP");
+        h.pool.reload(h.now);
+        h.run();
+        assert_eq!(h.alive, vec![100, 101, 103], "the next HUP tries again");
+    }
+
+    #[test]
+    fn a_hup_during_a_reload_restarts_it_with_the_newest_code() {
+        let mut h = Harness::new(1);
+        h.ready_all();
+        h.pool.reload(h.now);
+        h.run();
+        assert_eq!(h.alive, vec![100, 101]);
+        h.pool.reload(h.now);
+        h.run();
+        assert_eq!(
+            h.signals,
+            vec![(101, Signal::Kill)],
+            "the stale successor goes"
+        );
+        h.exit(101, ExitStatus::Signal(9));
+        assert_eq!(h.alive, vec![100, 102]);
+        ready(&mut h, 102);
+        assert_eq!(h.signals.last(), Some(&(100, Signal::Term)));
+        assert_eq!(h.pool.reloads_failed, 0);
+    }
+
+    #[test]
+    fn a_request_past_the_timeout_gets_its_worker_killed_and_replaced() {
+        let mut h = Harness::new(1).with(|c| c.timeout = Some(Duration::from_secs(30)));
+        h.ready_all();
+        heartbeat(&mut h, 100, 0, Some(29));
+        assert!(h.signals.is_empty());
+        heartbeat(&mut h, 100, 0, Some(30));
+        assert_eq!(
+            h.signals,
+            vec![(100, Signal::DumpTraceback), (100, Signal::Term)]
+        );
+        h.advance(Duration::from_millis(HUNG_KILL_GRACE_MS));
+        assert_eq!(h.signals.last(), Some(&(100, Signal::Kill)));
+        h.exit(100, ExitStatus::Signal(9));
+        assert_eq!(h.alive, vec![101], "replaced at once");
+        assert_eq!(h.pool.restarts.get(&Reason::Timeout), Some(&1));
+    }
+
+    #[test]
+    fn a_silent_worker_is_killed_after_the_heartbeat_timeout() {
+        let mut h = Harness::new(1).with(|c| c.heartbeat_timeout = Some(Duration::from_secs(10)));
+        h.ready_all();
+        h.advance(Duration::from_secs(5));
+        heartbeat(&mut h, 100, 0, None);
+        h.advance(Duration::from_secs(9));
+        assert!(h.signals.is_empty());
+        h.advance(Duration::from_secs(1));
+        assert_eq!(
+            h.signals,
+            vec![(100, Signal::DumpTraceback), (100, Signal::Term)]
+        );
+    }
+
+    #[test]
+    fn max_requests_recycles_with_the_successor_ready_first() {
+        let mut h = Harness::new(1).with(|c| c.max_requests = Some(10));
+        // The limit is drawn at spawn time; respawn the first worker under the new config.
+        h.ready_all();
+        h.exit(100, ExitStatus::Code(0));
+        ready(&mut h, 101);
+        heartbeat(&mut h, 101, 9, None);
+        assert_eq!(h.alive, vec![101]);
+        heartbeat(&mut h, 101, 1, None);
+        assert_eq!(h.alive, vec![101, 102], "successor started at the limit");
+        assert!(
+            h.signals.is_empty(),
+            "old keeps serving until the successor is ready"
+        );
+        ready(&mut h, 102);
+        assert_eq!(h.signals, vec![(101, Signal::Term)]);
+        assert_eq!(h.pool.restarts.get(&Reason::MaxRequests), Some(&1));
+    }
+
+    #[test]
+    fn max_requests_jitter_spreads_the_limits() {
+        let mut h = Harness::new(8).with(|c| {
+            c.max_requests = Some(100);
+            c.max_requests_jitter = 50;
+        });
+        let limits: Vec<u64> = (0..8).map(|_| 100 + h.pool.jitter()).collect();
+        assert!(limits.iter().all(|l| (100..=150).contains(l)));
+        assert!(
+            limits
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 1,
+            "{limits:?}"
+        );
+        h.run();
+    }
+
+    #[test]
+    fn max_memory_recycles_the_worker_over_the_limit() {
+        let mut h = Harness::new(2).with(|c| c.max_memory_bytes = Some(100 << 20));
+        h.ready_all();
+        h.pool.memory(100, 50 << 20, h.now);
+        h.pool.memory(101, 150 << 20, h.now);
+        h.run();
+        assert_eq!(h.alive, vec![100, 101, 102]);
+        ready(&mut h, 102);
+        assert_eq!(h.signals, vec![(101, Signal::Term)]);
+        assert_eq!(h.pool.restarts.get(&Reason::MaxMemory), Some(&1));
+    }
+
+    #[test]
+    fn ttin_and_ttou_scale_never_below_one() {
+        let mut h = Harness::new(1);
+        h.ready_all();
+        h.pool.scale(true, h.now);
+        h.run();
+        assert_eq!(h.alive, vec![100, 101]);
+        assert_eq!(h.pool.health().size, 2);
+        h.pool.scale(false, h.now);
+        h.run();
+        assert_eq!(h.signals, vec![(101, Signal::Term)]);
+        h.exit(101, ExitStatus::Code(0));
+        h.pool.scale(false, h.now);
+        h.run();
+        assert_eq!(h.pool.health().size, 1, "never below one");
+        assert_eq!(h.alive, vec![100]);
     }
 }

@@ -4,16 +4,27 @@
 //! mapping lives in one place. Delivery goes through signal-hook's self-pipe into the mio loop;
 //! no work is ever done inside a signal handler.
 
-use signal_hook::consts::signal::{SIGCHLD, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::consts::signal::{
+    SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1,
+};
 
 use crate::pool::Shutdown;
 
 /// Every signal the master registers a handler for.
-pub const HANDLED: &[i32] = &[SIGTERM, SIGINT, SIGQUIT, SIGCHLD];
+pub const HANDLED: &[i32] = &[
+    SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGTTIN, SIGTTOU, SIGUSR1, SIGCHLD,
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     Shutdown(Shutdown),
+    /// Rolling reload: a new generation of workers, each ready before its predecessor drains.
+    Reload,
+    /// One worker more (true) or fewer (false).
+    Scale(bool),
+    /// Reopen log files. hurricane logs to stderr only, so there is nothing to reopen; the signal is
+    /// handled so that it cannot kill the master by its default action.
+    ReopenLogs,
     /// One or more children changed state: reap them all (PID 1 duty).
     ChildExited,
 }
@@ -22,6 +33,10 @@ pub fn classify(signal: i32) -> Option<Event> {
     match signal {
         SIGTERM => Some(Event::Shutdown(Shutdown::Graceful)),
         SIGINT | SIGQUIT => Some(Event::Shutdown(Shutdown::Fast)),
+        SIGHUP => Some(Event::Reload),
+        SIGTTIN => Some(Event::Scale(true)),
+        SIGTTOU => Some(Event::Scale(false)),
+        SIGUSR1 => Some(Event::ReopenLogs),
         SIGCHLD => Some(Event::ChildExited),
         _ => None,
     }
@@ -32,6 +47,10 @@ pub fn name(signal: i32) -> &'static str {
         SIGTERM => "TERM",
         SIGINT => "INT",
         SIGQUIT => "QUIT",
+        SIGHUP => "HUP",
+        SIGTTIN => "TTIN",
+        SIGTTOU => "TTOU",
+        SIGUSR1 => "USR1",
         SIGCHLD => "CHLD",
         _ => "other",
     }

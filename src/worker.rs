@@ -28,6 +28,8 @@ pub struct WorkerConfig {
     pub keep_alive: Duration,
     pub graceful_timeout: Duration,
     pub heartbeat: Duration,
+    /// Report the app's source directories when ready (for --autoreload).
+    pub autoreload: bool,
 }
 
 /// The bytes written to a new worker's control pipe: stage two, the embedded package, the config.
@@ -48,6 +50,7 @@ pub fn bootstrap(config: &WorkerConfig, worker: u64, generation: u64) -> Vec<u8>
         "keep_alive": config.keep_alive.as_secs_f64(),
         "graceful_timeout": config.graceful_timeout.as_secs_f64(),
         "heartbeat_ms": config.heartbeat.as_millis() as u64,
+        "autoreload": config.autoreload,
         "worker": worker,
         "generation": generation,
     });
@@ -59,7 +62,8 @@ pub fn bootstrap(config: &WorkerConfig, worker: u64, generation: u64) -> Vec<u8>
 /// A request the worker is in the middle of, as its last heartbeat said.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Busy {
-    pub since_unix_s: f64,
+    /// How long the request had been running, by the worker's own monotonic clock.
+    pub elapsed: Duration,
     pub method: String,
     pub path: String,
 }
@@ -95,6 +99,8 @@ pub enum Message {
     Boot,
     Ready {
         boot_ms: u64,
+        /// Directories holding the app's own modules (for --autoreload).
+        dirs: Vec<String>,
     },
     Heartbeat {
         requests: u64,
@@ -113,18 +119,31 @@ pub fn parse_message(line: &[u8]) -> Option<Message> {
             .unwrap_or_default()
             .to_string()
     };
+    let strings = |key: &str| -> Vec<String> {
+        value
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     match value.get("t")?.as_str()? {
         "boot" => Some(Message::Boot),
         "ready" => Some(Message::Ready {
             boot_ms: value.get("boot_ms").and_then(Value::as_u64).unwrap_or(0),
+            dirs: strings("dirs"),
         }),
         "hb" => Some(Message::Heartbeat {
             requests: value.get("requests").and_then(Value::as_u64).unwrap_or(0),
             busy: value
-                .get("busy_since")
+                .get("busy_s")
                 .and_then(Value::as_f64)
-                .map(|since| Busy {
-                    since_unix_s: since,
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(|elapsed| Busy {
+                    elapsed: Duration::from_secs_f64(elapsed),
                     method: text("method"),
                     path: text("path"),
                 }),
@@ -134,15 +153,7 @@ pub fn parse_message(line: &[u8]) -> Option<Message> {
             error: text("error"),
             cwd: text("cwd"),
             python: text("python"),
-            sys_path: value
-                .get("sys_path")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            sys_path: strings("sys_path"),
             traceback: text("traceback"),
         })),
         _ => None,
@@ -181,6 +192,7 @@ mod tests {
             keep_alive: Duration::from_secs(5),
             graceful_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(1),
+            autoreload: false,
         };
         let data = bootstrap(&config, 1, 0);
         let newline = data.iter().position(|&b| b == b'\n').unwrap();
@@ -207,21 +219,24 @@ mod tests {
             Some(Message::Boot)
         );
         assert_eq!(
-            parse_message(br#"{"t":"ready","boot_ms":12}"#),
-            Some(Message::Ready { boot_ms: 12 })
+            parse_message(br#"{"t":"ready","boot_ms":12,"dirs":["/app"]}"#),
+            Some(Message::Ready {
+                boot_ms: 12,
+                dirs: vec!["/app".into()]
+            })
         );
-        let hb = parse_message(
-            br#"{"t":"hb","requests":4,"busy_since":1.5,"method":"GET","path":"/x"}"#,
-        );
+        let hb =
+            parse_message(br#"{"t":"hb","requests":4,"busy_s":1.5,"method":"GET","path":"/x"}"#);
+        let busy = Busy {
+            elapsed: Duration::from_millis(1500),
+            method: "GET".into(),
+            path: "/x".into(),
+        };
         assert_eq!(
             hb,
             Some(Message::Heartbeat {
                 requests: 4,
-                busy: Some(Busy {
-                    since_unix_s: 1.5,
-                    method: "GET".into(),
-                    path: "/x".into()
-                })
+                busy: Some(busy)
             })
         );
         assert_eq!(parse_message(b"not json"), None);

@@ -106,9 +106,14 @@ pub struct Server {
 
 /// Command line for hurricane serving `app` from tests/apps on a free loopback port.
 pub fn command(app: &str, args: &[&str]) -> Command {
+    command_in(&apps_dir(), app, args)
+}
+
+/// Command line for hurricane serving `app` from `dir` on a free loopback port.
+pub fn command_in(dir: &Path, app: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(["-w", app, "--bind", "127.0.0.1", "--port", "0", "--chdir"])
-        .arg(apps_dir())
+        .arg(dir)
         .args(["--python", &python()])
         .args(args)
         .env_remove("VIRTUAL_ENV")
@@ -402,5 +407,122 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A keep-alive HTTP/1.1 client, as a load generator would use one: it reuses its connection and
+/// reconnects only when the server said `Connection: close`.
+pub struct KeepAlive {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            addr,
+            stream: None,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn get(&mut self, path: &str) -> std::io::Result<Response> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+            self.stream = Some(stream);
+            self.buf.clear();
+        }
+        let stream = self.stream.as_mut().unwrap();
+        let result = (|| {
+            stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())?;
+            let mut chunk = [0u8; 65536];
+            loop {
+                if let Some((response, used)) = parse_framed(&self.buf) {
+                    self.buf.drain(..used);
+                    return Ok(response);
+                }
+                let n = stream.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "closed before a response",
+                    ));
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        })();
+        match &result {
+            Ok(r)
+                if r.header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close")) =>
+            {
+                self.stream = None
+            }
+            Err(_) => self.stream = None,
+            _ => {}
+        }
+        result
+    }
+}
+
+/// One complete Content-Length-framed response at the start of `data`, and how many bytes it took.
+fn parse_framed(data: &[u8]) -> Option<(Response, usize)> {
+    let end = data.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let response = parse_response(&data[..end + 4], true)?;
+    let len: usize = response.header("content-length")?.parse().ok()?;
+    let body = data.get(end + 4..end + 4 + len)?.to_vec();
+    Some((Response { body, ..response }, end + 4 + len))
+}
+
+/// `threads` keep-alive clients hammering `path` until `stop` is set; returns (ok, failures, pids).
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<thread::JoinHandle<(u64, Vec<String>, std::collections::HashSet<String>)>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, threads: usize, path: &'static str) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let mut client = KeepAlive::new(addr);
+                    let (mut ok, mut failures, mut bodies) =
+                        (0, Vec::new(), std::collections::HashSet::new());
+                    // Bounded: at most this many requests per client, whatever happens.
+                    for _ in 0..200_000 {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        match client.get(path) {
+                            Ok(r) if r.status == 200 => {
+                                ok += 1;
+                                bodies.insert(r.text());
+                            }
+                            Ok(r) => failures.push(format!("status {}: {}", r.status, r.text())),
+                            Err(e) => failures.push(e.to_string()),
+                        }
+                    }
+                    (ok, failures, bodies)
+                })
+            })
+            .collect();
+        Load { stop, handles }
+    }
+
+    /// Stops the clients; (requests that succeeded, failures, distinct bodies seen).
+    pub fn finish(self) -> (u64, Vec<String>, std::collections::HashSet<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = (0, Vec::new(), std::collections::HashSet::new());
+        for h in self.handles {
+            let (ok, failures, bodies) = h.join().unwrap();
+            total.0 += ok;
+            total.1.extend(failures);
+            total.2.extend(bodies);
+        }
+        total
     }
 }

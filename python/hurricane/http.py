@@ -33,6 +33,9 @@ LISTEN_FD = 3
 RECV_SIZE = 65536
 # A client that stalls mid-body or mid-response for this long is dropped.
 CLIENT_IO_TIMEOUT_S = 30.0
+# While draining, a keep-alive connection idle this long is closed; until then its next request is
+# still served (with Connection: close), so a client in the middle of a request loop sees no error.
+DRAIN_IDLE_GRACE_S = 1.0
 # Unread request body we are willing to discard to keep a connection alive.
 MAX_DISCARD_BYTES = 65536
 SERVER_SOFTWARE = "hurricane/" + __version__
@@ -648,14 +651,11 @@ class Server:
                 epoll.unregister(lfd)
                 listener.close()
                 deadline = now + self.graceful_timeout_s
-                for conn in list(conns.values()):
-                    if not conn.buf:
-                        self._drain_idle(conn, app, epoll, now)
             if not listening and (not conns or now > deadline):
                 for conn in list(conns.values()):
                     self._close(conn, epoll)
                 return 0
-            events = epoll.poll(1.0 if conns or not listening else -1)
+            events = epoll.poll((1.0 if listening else 0.1) if conns or not listening else -1)
             now = time.monotonic()
             for fd, _ in events:
                 conn = conns.get(fd)
@@ -669,9 +669,11 @@ class Server:
                         wake_r.recv(4096)
                     except OSError:
                         pass
-            if now >= next_sweep:
+            if not listening:
+                self._sweep(epoll, now, min(self.keep_alive_s, DRAIN_IDLE_GRACE_S))
+            elif now >= next_sweep:
                 next_sweep = now + 1.0
-                self._sweep(epoll, now)
+                self._sweep(epoll, now, self.keep_alive_s)
 
     def _accept(self, listener: socket.socket, app: Callable, epoll: Any, now: float) -> None:
         """Take one connection and serve it at once.
@@ -706,9 +708,9 @@ class Server:
                 pass
             conn.sock.close()
 
-    def _sweep(self, epoll: Any, now: float) -> None:
-        """Close connections idle past --keep-alive; one stuck mid-request gets a 408 first."""
-        limit = now - self.keep_alive_s
+    def _sweep(self, epoll: Any, now: float, idle_s: float) -> None:
+        """Close connections idle past ``idle_s``; one stuck mid-request gets a 408 first."""
+        limit = now - idle_s
         for conn in [c for c in self.conns.values() if c.last < limit]:
             if conn.buf:
                 try:
@@ -716,20 +718,6 @@ class Server:
                 except OSError:
                     pass
             self._close(conn, epoll)
-
-    def _drain_idle(self, conn: Conn, app: Callable, epoll: Any, now: float) -> None:
-        """At drain time a request may already be on its way to an idle connection: serve it."""
-        try:
-            data = conn.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            data = b""
-        except OSError:
-            data = b""
-        if data:
-            conn.buf = data
-            if self._process(conn, app, now) and conn.buf:
-                return  # a partial request: it may finish before the graceful deadline
-        self._close(conn, epoll)
 
     def _on_readable(self, conn: Conn, app: Callable, epoll: Any, now: float) -> None:
         try:
@@ -778,6 +766,8 @@ class Server:
                 return False
             if not keep:
                 return False
+            if self.stopping:
+                conn.last = time.monotonic()  # the drain grace counts from the end of the response
             if not conn.buf:
                 return True
 
@@ -914,7 +904,7 @@ class Server:
         ex = Exchange(conn, version11, method == "HEAD", keep_alive)
         ex.draining = self.stopping
         activity = self.activity
-        activity.current = (time.time(), method, env["PATH_INFO"])
+        activity.current = (time.monotonic(), method, env["PATH_INFO"])
         result = None
         try:
             result = app(env, ex.start_response)

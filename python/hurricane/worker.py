@@ -12,6 +12,7 @@ EOF on fd 5 means the master is gone: we drain briefly and exit, so no worker ou
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -60,7 +61,7 @@ class Activity:
     __slots__ = ("current", "requests", "statuses")
 
     def __init__(self) -> None:
-        self.current: Optional[tuple] = None  # (started_unix_s, method, path) while busy
+        self.current: Optional[tuple] = None  # (started, by time.monotonic(), method, path) while busy
         self.requests = 0
         self.statuses: Dict[int, int] = {}  # status class (2, 3, 4, 5) -> count
 
@@ -83,6 +84,23 @@ def load_app(spec: str) -> Callable:
     return obj
 
 
+def source_dirs(roots: List[str]) -> List[str]:
+    """Directories of the app's own modules: under the working directory or --pythonpath,
+    not installed packages (a virtualenv inside the project is still someone else's code)."""
+    dirs = set()
+    prefixes = tuple(root.rstrip(os.sep) + os.sep for root in roots)
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str):
+            continue
+        path = os.path.abspath(path)
+        if "site-packages" in path or "dist-packages" in path:
+            continue
+        if path.startswith(prefixes):
+            dirs.add(os.path.dirname(path))
+    return sorted(dirs)
+
+
 def _heartbeat_loop(status: StatusPipe, activity: Activity, interval_s: float) -> None:
     sent_requests = 0
     sent_statuses: Dict[int, int] = {}
@@ -97,7 +115,7 @@ def _heartbeat_loop(status: StatusPipe, activity: Activity, interval_s: float) -
         if delta:
             message["statuses"] = delta
         if current is not None:
-            message["busy_since"] = current[0]
+            message["busy_s"] = round(time.monotonic() - current[0], 3)
             message["method"] = current[1]
             message["path"] = current[2]
         status.send(**message)
@@ -144,6 +162,9 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
     # here means "stop now", without a KeyboardInterrupt traceback in the log.
     signal.signal(signal.SIGINT, lambda *_: os._exit(0))
     signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
+    # Before a hung worker is killed (--timeout, a frozen heartbeat) the master sends SIGUSR2:
+    # faulthandler prints every thread's stack from C, even while a C extension holds the GIL.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
 
     extra_paths: List[str] = config.get("pythonpath", [])
     for path in reversed(extra_paths):
@@ -176,8 +197,9 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
         name="hurricane-heartbeat",
         daemon=True,
     ).start()
-    status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000))
+    dirs = source_dirs([os.getcwd()] + [os.path.abspath(p) for p in extra_paths]) if config.get("autoreload") else []
+    status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000), dirs=dirs)
     code = server.serve(app)
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    sys.exit(code)

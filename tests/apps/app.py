@@ -19,6 +19,7 @@ def _fd_snapshot():
 
 
 INHERITED_FDS = _fd_snapshot()
+_HOARD = []
 
 
 def _touch(path):
@@ -71,6 +72,10 @@ def application(environ, start_response):
     elif path == "/stream":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return (part for part in (b"one ", b"two ", b"three"))
+    elif path == "/alloc":
+        # Memory that stays: the worker's resident set grows by `mb` MiB for good.
+        _HOARD.append(b"\x01" * (int(query.get("mb", "100")) << 20))  # written, so resident
+        body = str(os.getpid()).encode()
     elif path == "/error":
         raise RuntimeError("boom from the test app")
     else:
