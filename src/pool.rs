@@ -513,11 +513,8 @@ impl Pool {
             }
             (_, WorkerState::Draining { .. }) => {
                 log::info!("event=exit worker={id} slot={slot} pid={pid} {status}");
-                match worker.ending {
-                    Some(reason @ (Reason::Timeout | Reason::Crash)) => {
-                        *self.restarts.entry(reason).or_default() += 1;
-                    }
-                    _ => {}
+                if let Some(reason @ (Reason::Timeout | Reason::Crash)) = worker.ending {
+                    *self.restarts.entry(reason).or_default() += 1;
                 }
             }
             (Phase::Starting, WorkerState::Spawned | WorkerState::Booting) => {
@@ -551,10 +548,10 @@ impl Pool {
                     delay.as_millis()
                 );
                 // Its successor, if one was booting, now simply fills the slot.
-                if let Some(successor) = worker.replaced_by {
-                    if let Some(s) = self.workers.get_mut(&successor) {
-                        s.replaces = None;
-                    }
+                if let Some(successor) = worker.replaced_by
+                    && let Some(s) = self.workers.get_mut(&successor)
+                {
+                    s.replaces = None;
                 }
             }
         }

@@ -69,7 +69,7 @@ fn three_hups_under_load_lose_no_request_and_replace_every_worker() {
             )
         });
     }
-    let (ok, failures, _) = load.finish();
+    let LoadResult { ok, failures, .. } = load.finish();
     assert!(
         failures.is_empty(),
         "{} failed of {}: {:?}",
@@ -228,7 +228,11 @@ fn max_requests_recycles_workers_without_losing_a_request() {
         (server.log.count("event=retire") >= 4).then_some(())
     })
     .unwrap_or_else(|| panic!("workers recycled; log:\n{}", server.log.text()));
-    let (ok, failures, bodies) = load.finish();
+    let LoadResult {
+        ok,
+        failures,
+        bodies,
+    } = load.finish();
     assert!(
         failures.is_empty(),
         "{} failed: {:?}",
@@ -257,7 +261,7 @@ fn max_memory_recycles_the_fat_worker_without_losing_a_request() {
         (!server.worker_pids().contains(&fat)).then_some(())
     })
     .expect("fat worker gone");
-    let (ok, failures, _) = load.finish();
+    let LoadResult { ok, failures, .. } = load.finish();
     assert!(failures.is_empty(), "{failures:?}");
     assert!(ok > 10);
 }

@@ -476,10 +476,18 @@ fn parse_framed(data: &[u8]) -> Option<(Response, usize)> {
     Some((Response { body, ..response }, end + 4 + len))
 }
 
-/// `threads` keep-alive clients hammering `path` until `stop` is set; returns (ok, failures, pids).
+/// What a `Load` saw: requests that succeeded, every failure, and the distinct bodies served.
+#[derive(Default)]
+pub struct LoadResult {
+    pub ok: u64,
+    pub failures: Vec<String>,
+    pub bodies: std::collections::HashSet<String>,
+}
+
+/// `threads` keep-alive clients requesting `path` in a loop until `finish`.
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    handles: Vec<thread::JoinHandle<(u64, Vec<String>, std::collections::HashSet<String>)>>,
+    handles: Vec<thread::JoinHandle<LoadResult>>,
 }
 
 impl Load {
@@ -490,8 +498,7 @@ impl Load {
                 let stop = stop.clone();
                 thread::spawn(move || {
                     let mut client = KeepAlive::new(addr);
-                    let (mut ok, mut failures, mut bodies) =
-                        (0, Vec::new(), std::collections::HashSet::new());
+                    let mut seen = LoadResult::default();
                     // Bounded: at most this many requests per client, whatever happens.
                     for _ in 0..200_000 {
                         if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -499,29 +506,32 @@ impl Load {
                         }
                         match client.get(path) {
                             Ok(r) if r.status == 200 => {
-                                ok += 1;
-                                bodies.insert(r.text());
+                                seen.ok += 1;
+                                seen.bodies.insert(r.text());
                             }
-                            Ok(r) => failures.push(format!("status {}: {}", r.status, r.text())),
-                            Err(e) => failures.push(e.to_string()),
+                            Ok(r) => {
+                                seen.failures
+                                    .push(format!("status {}: {}", r.status, r.text()))
+                            }
+                            Err(e) => seen.failures.push(e.to_string()),
                         }
                     }
-                    (ok, failures, bodies)
+                    seen
                 })
             })
             .collect();
         Load { stop, handles }
     }
 
-    /// Stops the clients; (requests that succeeded, failures, distinct bodies seen).
-    pub fn finish(self) -> (u64, Vec<String>, std::collections::HashSet<String>) {
+    /// Stops the clients and adds up what they saw.
+    pub fn finish(self) -> LoadResult {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut total = (0, Vec::new(), std::collections::HashSet::new());
+        let mut total = LoadResult::default();
         for h in self.handles {
-            let (ok, failures, bodies) = h.join().unwrap();
-            total.0 += ok;
-            total.1.extend(failures);
-            total.2.extend(bodies);
+            let seen = h.join().unwrap();
+            total.ok += seen.ok;
+            total.failures.extend(seen.failures);
+            total.bodies.extend(seen.bodies);
         }
         total
     }
