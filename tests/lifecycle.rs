@@ -336,3 +336,18 @@ fn a_crash_loop_backs_off_fails_alive_and_recovers_when_fixed() {
     .unwrap_or_else(|| panic!("/alive recovers; log:\n{}", server.log.text()));
     assert_eq!(server.get("/").text(), "ok");
 }
+
+#[test]
+fn a_frozen_worker_is_killed_after_the_heartbeat_timeout() {
+    let server = Server::start("app", &["--workers", "2", "--heartbeat-timeout", "2"]);
+    let pids = server.wait_workers(2, START_TIMEOUT);
+    // SIGSTOP freezes it like a C extension holding the GIL: no heartbeats, no signal handlers.
+    // SAFETY: kill with integer arguments on our server's worker.
+    unsafe { libc::kill(pids[0], libc::SIGSTOP) };
+    let line = server.log.wait_for("event=heartbeat_timeout", Duration::from_secs(6)).expect("noticed");
+    assert!(line.contains(&format!("pid={}", pids[0])), "{line}");
+    wait_for(Duration::from_secs(5), || has_exited(pids[0]).then_some(())).expect("SIGKILL ends it");
+    let now = server.wait_workers(2, START_TIMEOUT);
+    assert!(now.contains(&pids[1]) && !now.contains(&pids[0]), "{pids:?} -> {now:?}");
+    assert_eq!(server.get("/").text(), "hello");
+}
