@@ -163,6 +163,70 @@ pub struct ServeArgs {
     #[arg(long, env = "HURRICANE_KEEP_ALIVE", value_name = "S", default_value = "5", value_parser = seconds)]
     pub keep_alive: Duration,
 
+    /// Longest request line, in bytes; longer is answered 414
+    #[arg(
+        long,
+        env = "HURRICANE_LIMIT_REQUEST_LINE",
+        value_name = "BYTES",
+        default_value_t = 8190
+    )]
+    pub limit_request_line: usize,
+
+    /// Most header fields in a request; more is answered 431
+    #[arg(
+        long,
+        env = "HURRICANE_LIMIT_REQUEST_FIELDS",
+        value_name = "N",
+        default_value_t = 100
+    )]
+    pub limit_request_fields: usize,
+
+    /// Longest header field line, in bytes; longer is answered 431
+    #[arg(
+        long,
+        env = "HURRICANE_LIMIT_REQUEST_FIELD_SIZE",
+        value_name = "BYTES",
+        default_value_t = 8190
+    )]
+    pub limit_request_field_size: usize,
+
+    /// Largest request body, in bytes; larger is answered 413
+    #[arg(long, env = "HURRICANE_MAX_BODY_SIZE", value_name = "BYTES", default_value_t = 100 * 1024 * 1024)]
+    pub max_body_size: u64,
+
+    /// Peers trusted to set X-Forwarded-For/-Proto (comma-separated addresses or CIDRs, or *)
+    #[arg(
+        long,
+        env = "HURRICANE_FORWARDED_ALLOW_IPS",
+        value_name = "IPS",
+        default_value = "127.0.0.1,::1"
+    )]
+    pub forwarded_allow_ips: String,
+
+    /// Serve static files at --static-url from --static-root (or Django's STATIC_URL/STATIC_ROOT)
+    #[arg(long, env = "HURRICANE_STATIC", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub r#static: bool,
+
+    /// URL prefix of static files [default: /static/, or Django's STATIC_URL]
+    #[arg(long, env = "HURRICANE_STATIC_URL", value_name = "URL")]
+    pub static_url: Option<String>,
+
+    /// Directory of static files (implies --static) [default: Django's STATIC_ROOT]
+    #[arg(long, env = "HURRICANE_STATIC_ROOT", value_name = "DIR")]
+    pub static_root: Option<PathBuf>,
+
+    /// Serve uploaded media at --media-url from --media-root (or Django's MEDIA_URL/MEDIA_ROOT)
+    #[arg(long, env = "HURRICANE_MEDIA", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub media: bool,
+
+    /// URL prefix of media files [default: /media/, or Django's MEDIA_URL]
+    #[arg(long, env = "HURRICANE_MEDIA_URL", value_name = "URL")]
+    pub media_url: Option<String>,
+
+    /// Directory of media files (implies --media) [default: Django's MEDIA_ROOT]
+    #[arg(long, env = "HURRICANE_MEDIA_ROOT", value_name = "DIR")]
+    pub media_root: Option<PathBuf>,
+
     /// Seconds a request may run before its worker is killed and replaced (0: no limit)
     #[arg(long, env = "HURRICANE_TIMEOUT", value_name = "S", default_value = "30", value_parser = seconds)]
     pub timeout: Duration,

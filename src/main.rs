@@ -69,6 +69,23 @@ fn python(args: &ServeArgs) -> PathBuf {
     }
 }
 
+/// A static or media mount for the worker: None when off; the root may come from Django's settings.
+fn mount(
+    on: bool,
+    url: &Option<String>,
+    root: &Option<PathBuf>,
+    default_url: &str,
+) -> serde_json::Value {
+    if !on && root.is_none() {
+        return serde_json::Value::Null;
+    }
+    serde_json::json!({
+        "url": url,
+        "default_url": default_url,
+        "root": root.as_ref().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()).display().to_string()),
+    })
+}
+
 fn config(args: ServeArgs) -> Result<master::Config, Usage> {
     if let Some(dir) = &args.chdir {
         std::env::set_current_dir(dir)
@@ -132,6 +149,15 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             graceful_timeout: args.graceful_timeout,
             heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
             autoreload: args.autoreload,
+            http: serde_json::json!({
+                "limit_request_line": args.limit_request_line,
+                "limit_request_fields": args.limit_request_fields,
+                "limit_request_field_size": args.limit_request_field_size,
+                "max_body_size": args.max_body_size,
+                "forwarded_allow_ips": args.forwarded_allow_ips.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+                "static": mount(args.r#static, &args.static_url, &args.static_root, "/static/"),
+                "media": mount(args.media, &args.media_url, &args.media_root, "/media/"),
+            }),
         },
         autoreload,
         python,

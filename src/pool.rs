@@ -1078,6 +1078,7 @@ mod tests {
 
     fn failure() -> BootFailure {
         BootFailure {
+            kind: "import".into(),
             app: "x".into(),
             error: "ModuleNotFoundError: No module named 'x'".into(),
             cwd: "/".into(),

@@ -30,6 +30,8 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     /// Report the app's source directories when ready (for --autoreload).
     pub autoreload: bool,
+    /// Everything the HTTP server needs (limits, proxies, static mounts), passed through as given.
+    pub http: Value,
 }
 
 /// The bytes written to a new worker's control pipe: stage two, the embedded package, the config.
@@ -51,6 +53,7 @@ pub fn bootstrap(config: &WorkerConfig, worker: u64, generation: u64) -> Vec<u8>
         "graceful_timeout": config.graceful_timeout.as_secs_f64(),
         "heartbeat_ms": config.heartbeat.as_millis() as u64,
         "autoreload": config.autoreload,
+        "http": config.http,
         "worker": worker,
         "generation": generation,
     });
@@ -71,6 +74,8 @@ pub struct Busy {
 /// What a worker reported about its app failing to load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BootFailure {
+    /// "import" (the app failed to load) or "config" (hurricane's settings do not fit the app).
+    pub kind: String,
     pub app: String,
     pub error: String,
     pub cwd: String,
@@ -82,6 +87,9 @@ pub struct BootFailure {
 impl BootFailure {
     /// The one line a user reads first, saying what to do.
     pub fn summary(&self) -> String {
+        if self.kind == "config" {
+            return self.error.clone();
+        }
         format!(
             "cannot import '{}': {} (cwd={}, python={}, sys.path={}); try --chdir or --pythonpath",
             self.app,
@@ -149,6 +157,7 @@ pub fn parse_message(line: &[u8]) -> Option<Message> {
                 }),
         }),
         "fail" => Some(Message::Failed(BootFailure {
+            kind: text("kind"),
             app: text("app"),
             error: text("error"),
             cwd: text("cwd"),
@@ -193,6 +202,7 @@ mod tests {
             graceful_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(1),
             autoreload: false,
+            http: json!({}),
         };
         let data = bootstrap(&config, 1, 0);
         let newline = data.iter().position(|&b| b == b'\n').unwrap();

@@ -344,10 +344,17 @@ fn a_frozen_worker_is_killed_after_the_heartbeat_timeout() {
     // SIGSTOP freezes it like a C extension holding the GIL: no heartbeats, no signal handlers.
     // SAFETY: kill with integer arguments on our server's worker.
     unsafe { libc::kill(pids[0], libc::SIGSTOP) };
-    let line = server.log.wait_for("event=heartbeat_timeout", Duration::from_secs(6)).expect("noticed");
+    let line = server
+        .log
+        .wait_for("event=heartbeat_timeout", Duration::from_secs(6))
+        .expect("noticed");
     assert!(line.contains(&format!("pid={}", pids[0])), "{line}");
-    wait_for(Duration::from_secs(5), || has_exited(pids[0]).then_some(())).expect("SIGKILL ends it");
+    wait_for(Duration::from_secs(5), || has_exited(pids[0]).then_some(()))
+        .expect("SIGKILL ends it");
     let now = server.wait_workers(2, START_TIMEOUT);
-    assert!(now.contains(&pids[1]) && !now.contains(&pids[0]), "{pids:?} -> {now:?}");
+    assert!(
+        now.contains(&pids[1]) && !now.contains(&pids[0]),
+        "{pids:?} -> {now:?}"
+    );
     assert_eq!(server.get("/").text(), "hello");
 }

@@ -3,5 +3,6 @@
 mod util;
 
 mod cli;
+mod http;
 mod lifecycle;
 mod serve;

@@ -13,6 +13,7 @@ and the connection is closed, so nothing ambiguous ever reaches the app.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import select
@@ -36,6 +37,11 @@ CLIENT_IO_TIMEOUT_S = 30.0
 # While draining, a keep-alive connection idle this long is closed; until then its next request is
 # still served (with Connection: close), so a client in the middle of a request loop sees no error.
 DRAIN_IDLE_GRACE_S = 1.0
+# A chunk-size line (with extensions) or trailer line longer than this is an attack, not a request.
+MAX_CHUNK_LINE_BYTES = 4096
+# A chunked body up to this size is decoded before the app runs, so an oversized or malformed one
+# is refused without the app ever seeing the request; larger ones stream to the app.
+CHUNKED_PREFETCH_BYTES = 1 << 20
 # Unread request body we are willing to discard to keep a connection alive.
 MAX_DISCARD_BYTES = 65536
 SERVER_SOFTWARE = "hurricane/" + __version__
@@ -64,9 +70,10 @@ class ClientGone(Exception):
 
 
 class Conn:
-    __slots__ = ("sock", "fd", "buf", "addr", "port", "last")
+    __slots__ = ("sock", "fd", "buf", "addr", "port", "last", "trusted")
 
     def __init__(self, sock: socket.socket, addr: Any, now: float) -> None:
+        self.trusted = False  # may this peer set X-Forwarded-For/-Proto (--forwarded-allow-ips)
         self.sock = sock
         self.fd = sock.fileno()
         self.buf = b""
@@ -108,6 +115,27 @@ def send_all(sock: socket.socket, data: Any) -> None:
             continue
         except OSError as exc:
             raise ClientGone(str(exc)) from None
+
+
+def sendfile_all(sock: socket.socket, fd: int, offset: int, count: int) -> int:
+    """os.sendfile on a non-blocking socket until `count` bytes went out; returns bytes sent."""
+    sent_total = 0
+    deadline = time.monotonic() + CLIENT_IO_TIMEOUT_S
+    while count > 0:
+        try:
+            sent = os.sendfile(sock.fileno(), fd, offset, count)
+        except BlockingIOError:
+            _wait(sock, select.POLLOUT, deadline)
+            continue
+        except OSError as exc:
+            raise ClientGone(str(exc)) from None
+        if sent == 0:
+            break  # the file shrank under us
+        offset += sent
+        count -= sent
+        sent_total += sent
+        deadline = time.monotonic() + CLIENT_IO_TIMEOUT_S
+    return sent_total
 
 
 def recv_some(conn: Conn) -> bytes:
@@ -186,12 +214,14 @@ class BodyReader:
         conn = self._conn
         while True:
             end = conn.buf.find(b"\r\n")
+            if end > MAX_CHUNK_LINE_BYTES:
+                raise HTTPError("400 Bad Request", "chunk header line too long")
             if end >= 0:
                 line, conn.buf = conn.buf[:end], conn.buf[end + 2 :]
                 if b"\n" in line or b"\r" in line:
                     raise HTTPError("400 Bad Request", "bare CR or LF in chunked framing")
                 return line
-            if len(conn.buf) > 4096:
+            if len(conn.buf) > MAX_CHUNK_LINE_BYTES:
                 raise HTTPError("400 Bad Request", "chunk header line too long")
             conn.buf += self._raw()
 
@@ -237,6 +267,11 @@ class BodyReader:
                 self._done = True
         self._pending += data
         return True
+
+    def prefetch(self, limit: int) -> None:
+        """Decode ahead until the body ends or `limit` bytes are pending (raises HTTPError early)."""
+        while len(self._pending) < limit and self._fill():
+            pass
 
     def read(self, size: Optional[int] = -1) -> bytes:
         if size is None or size < 0:
@@ -484,23 +519,7 @@ class Exchange:
         send_all(self.conn.sock, self._head_bytes(size))
         if self.bodyless:
             return True
-        count = min(size, self.length)
-        sock = self.conn.sock
-        deadline = time.monotonic() + CLIENT_IO_TIMEOUT_S
-        while count > 0:
-            try:
-                sent = os.sendfile(sock.fileno(), fd, offset, count)
-            except BlockingIOError:
-                _wait(sock, select.POLLOUT, deadline)
-                continue
-            except OSError as exc:
-                raise ClientGone(str(exc)) from None
-            if sent == 0:
-                break  # the file shrank under us
-            offset += sent
-            count -= sent
-            self.written += sent
-            deadline = time.monotonic() + CLIENT_IO_TIMEOUT_S
+        self.written += sendfile_all(self.conn.sock, fd, offset, min(size, self.length))
         if self.written < self.length:
             self.keep_alive = False
         return True
@@ -590,8 +609,18 @@ class Server:
         self.activity = activity
         self.keep_alive_s = float(config.get("keep_alive", 5))
         self.graceful_timeout_s = float(config.get("graceful_timeout", 30))
-        self.max_body = int(config.get("max_body_size", 100 * 1024 * 1024))
-        self.max_head = int(config.get("max_head_size", 65536))
+        http = config.get("http") or {}
+        self.max_body = int(http.get("max_body_size", 100 * 1024 * 1024))
+        self.limit_line = int(http.get("limit_request_line", 8190))
+        self.limit_fields = int(http.get("limit_request_fields", 100))
+        self.limit_field_size = int(http.get("limit_request_field_size", 8190))
+        # The most a legal head can take: every limit at its maximum (bounds a connection's buffer).
+        self.max_head = self.limit_line + 2 + self.limit_fields * (self.limit_field_size + 2)
+        allow = http.get("forwarded_allow_ips", ["127.0.0.1", "::1"])
+        self.trust_all = "*" in allow
+        self.trusted_ips = {a for a in allow if "/" not in a}
+        self.trusted_nets = [ipaddress.ip_network(a, strict=False) for a in allow if "/" in a]
+        self.mounts: List[Any] = []  # static/media, set by the worker once the app (and Django) loaded
         self.stopping = False
         self._wake_w: Optional[socket.socket] = None
         self.conns: Dict[int, Conn] = {}
@@ -696,9 +725,29 @@ class Server:
         except OSError:
             pass  # not TCP (a Unix socket)
         conn = Conn(sock, addr, now)
+        conn.trusted = self._trusted(conn.addr)
         self.conns[conn.fd] = conn
         epoll.register(conn.fd, EPOLLIN)
         self._on_readable(conn, app, epoll, now)
+
+    def _trusted(self, addr: str) -> bool:
+        if self.trust_all or addr in self.trusted_ips:
+            return True
+        if not self.trusted_nets or not addr:
+            return False
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted_nets)
+
+    def _forwarded_client(self, header: str) -> str:
+        """The client behind trusted proxies: the rightmost X-Forwarded-For hop we do not trust."""
+        hops = [h.strip() for h in header.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                return hop
+        return hops[0] if hops else ""
 
     def _close(self, conn: Conn, epoll: Any) -> None:
         if self.conns.pop(conn.fd, None) is not None:
@@ -745,6 +794,14 @@ class Server:
                 if len(buf) > self.max_head:
                     self._reject(conn, "431 Request Header Fields Too Large")
                     return False
+                limit = self.limit_line + 2
+                if len(buf) > limit and buf.find(b"\n", 0, limit) < 0:
+                    self._reject(conn, "414 URI Too Long")
+                    return False
+                if buf.count(b"\n") != buf.count(b"\r\n"):
+                    # A bare LF head would never end in CRLFCRLF: refuse it now, not at the timeout.
+                    self._reject(conn, "400 Bad Request")
+                    return False
                 if buf[:2] == b"\r\n" and len(buf) >= 2:
                     conn.buf = buf.lstrip(b"\r\n")  # RFC 9112 2.2: ignore CRLF before a request
                 return True
@@ -783,6 +840,13 @@ class Server:
         if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
             raise HTTPError("400 Bad Request", "bare CR or LF")
         request_line = lines[0]
+        if len(request_line) > self.limit_line:
+            raise HTTPError("414 URI Too Long", "request line exceeds --limit-request-line")
+        if len(lines) - 1 > self.limit_fields:
+            raise HTTPError("431 Request Header Fields Too Large", "more fields than --limit-request-fields")
+        # Only a head longer than the field limit can hold a field over it: one length check saves a loop.
+        if len(head) > self.limit_field_size and max(map(len, lines[1:]), default=0) > self.limit_field_size:
+            raise HTTPError("431 Request Header Fields Too Large", "a field exceeds --limit-request-field-size")
         parts = request_line.split(b" ")
         if len(parts) != 3:
             raise HTTPError("400 Bad Request", "malformed request line")
@@ -856,7 +920,10 @@ class Server:
             if len(codings) > 1:
                 raise HTTPError("501 Not Implemented", "only a single 'chunked' coding is supported")
             env.pop("CONTENT_LENGTH", None)
-            body = BodyReader(conn, None, version11 and expect == b"100-continue", self.max_body)
+            expect_continue = expect == b"100-continue"
+            body = BodyReader(conn, None, expect_continue, self.max_body)
+            if not expect_continue:
+                body.prefetch(CHUNKED_PREFETCH_BYTES)
         elif content_length is not None:
             if not content_length.isdigit() or len(content_length) > 18:
                 raise HTTPError("400 Bad Request", "invalid Content-Length")
@@ -893,9 +960,52 @@ class Server:
         env["REMOTE_ADDR"] = conn.addr
         env["REMOTE_PORT"] = conn.port
         env["wsgi.input"] = body
+        if conn.trusted:
+            forwarded_for = env.get("HTTP_X_FORWARDED_FOR")
+            if forwarded_for:
+                env["REMOTE_ADDR"] = self._forwarded_client(forwarded_for)
+            proto = env.get("HTTP_X_FORWARDED_PROTO")
+            if proto:
+                scheme = proto.split(",")[0].strip().lower()
+                if scheme == "http" or scheme == "https":
+                    env["wsgi.url_scheme"] = scheme
         if self.stopping:
             keep_alive = False
+        if self.mounts:
+            path_info = env["PATH_INFO"]
+            for mount in self.mounts:
+                if mount.matches(path_info):
+                    return self._serve_static(conn, mount, env, target, version11, keep_alive, body)
         return self._run_app(conn, app, env, method, version11, keep_alive, body)
+
+    def _serve_static(
+        self, conn: Conn, mount: Any, env: Dict[str, Any], target: bytes,
+        version11: bool, keep_alive: bool, body: Any,
+    ) -> bool:
+        ex = Exchange(conn, version11, env["REQUEST_METHOD"] == "HEAD", keep_alive)
+        ex.draining = self.stopping
+        reply = mount.reply(env, target)
+        try:
+            ex.start_response(reply.status, reply.headers)
+            head = ex._head_bytes(None)
+            if reply.fd < 0 or ex.bodyless:
+                send_all(conn.sock, head)
+            else:
+                send_all(conn.sock, head)
+                if sendfile_all(conn.sock, reply.fd, reply.offset, reply.count) < reply.count:
+                    ex.keep_alive = False
+        except ClientGone:
+            ex.keep_alive = False
+        finally:
+            if reply.fd >= 0:
+                os.close(reply.fd)
+        activity = self.activity
+        activity.requests += 1
+        cls = ex.code // 100
+        activity.statuses[cls] = activity.statuses.get(cls, 0) + 1
+        if body is not EMPTY_INPUT:
+            return False  # a body sent to a static file is never read; do not parse it as a request
+        return ex.keep_alive
 
     def _run_app(
         self, conn: Conn, app: Callable, env: Dict[str, Any], method: str,

@@ -137,13 +137,20 @@ def _control_loop(control: IO[bytes], on_stop: Callable[[], None]) -> None:
     os._exit(1)
 
 
-def _boot_failure(status: StatusPipe, config: Dict[str, Any], exc: BaseException) -> None:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+def _one_line(exc: BaseException, kind: str) -> str:
+    text = str(exc).strip()
+    if kind == "config":
+        return text
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _boot_failure(status: StatusPipe, config: Dict[str, Any], exc: BaseException, kind: str) -> None:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if kind == "import" else ""
     status.send(
         t="fail",
-        kind="import",
+        kind=kind,
         app=config["app"],
-        error=f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__,
+        error=_one_line(exc, kind),
         cwd=os.getcwd(),
         python=sys.executable,
         sys_path=[p for p in sys.path if p],
@@ -183,10 +190,15 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
         target=_control_loop, args=(control, server.request_stop), name="hurricane-control", daemon=True
     ).start()
 
+    kind = "import"
     try:
         app = load_app(config["app"])
+        kind = "config"
+        from hurricane import static
+
+        server.mounts = static.mounts_from_config(config.get("http") or {})
     except BaseException as exc:  # noqa: BLE001 - SystemExit from an app's import is a failure too
-        _boot_failure(status, config, exc)
+        _boot_failure(status, config, exc, kind)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_BOOT_FAILED)

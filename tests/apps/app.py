@@ -3,6 +3,8 @@
 import json
 import os
 import time
+import warnings
+from wsgiref.validate import WSGIWarning, validator
 from urllib.parse import parse_qs
 
 
@@ -19,6 +21,7 @@ def _fd_snapshot():
 
 
 INHERITED_FDS = _fd_snapshot()
+CALLS = 0  # how often the app ran: strictness tests prove a rejected request never reached it
 _HOARD = []
 
 
@@ -28,7 +31,9 @@ def _touch(path):
             pass
 
 
-def application(environ, start_response):
+def _application(environ, start_response):
+    global CALLS
+    CALLS += 1
     path = environ["PATH_INFO"]
     query = {k: v[0] for k, v in parse_qs(environ["QUERY_STRING"]).items()}
     status, body = "200 OK", b""
@@ -63,8 +68,30 @@ def application(environ, start_response):
         body = os.read(read, 100)
         os.close(read)
         os.close(write)
+    elif path == "/calls":
+        body = str(CALLS).encode()
     elif path == "/echo":
-        body = environ["wsgi.input"].read()
+        # read(n) until EOF: the validator allows only read with a size, as PEP 3333 requires.
+        chunks = []
+        while True:
+            chunk = environ["wsgi.input"].read(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    elif path == "/status":
+        code = query.get("code", "204")
+        start_response(f"{code} Whatever", [])
+        return []
+    elif path == "/inject":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("X-Bad", "a\r\nX-Evil: 1")])
+        return [b"never"]
+    elif path == "/file":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](open(__file__, "rb"), 8192)
+    elif path == "/late-error":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _late_error()
     elif path == "/environ":
         keys = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL", "REMOTE_ADDR",
                 "CONTENT_TYPE", "CONTENT_LENGTH", "HTTP_X_TEST", "wsgi.url_scheme", "SCRIPT_NAME")
@@ -82,3 +109,16 @@ def application(environ, start_response):
         body = b"hello"
     start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def _late_error():
+    # Two chunks: the server holds a first chunk back (it may be the only one), a second forces
+    # the headers out before the error.
+    yield b"partial "
+    yield b"more "
+    raise RuntimeError("after the headers")
+
+
+# Every test runs under PEP 3333's referee: a server or app slip is an error, not a warning.
+warnings.simplefilter("error", WSGIWarning)
+application = validator(_application)

@@ -1,0 +1,368 @@
+//! The worker's HTTP/1.1: strictness, response framing, proxies, static files (issue 3).
+//! Every rejection is raw bytes over a socket; each checks the status, the closed connection, and
+//! that the app never ran (its call counter did not move).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn calls(server: &Server) -> u64 {
+    server.get("/calls").text().parse().unwrap()
+}
+
+/// Sends raw bytes; returns everything the server sent until it closed the connection.
+fn exchange(server: &Server, raw: &[u8]) -> String {
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(raw);
+    let mut data = Vec::new();
+    let _ = stream.read_to_end(&mut data);
+    String::from_utf8_lossy(&data).into_owned()
+}
+
+fn strict_server() -> Server {
+    Server::start(
+        "app",
+        &[
+            "--workers",
+            "1",
+            "--max-body-size",
+            "1000",
+            "--keep-alive",
+            "1",
+        ],
+    )
+}
+
+#[test]
+fn hostile_requests_get_their_status_a_closed_connection_and_never_reach_the_app() {
+    let server = strict_server();
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000));
+    let many_fields = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+        "X-A: b\r\n".repeat(101)
+    );
+    let long_field = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    let long_ext = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;{}\r\nhello\r\n0\r\n\r\n",
+        "a".repeat(5000)
+    );
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("request line over the limit", long_target.into_bytes(), 414),
+        ("more than 100 fields", many_fields.into_bytes(), 431),
+        ("a field over the limit", long_field.into_bytes(), 431),
+        ("body over --max-body-size", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n".to_vec(), 413),
+        ("chunked body over the limit",
+            format!("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{}\r\n0\r\n\r\n", "a".repeat(2000)).into_bytes(), 413),
+        ("two different Content-Length", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(), 400),
+        ("Content-Length list", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello!".to_vec(), 400),
+        ("signed Content-Length", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello".to_vec(), 400),
+        ("Content-Length and Transfer-Encoding",
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("unknown transfer coding", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 501),
+        ("chunked not last", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n".to_vec(), 501),
+        ("Transfer-Encoding in HTTP/1.0", b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("invalid chunk size", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec(), 400),
+        ("0x chunk size", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n".to_vec(), 400),
+        ("chunk longer than its size", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n".to_vec(), 400),
+        ("chunk extension abuse", long_ext.into_bytes(), 400),
+        ("bad chunk extension", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;=x\r\nhello\r\n0\r\n\r\n".to_vec(), 400),
+        ("bare LF", b"GET / HTTP/1.1\nHost: x\n\n".to_vec(), 400),
+        ("bare LF inside a CRLF head", b"GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n".to_vec(), 400),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n".to_vec(), 400),
+        ("whitespace before the colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n".to_vec(), 400),
+        ("non-token header name", b"GET / HTTP/1.1\r\nHost: x\r\nX@Y: z\r\n\r\n".to_vec(), 400),
+        ("NUL in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n".to_vec(), 400),
+        ("bare CR in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n".to_vec(), 400),
+        ("no Host in HTTP/1.1", b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n".to_vec(), 400),
+        ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
+        ("HTTP/2.0", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n".to_vec(), 505),
+        ("not HTTP", b"GET / HTPT/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("malformed request line", b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        ("unknown expectation", b"GET / HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n".to_vec(), 417),
+        ("relative target", b"GET index.html HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+    ];
+    for (name, raw, status) in cases {
+        let before = calls(&server);
+        let answer = exchange(&server, &raw);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{name}: {answer:?}"
+        );
+        assert!(
+            answer.contains("Connection: close\r\n"),
+            "{name}: {answer:?}"
+        );
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "{name}: one response, then close: {answer:?}"
+        );
+        assert_eq!(calls(&server), before + 1, "{name}: the app ran");
+    }
+    assert_eq!(server.worker_pids().len(), 1);
+}
+
+#[test]
+fn a_slow_client_is_cut_off_at_the_keep_alive_timeout_with_408() {
+    let server = strict_server();
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut data = String::new();
+    let _ = stream.read_to_string(&mut data);
+    assert!(data.starts_with("HTTP/1.1 408 "), "{data:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // An idle keep-alive connection is closed quietly.
+    let mut idle = TcpStream::connect(server.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut nothing = Vec::new();
+    assert_eq!(idle.read_to_end(&mut nothing).unwrap(), 0);
+}
+
+#[test]
+fn responses_are_framed_by_the_rules() {
+    let server = strict_server();
+    let head = request(
+        server.addr,
+        b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("5"))
+    );
+    let raw = exchange(
+        &server,
+        b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(raw.ends_with("\r\n\r\n"), "no body after HEAD: {raw:?}");
+    for code in ["204", "304"] {
+        let raw = exchange(
+            &server,
+            format!("GET /status?code={code} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert!(
+            raw.starts_with(&format!("HTTP/1.1 {code} ")) && raw.ends_with("\r\n\r\n"),
+            "{raw:?}"
+        );
+        assert!(
+            !raw.contains("Transfer-Encoding") && !raw.contains("Content-Length"),
+            "{raw:?}"
+        );
+    }
+    let ok = server.get("/");
+    assert!(ok.header("date").is_some_and(|d| d.ends_with(" GMT")));
+    assert_eq!(ok.header("server"), Some("hurricane"));
+    let injected = exchange(&server, b"GET /inject HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        injected.starts_with("HTTP/1.1 500 ") && !injected.contains("X-Evil"),
+        "{injected:?}"
+    );
+    let file = server.get("/file");
+    assert_eq!(file.body, std::fs::read(apps_dir().join("app.py")).unwrap());
+    // An error after the headers went out: the connection ends, never a second status line.
+    let late = exchange(&server, b"GET /late-error HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(late.matches("HTTP/1.1 ").count(), 1, "{late:?}");
+    assert!(
+        late.contains("partial ") && !late.ends_with("0\r\n\r\n"),
+        "{late:?}"
+    );
+    // HTTP/1.0 keep-alive is opt-in and said back.
+    let raw = exchange(&server, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(raw.contains("Connection: close\r\n"), "{raw:?}");
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body_is_read() {
+    let server = strict_server();
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"hello").unwrap();
+    let mut data = Vec::new();
+    while !data.ends_with(b"hello") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&data));
+        data.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&data);
+    assert!(
+        text.starts_with("HTTP/1.1 200 ") && text.ends_with("hello"),
+        "{text:?}"
+    );
+}
+
+#[test]
+fn forwarded_headers_count_only_from_trusted_proxies() {
+    let raw = b"GET /environ HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7, 127.0.0.1\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
+    let trusted = Server::start("app", &["--workers", "1"]);
+    let env: serde_json::Value =
+        serde_json::from_slice(&request(trusted.addr, raw).unwrap().body).unwrap();
+    assert_eq!(
+        (env["REMOTE_ADDR"].as_str(), env["wsgi.url_scheme"].as_str()),
+        (Some("203.0.113.7"), Some("https"))
+    );
+    let untrusted = Server::start(
+        "app",
+        &["--workers", "1", "--forwarded-allow-ips", "10.0.0.0/8"],
+    );
+    let env: serde_json::Value =
+        serde_json::from_slice(&request(untrusted.addr, raw).unwrap().body).unwrap();
+    assert_eq!(
+        (env["REMOTE_ADDR"].as_str(), env["wsgi.url_scheme"].as_str()),
+        (Some("127.0.0.1"), Some("http"))
+    );
+}
+
+#[test]
+fn static_files_are_served_with_validators_ranges_and_never_from_outside_the_root() {
+    let dir = TempDir::new("static");
+    let root = dir.0.join("root");
+    std::fs::create_dir_all(root.join("css")).unwrap();
+    std::fs::write(root.join("css/site.css"), b"body{}").unwrap();
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    std::fs::write(dir.0.join("secret.txt"), b"secret").unwrap();
+    std::os::unix::fs::symlink(dir.0.join("secret.txt"), root.join("escape.txt")).unwrap();
+    let media = dir.0.join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    std::fs::write(media.join("up.txt"), b"uploaded").unwrap();
+    let server = Server::start(
+        "app",
+        &[
+            "--workers",
+            "1",
+            "--static-root",
+            root.to_str().unwrap(),
+            "--media-root",
+            media.to_str().unwrap(),
+        ],
+    );
+    let before = calls(&server);
+
+    let css = server.get("/static/css/site.css");
+    assert_eq!((css.status, css.text().as_str()), (200, "body{}"));
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+    let etag = css.header("etag").unwrap().to_string();
+    let modified = css.header("last-modified").unwrap().to_string();
+    assert_eq!(server.get("/media/up.txt").text(), "uploaded");
+    let full = server.get("/static/big.bin");
+    assert_eq!(full.body, big, "1 MiB intact");
+
+    let with = |extra: &str, path: &str| {
+        request(
+            server.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        with(
+            &format!("If-None-Match: {etag}\r\n"),
+            "/static/css/site.css"
+        )
+        .status,
+        304
+    );
+    assert_eq!(
+        with(
+            &format!("If-Modified-Since: {modified}\r\n"),
+            "/static/css/site.css"
+        )
+        .status,
+        304
+    );
+    assert_eq!(
+        with("If-None-Match: \"other\"\r\n", "/static/css/site.css").status,
+        200
+    );
+    let part = with("Range: bytes=10-19\r\n", "/static/big.bin");
+    assert_eq!(
+        (part.status, part.header("content-range")),
+        (206, Some("bytes 10-19/1048576"))
+    );
+    assert_eq!(part.body, &big[10..20]);
+    let tail = with("Range: bytes=-5\r\n", "/static/big.bin");
+    assert_eq!(tail.body, &big[big.len() - 5..]);
+    let beyond = with("Range: bytes=2000000-\r\n", "/static/big.bin");
+    assert_eq!(
+        (beyond.status, beyond.header("content-range")),
+        (416, Some("bytes */1048576"))
+    );
+    let head = request(
+        server.addr,
+        b"HEAD /static/big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(
+        (head.status, head.header("content-length")),
+        (200, Some("1048576"))
+    );
+    let post = request(server.addr, b"POST /static/big.bin HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    assert_eq!(
+        (post.status, post.header("allow")),
+        (405, Some("GET, HEAD"))
+    );
+
+    for path in [
+        "/static/../secret.txt",
+        "/static/%2e%2e/secret.txt",
+        "/static/css/..%2f..%2fsecret.txt",
+        "/static/css%2fsite.css",
+        "/static//etc/passwd",
+        "/static/escape.txt",
+        "/static/css",
+        "/static/css/",
+        "/static/",
+        "/static/nope.txt",
+        "/static/css/site.css%00.txt",
+        "/static/css\\site.css",
+    ] {
+        let response = server.get(path);
+        assert_eq!(response.status, 404, "{path}: {}", response.text());
+        assert!(!response.text().contains("secret"));
+    }
+    assert_eq!(
+        calls(&server),
+        before + 1,
+        "static requests never reach the app"
+    );
+}
+
+#[test]
+fn static_without_a_root_is_a_clear_startup_error() {
+    let mut server = Server::spawn(&mut command("app", &["--workers", "1", "--static"]));
+    let status = server.wait_exit(START_TIMEOUT).expect("exits");
+    assert_eq!(status.code(), Some(3));
+    server
+        .log
+        .wait_for("error: --static needs a directory", Duration::from_secs(2))
+        .expect("says what to do");
+}
