@@ -113,7 +113,7 @@ fn readme_documents_every_option() {
     let flags: Vec<&str> = help
         .split_whitespace()
         .filter(|w| w.starts_with("--"))
-        .map(|w| w.trim_end_matches(','))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_alphanumeric()))
         .collect();
     assert!(flags.len() > 15, "{flags:?}");
     for flag in flags {
