@@ -509,10 +509,16 @@ impl Pool {
         }
         match (&self.phase, &worker.state) {
             (Phase::Failing { .. } | Phase::Draining, _) => {
-                log::info!("event=exit worker={id} slot={slot} pid={pid} {status}");
+                log::info!(
+                    "event=exit worker={id} slot={slot} pid={pid} {status} requests={}",
+                    worker.requests
+                );
             }
             (_, WorkerState::Draining { .. }) => {
-                log::info!("event=exit worker={id} slot={slot} pid={pid} {status}");
+                log::info!(
+                    "event=exit worker={id} slot={slot} pid={pid} {status} requests={}",
+                    worker.requests
+                );
                 if let Some(reason @ (Reason::Timeout | Reason::Crash)) = worker.ending {
                     *self.restarts.entry(reason).or_default() += 1;
                 }

@@ -353,7 +353,7 @@ class Exchange:
 
     __slots__ = (
         "conn", "version11", "head", "keep_alive", "status", "code", "headers",
-        "sent", "chunked", "length", "written", "draining", "bodyless",
+        "sent", "chunked", "length", "written", "draining", "bodyless", "nodelay",
     )
 
     def __init__(self, conn: Conn, version11: bool, head: bool, keep_alive: bool) -> None:
@@ -370,6 +370,7 @@ class Exchange:
         self.written = 0
         self.draining = False
         self.bodyless = head
+        self.nodelay = False
 
     def start_response(
         self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None
@@ -400,32 +401,25 @@ class Exchange:
         close = False
         lines = []
         has_date = has_server = False
+        cache = _HEADER_CACHE
         for header in self.headers:
-            name, value = header
-            kind = _NAME_KIND.get(name)
-            if kind is None:
-                kind = _classify_app_header(name)
-            if type(value) is not str:
-                raise TypeError(f"header {name!r} value must be str, got {type(value).__name__}")
+            # An app sends the same (name, value) pairs again and again: validated once, then a lookup.
+            cached = cache.get(header)
+            if cached is None:
+                cached = _validate_app_header(header)
+            line, kind = cached
             if kind:
                 if kind == 1:
-                    if not value.isdigit():
-                        raise ValueError(f"invalid Content-Length {value!r}")
-                    length = int(value)
+                    length = int(header[1])
                 elif kind == 2:
-                    if value.strip().lower() == "close":
+                    if header[1].strip().lower() == "close":
                         close = True
                 elif kind == 3:
                     has_date = True
-                elif kind == 4:
-                    has_server = True
                 else:
-                    raise ValueError(f"hop-by-hop header {name!r} is the server's to set (PEP 3333)")
-            lines.append(f"{name}: {value}\r\n")
+                    has_server = True
+            lines.append(line)
         block = "".join(lines)
-        # One C-level scan instead of a check per value: every CR and LF must be a line end we wrote.
-        if block.count("\n") != len(lines) or block.count("\r") != len(lines) or "\0" in block:
-            raise ValueError("response header contains CR, LF or NUL (header injection)")
         bodyless = self.head or code < 200 or code == 204 or code == 304
         self.bodyless = bodyless
         if length is None and not bodyless:
@@ -445,11 +439,14 @@ class Exchange:
         elif not self.version11:
             block += "Connection: keep-alive\r\n"
         if not has_date:
-            block += _http_date()
+            block += _DATE[0]
         if not has_server:
             block += "Server: hurricane\r\n"
         self.sent = True
-        return (_status_line(self.status) + block + "\r\n").encode("latin-1")
+        status_line = _STATUS_LINES.get(self.status)
+        if status_line is None:
+            status_line = _status_line(self.status)
+        return (status_line + block + "\r\n").encode("latin-1")
 
     def write(self, data: bytes) -> None:
         if type(data) is not bytes:
@@ -468,6 +465,14 @@ class Exchange:
                 data = data[:room]
                 self.keep_alive = False  # the app lied about its length; end the connection
         self.written += len(data)
+        if not self.nodelay:
+            # A response in several writes: without TCP_NODELAY, Nagle would hold the next small
+            # write until the client's (delayed) ACK. One-write responses never need it.
+            self.nodelay = True
+            try:
+                self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # not TCP
         if self.chunked:
             if data:
                 out += b"%x\r\n%b\r\n" % (len(data), data)
@@ -544,6 +549,34 @@ def _classify_app_header(name: Any) -> int:
     return kind
 
 
+# (name, value) from the app -> (the header line, its kind). Bounded; valid headers only.
+_HEADER_CACHE: Dict[Any, Tuple[str, int]] = {}
+_HEADER_CACHE_MAX = 1024
+
+
+def _validate_app_header(header: Any) -> Tuple[str, int]:
+    if type(header) is not tuple or len(header) != 2:
+        raise TypeError(f"response headers must be (name, value) tuples, got {header!r}")
+    name, value = header
+    kind = _NAME_KIND.get(name)
+    if kind is None:
+        kind = _classify_app_header(name)
+    if type(value) is not str:
+        raise TypeError(f"header {name!r} value must be str, got {type(value).__name__}")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"header {name!r} contains CR, LF or NUL (header injection)")
+    if kind == 5:
+        raise ValueError(f"hop-by-hop header {name!r} is the server's to set (PEP 3333)")
+    if kind == 1 and not value.isdigit():
+        raise ValueError(f"invalid Content-Length {value!r}")
+    value.encode("latin-1")  # raises for text that cannot go on the wire
+    cached = (f"{name}: {value}\r\n", kind)
+    if len(_HEADER_CACHE) >= _HEADER_CACHE_MAX:
+        _HEADER_CACHE.clear()
+    _HEADER_CACHE[header] = cached
+    return cached
+
+
 _STATUS_LINES: Dict[str, str] = {}
 
 
@@ -558,15 +591,21 @@ def _status_line(status: str) -> str:
     return line
 
 
-_date_cache = [0, ""]
+# The Date header line, refreshed by the event loop at most once a second (not per request).
+_DATE = [""]
+_date_second = [0]
+
+
+def _refresh_date() -> None:
+    now = int(time.time())
+    if now != _date_second[0]:
+        _date_second[0] = now
+        _DATE[0] = f"Date: {formatdate(now, usegmt=True)}\r\n"
 
 
 def _http_date() -> str:
-    now = int(time.time())
-    if now != _date_cache[0]:
-        _date_cache[0] = now
-        _date_cache[1] = f"Date: {formatdate(now, usegmt=True)}\r\n"
-    return _date_cache[1]
+    _refresh_date()
+    return _DATE[0]
 
 
 # Request header name (raw bytes) -> environ key; None for names we drop (see _environ_key).
@@ -591,6 +630,29 @@ def _environ_key(name: bytes) -> Optional[str]:
         if len(_ENV_KEYS) < 4096:
             _ENV_KEYS[name] = key
     return key
+
+
+_FRAMING_KEYS = frozenset(
+    ("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_CONNECTION", "HTTP_EXPECT", "HTTP_HOST")
+)
+# Raw header line -> (environ key or None, decoded value, raw value). Bounded; valid lines only.
+_LINE_CACHE: Dict[bytes, Tuple[Optional[str], str, bytes]] = {}
+_LINE_CACHE_MAX = 1024
+
+
+def _parse_field(line: bytes) -> Tuple[Optional[str], str, bytes]:
+    name, sep, value = line.partition(b":")
+    if not sep:
+        raise HTTPError("400 Bad Request", "header line without a colon")
+    value = value.strip(b" \t")
+    if value and not _FIELD_VALUE.fullmatch(value):
+        raise HTTPError("400 Bad Request", "invalid character in header value")
+    key = _environ_key(name)  # raises for obs-fold, whitespace before the colon, non-tokens
+    parsed = (key, value.decode("latin-1"), value)
+    if len(_LINE_CACHE) >= _LINE_CACHE_MAX:
+        _LINE_CACHE.clear()  # cookies and the like vary; start over rather than grow
+    _LINE_CACHE[line] = parsed
+    return parsed
 
 
 def _error_response(status: str) -> bytes:
@@ -622,6 +684,7 @@ class Server:
         self.trusted_nets = [ipaddress.ip_network(a, strict=False) for a in allow if "/" in a]
         self.mounts: List[Any] = []  # static/media, set by the worker once the app (and Django) loaded
         self.stopping = False
+        self.now = time.monotonic()  # the loop's clock, read once per wakeup
         self._wake_w: Optional[socket.socket] = None
         self.conns: Dict[int, Conn] = {}
 
@@ -671,8 +734,10 @@ class Server:
         conns = self.conns
         listening = True
         deadline = 0.0
-        now = time.monotonic()
+        now = self.now = time.monotonic()
         next_sweep = now + 1.0
+        next_date = now
+        _refresh_date()
 
         while True:
             if self.stopping and listening:
@@ -685,7 +750,10 @@ class Server:
                     self._close(conn, epoll)
                 return 0
             events = epoll.poll((1.0 if listening else 0.1) if conns or not listening else -1)
-            now = time.monotonic()
+            now = self.now = time.monotonic()
+            if now >= next_date:
+                _refresh_date()
+                next_date = now + 0.25
             for fd, _ in events:
                 conn = conns.get(fd)
                 if conn is not None:
@@ -720,15 +788,27 @@ class Server:
             print(f"hurricane worker pid={os.getpid()} event=accept_error error={exc}", file=sys.stderr)
             return
         sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # not TCP (a Unix socket)
         conn = Conn(sock, addr, now)
         conn.trusted = self._trusted(conn.addr)
+        # Serve what already arrived before registering with epoll: a Connection: close request
+        # then costs no epoll_ctl at all.
+        try:
+            data = sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            data = None
+        except OSError:
+            data = b""
+        if data == b"":
+            sock.close()
+            return
         self.conns[conn.fd] = conn
+        if data is not None:
+            conn.buf = data
+            if not self._process(conn, app, now):
+                self.conns.pop(conn.fd, None)
+                sock.close()
+                return
         epoll.register(conn.fd, EPOLLIN)
-        self._on_readable(conn, app, epoll, now)
 
     def _trusted(self, addr: str) -> bool:
         if self.trust_all or addr in self.trusted_ips:
@@ -871,33 +951,33 @@ class Server:
         connection = b""
         expect = b""
         hosts = 0
-        environ_key = _environ_key
-        field_value = _FIELD_VALUE.fullmatch
+        line_cache = _LINE_CACHE
         for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                raise HTTPError("400 Bad Request", "header line without a colon")
-            value = value.strip(b" \t")
-            if value and not field_value(value):
-                raise HTTPError("400 Bad Request", "invalid character in header value")
-            key = environ_key(name)  # raises for obs-fold, whitespace before the colon, non-tokens
+            # A keep-alive client repeats its header lines byte for byte: a line parsed and
+            # validated once is a single dict lookup after that (the cache holds only valid lines).
+            parsed = line_cache.get(line)
+            if parsed is None:
+                parsed = _parse_field(line)
+            key, decoded, value = parsed
             if key is None:
                 continue
-            if key == "CONTENT_LENGTH":
-                if content_length is not None and content_length != value:
-                    raise HTTPError("400 Bad Request", "conflicting Content-Length")
-                content_length = value
-            elif key == "HTTP_TRANSFER_ENCODING":
-                transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
-            elif key == "HTTP_CONNECTION":
-                connection = value.lower()
-            elif key == "HTTP_EXPECT":
-                expect = value.lower()
-            elif key == "HTTP_HOST":
-                hosts += 1
-            decoded = value.decode("latin-1")
-            old = env.get(key)
-            env[key] = decoded if old is None else old + "," + decoded
+            if key in _FRAMING_KEYS:
+                if key == "CONTENT_LENGTH":
+                    if content_length is not None and content_length != value:
+                        raise HTTPError("400 Bad Request", "conflicting Content-Length")
+                    content_length = value
+                elif key == "HTTP_TRANSFER_ENCODING":
+                    transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
+                elif key == "HTTP_CONNECTION":
+                    connection = value.lower()
+                elif key == "HTTP_EXPECT":
+                    expect = value.lower()
+                else:
+                    hosts += 1
+            if key in env:
+                env[key] += "," + decoded
+            else:
+                env[key] = decoded
         if version11 and hosts != 1:
             raise HTTPError("400 Bad Request", "HTTP/1.1 needs exactly one Host header")
 
@@ -1014,7 +1094,8 @@ class Server:
         ex = Exchange(conn, version11, method == "HEAD", keep_alive)
         ex.draining = self.stopping
         activity = self.activity
-        activity.current = (time.monotonic(), method, env["PATH_INFO"])
+        # The loop's clock (read once per wakeup) is precise enough for --timeout and saves a call.
+        activity.current = (self.now, method, env["PATH_INFO"])
         result = None
         try:
             result = app(env, ex.start_response)

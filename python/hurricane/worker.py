@@ -101,26 +101,43 @@ def source_dirs(roots: List[str]) -> List[str]:
     return sorted(dirs)
 
 
-def _heartbeat_loop(status: StatusPipe, activity: Activity, interval_s: float) -> None:
-    sent_requests = 0
-    sent_statuses: Dict[int, int] = {}
-    while True:
-        time.sleep(interval_s)
-        current = activity.current
-        requests = activity.requests
-        statuses = dict(activity.statuses)
-        message: Dict[str, Any] = {"t": "hb", "requests": requests - sent_requests}
-        delta = {str(k): v - sent_statuses.get(k, 0) for k, v in statuses.items()}
-        delta = {k: v for k, v in delta.items() if v}
-        if delta:
-            message["statuses"] = delta
-        if current is not None:
-            message["busy_s"] = round(time.monotonic() - current[0], 3)
-            message["method"] = current[1]
-            message["path"] = current[2]
-        status.send(**message)
-        sent_requests = requests
-        sent_statuses = statuses
+class Heartbeat:
+    """Reports what the worker is doing and the counters since the last report.
+
+    Called every interval by its own thread, and once more by the main thread on the way out, so
+    the master's request totals include the last second of a draining worker.
+    """
+
+    def __init__(self, status: StatusPipe, activity: Activity) -> None:
+        self._status = status
+        self._activity = activity
+        self._lock = threading.Lock()
+        self._sent_requests = 0
+        self._sent_statuses: Dict[int, int] = {}
+
+    def beat(self) -> None:
+        with self._lock:
+            activity = self._activity
+            current = activity.current
+            requests = activity.requests
+            statuses = dict(activity.statuses)
+            message: Dict[str, Any] = {"t": "hb", "requests": requests - self._sent_requests}
+            delta = {str(k): v - self._sent_statuses.get(k, 0) for k, v in statuses.items()}
+            delta = {k: v for k, v in delta.items() if v}
+            if delta:
+                message["statuses"] = delta
+            if current is not None:
+                message["busy_s"] = round(time.monotonic() - current[0], 3)
+                message["method"] = current[1]
+                message["path"] = current[2]
+            self._status.send(**message)
+            self._sent_requests = requests
+            self._sent_statuses = statuses
+
+    def run(self, interval_s: float) -> None:
+        while True:
+            time.sleep(interval_s)
+            self.beat()
 
 
 def _control_loop(control: IO[bytes], on_stop: Callable[[], None]) -> None:
@@ -203,15 +220,17 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
         sys.stderr.flush()
         os._exit(EXIT_BOOT_FAILED)
 
+    heartbeat = Heartbeat(status, server.activity)
     threading.Thread(
-        target=_heartbeat_loop,
-        args=(status, server.activity, config.get("heartbeat_ms", 1000) / 1000.0),
+        target=heartbeat.run,
+        args=(config.get("heartbeat_ms", 1000) / 1000.0,),
         name="hurricane-heartbeat",
         daemon=True,
     ).start()
     dirs = source_dirs([os.getcwd()] + [os.path.abspath(p) for p in extra_paths]) if config.get("autoreload") else []
     status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000), dirs=dirs)
     code = server.serve(app)
+    heartbeat.beat()  # the last counters, so nothing served goes uncounted
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)

@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Benchmark hurricane against gunicorn, uWSGI and granian in one run, and print the ratios.
+
+    python3 bench/run.py                 # every scenario (about 5 minutes)
+    python3 bench/run.py hello close     # only these scenarios
+
+Sets up the peers itself (gunicorn, granian, pyuwsgi, Django into target/bench-venv; wrk from
+Debian if missing), builds hurricane in release mode, then for each scenario starts each server with
+the same worker count, the server pinned to CPU 0 and wrk pinned to CPU 1, and measures with wrk.
+Prints one markdown table per scenario (req/s, p50, p99, hurricane/peer), ready for
+docs/PERFORMANCE.md. Only loopback is used; every run is bounded by wrk's duration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / "target" / "bench-venv"
+APPS = ROOT / "bench" / "apps"
+HURRICANE = ROOT / "target" / "release" / "hurricane"
+PEERS = ["gunicorn", "granian", "pyuwsgi", "django"]
+DURATION_S = int(os.environ.get("BENCH_SECONDS", "8"))
+SERVER_CPU, LOAD_CPU = "0", "1"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def setup() -> None:
+    if not (VENV / "bin" / "granian").exists():
+        log(f"setting up {VENV} with {', '.join(PEERS)}")
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", *PEERS], check=True)
+    if shutil.which("wrk") is None:
+        log("installing wrk (Debian)")
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
+    log("building hurricane (release)")
+    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(port: int, path: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not answer {path} within {timeout_s}s")
+
+
+def server_command(name: str, app: str, port: int, workers: int, extra: Dict[str, str]) -> List[str]:
+    bind = f"127.0.0.1:{port}"
+    venv = VENV / "bin"
+    if name == "hurricane":
+        cmd = [str(HURRICANE), "-w", app, "--bind", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+               "--no-probe", "--python", str(venv / "python"), "--log-level", "warn"]
+        if "threads" in extra:
+            cmd += ["--threads", extra["threads"]]
+        if "static" in extra:
+            cmd += ["--static-root", extra["static"]]
+        return cmd
+    if name == "gunicorn sync":
+        return [str(venv / "gunicorn"), "-w", str(workers), "-b", bind, "--log-level", "warning", app]
+    if name == "gunicorn gthread":
+        return [str(venv / "gunicorn"), "-w", str(workers), "-k", "gthread", "--threads", extra.get("threads", "8"),
+                "-b", bind, "--log-level", "warning", app]
+    if name == "uWSGI":
+        module, _, attr = app.partition(":")
+        return [str(venv / "uwsgi"), "--http-socket", bind, "--module", f"{module}:{attr or 'application'}",
+                "--master", "--processes", str(workers), "--http-keepalive", "--disable-logging",
+                "--die-on-term", "--need-app"]
+    if name == "granian":
+        cmd = [str(venv / "granian"), "--interface", "wsgi", "--workers", str(workers), "--host", "127.0.0.1",
+               "--port", str(port), "--log-level", "warning", app if ":" in app else app + ":application"]
+        if "static" in extra:
+            cmd += ["--static-path-route", "/static", "--static-path-mount", extra["static"]]
+        return cmd
+    raise ValueError(name)
+
+
+def parse_wrk(out: str) -> Tuple[float, str, str, int]:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    return rps, p50.group(1) if p50 else "?", p99.group(1) if p99 else "?", errors
+
+
+def run_one(name: str, app: str, path: str, workers: int, wrk_args: List[str], extra: Dict[str, str],
+            env_extra: Dict[str, str]) -> Optional[Tuple[float, str, str, int, str]]:
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(APPS), **env_extra)
+    env.pop("VIRTUAL_ENV", None)
+    with tempfile.TemporaryFile() as logf:
+        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *server_command(name, app, port, workers, extra)],
+                                cwd=APPS, env=env, stdout=logf, stderr=logf, start_new_session=True)
+        try:
+            wait_http(port, path)
+            url = f"http://127.0.0.1:{port}{path}"
+            subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", "-d2s", *wrk_args, url],
+                           capture_output=True, check=True)  # warm-up
+            out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", f"-d{DURATION_S}s", "--latency",
+                                  *wrk_args, url], capture_output=True, text=True, check=True).stdout
+            return (*parse_wrk(out), "")
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            logf.seek(0)
+            log(f"  {name}: failed: {exc}\n{logf.read().decode(errors='replace')[-2000:]}")
+            return None
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def scenario(title: str, app: str, path: str, servers: List[str], wrk_args: List[str] = (),
+             extra: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None,
+             targets: Optional[Dict[str, float]] = None) -> None:
+    log(f"== {title}")
+    results = {}
+    for name in servers:
+        log(f"  {name} ...")
+        results[name] = run_one(name, app, path, 1, list(wrk_args), extra or {}, env or {})
+    ours = results.get("hurricane")
+    print(f"\n### {title}\n")
+    print("| server | req/s | p50 | p99 | errors | hurricane / server |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, result in results.items():
+        if result is None:
+            print(f"| {name} | failed | | | | |")
+            continue
+        rps, p50, p99, errors, _ = result
+        ratio = f"{ours[0] / rps:.2f}x" if ours and name != "hurricane" else ""
+        target = (targets or {}).get(name)
+        if target and ours:
+            ratio += " (target >= %.1fx: %s)" % (target, "met" if ours[0] / rps >= target else "NOT met")
+        print(f"| {name} | {rps:,.0f} | {p50} | {p99} | {errors} | {ratio} |")
+    sys.stdout.flush()
+
+
+def fair_spread() -> None:
+    """4 workers under sustained load: requests per worker from hurricane's exit log."""
+    log("== fair spread, 4 workers")
+    port = free_port()
+    cmd = server_command("hurricane", "hello", port, 4, {}) + ["--log-level", "info"]
+    env = dict(os.environ, PYTHONPATH=str(APPS))
+    proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *cmd], cwd=APPS, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_http(port, "/")
+        subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", f"-d{DURATION_S}s",
+                        f"http://127.0.0.1:{port}/"], capture_output=True, check=True)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    counts = [int(n) for n in re.findall(r"event=exit .*requests=(\d+)", err)]
+    mean = sum(counts) / len(counts) if counts else 0
+    worst = max(counts) / mean if mean else float("inf")
+    print("\n### Fair spread: hello, 4 workers, wrk -c50\n")
+    print(f"requests per worker: {counts}; busiest / mean = {worst:.2f} "
+          f"(target <= 1.5: {'met' if worst <= 1.5 else 'NOT met'})")
+
+
+def main() -> None:
+    wanted = set(sys.argv[1:])
+    setup()
+    static_dir = Path(tempfile.mkdtemp(prefix="hurricane-bench-"))
+    (static_dir / "1mib.bin").write_bytes(os.urandom(1 << 20))
+    all_servers = ["hurricane", "gunicorn sync", "gunicorn gthread", "uWSGI", "granian"]
+    print(f"\nMachine: {os.cpu_count()} CPUs, {sys.version.split()[0]} (bench venv), "
+          f"{time.strftime('%Y-%m-%d')}; 1 worker, server on CPU {SERVER_CPU}, wrk -t1 -c50 on CPU {LOAD_CPU}, "
+          f"{DURATION_S}s per run after a 2s warm-up.")
+    if not wanted or "hello" in wanted:
+        scenario("Hello world, keep-alive", "hello", "/", all_servers,
+                 targets={"granian": 1.2, "gunicorn sync": 10.0})
+    if not wanted or "close" in wanted:
+        scenario("Hello world, Connection: close", "hello", "/", all_servers,
+                 wrk_args=["-H", "Connection: close"], targets={"uWSGI": 1.0})
+    if not wanted or "django" in wanted:
+        scenario("Django JsonResponse view, keep-alive", "benchsite.wsgi", "/json",
+                 ["hurricane", "gunicorn sync", "gunicorn gthread", "granian"],
+                 env={"DJANGO_SETTINGS_MODULE": "benchsite.settings"}, targets={"granian": 1.2})
+    if not wanted or "static" in wanted:
+        scenario("1 MiB static file, keep-alive", "hello", "/static/1mib.bin", ["hurricane", "granian"],
+                 extra={"static": str(static_dir)}, targets={"granian": 1.0})
+    if (not wanted or "threads" in wanted) and "--threads" in subprocess.run(
+            [str(HURRICANE), "--help"], capture_output=True, text=True).stdout:
+        scenario("Sleeping 10 ms view, 8 threads", "sleepy", "/", ["hurricane", "gunicorn gthread"],
+                 extra={"threads": "8"}, targets={"gunicorn gthread": 1.0})
+    if not wanted or "spread" in wanted:
+        fair_spread()
+    shutil.rmtree(static_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
