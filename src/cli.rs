@@ -163,6 +163,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HURRICANE_KEEP_ALIVE", value_name = "S", default_value = "5", value_parser = seconds)]
     pub keep_alive: Duration,
 
+    /// Threads per worker running the app (for I/O-bound views; 1: the app runs on the event loop)
+    #[arg(long, env = "HURRICANE_THREADS", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
+
     /// Longest request line, in bytes; longer is answered 414
     #[arg(
         long,

@@ -150,6 +150,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
             autoreload: args.autoreload,
             http: serde_json::json!({
+                "threads": args.threads,
                 "limit_request_line": args.limit_request_line,
                 "limit_request_fields": args.limit_request_fields,
                 "limit_request_field_size": args.limit_request_field_size,

@@ -366,3 +366,64 @@ fn static_without_a_root_is_a_clear_startup_error() {
         .wait_for("error: --static needs a directory", Duration::from_secs(2))
         .expect("says what to do");
 }
+
+#[test]
+fn threads_run_requests_concurrently_in_one_worker_and_keep_pipelines_in_order() {
+    let mut server = Server::start(
+        "app",
+        &["--workers", "1", "--threads", "4", "--timeout", "2"],
+    );
+    let worker = server.wait_workers(1, START_TIMEOUT)[0];
+    let env: serde_json::Value = serde_json::from_slice(&server.get("/environ").body).unwrap();
+    assert_eq!(env["wsgi.multithread"], true);
+    let started = Instant::now();
+    let addr = server.addr;
+    let handles: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || get(addr, "/sleep?s=1").unwrap()))
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap().text(), format!("slept {worker}"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "concurrent: {:?}",
+        started.elapsed()
+    );
+    // Pipelined requests still come back in order, though threads run them.
+    let raw = exchange(
+        &server,
+        b"GET /sleep?s=0.2 HTTP/1.1\r\nHost: x\r\n\r\nGET /pid HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let slept = raw.find("slept").unwrap();
+    let pid = raw.find(&format!("\r\n\r\n{worker}")).unwrap();
+    let hello = raw.rfind("hello").unwrap();
+    assert!(slept < pid && pid < hello, "{raw}");
+    // A request stuck in one thread is still caught by --timeout while the others serve.
+    let stuck = std::thread::spawn(move || get(addr, "/sleep?s=10"));
+    assert_eq!(server.get("/").text(), "hello");
+    server
+        .log
+        .wait_for("event=timeout", Duration::from_secs(6))
+        .expect("--timeout sees the stuck thread");
+    assert!(stuck.join().unwrap().is_err());
+    // Drain waits for requests in flight on threads.
+    let new_worker = wait_for(START_TIMEOUT, || {
+        server.worker_pids().into_iter().find(|p| *p != worker)
+    })
+    .unwrap();
+    wait_for(START_TIMEOUT, || {
+        (server.probe("/ready").status == 200).then_some(())
+    })
+    .unwrap();
+    let slow = std::thread::spawn(move || get(addr, "/sleep?s=1"));
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        slow.join().unwrap().unwrap().text(),
+        format!("slept {new_worker}")
+    );
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(10)).unwrap().code(),
+        Some(0)
+    );
+}

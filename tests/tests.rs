@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod fuzz;
 mod http;
 mod lifecycle;
 mod serve;

@@ -20,12 +20,15 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from email.utils import formatdate
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from stat import S_ISREG
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
 from hurricane import __version__
@@ -55,6 +58,10 @@ _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PAT
 
 EPOLLIN = select.EPOLLIN
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+
+
+# _handle/_process: a thread owns the connection now (--threads); truthy, but not True.
+HANDED_OFF: Any = 2
 
 
 class HTTPError(Exception):
@@ -683,6 +690,12 @@ class Server:
         self.trusted_ips = {a for a in allow if "/" not in a}
         self.trusted_nets = [ipaddress.ip_network(a, strict=False) for a in allow if "/" in a]
         self.mounts: List[Any] = []  # static/media, set by the worker once the app (and Django) loaded
+        self.threads = max(1, int(http.get("threads", 1)))
+        # --threads: requests run on a pool; the event loop stays on the main thread.
+        self.pool = ThreadPoolExecutor(self.threads, "hurricane-app") if self.threads > 1 else None
+        self._done: Deque[Tuple[Conn, bool]] = deque()
+        self._inflight = 0
+        self._count_lock = threading.Lock()
         self.stopping = False
         self.now = time.monotonic()  # the loop's clock, read once per wakeup
         self._wake_w: Optional[socket.socket] = None
@@ -733,6 +746,7 @@ class Server:
         epoll.register(wake_r.fileno(), EPOLLIN)
         conns = self.conns
         listening = True
+        paused = False
         deadline = 0.0
         now = self.now = time.monotonic()
         next_sweep = now + 1.0
@@ -742,14 +756,24 @@ class Server:
         while True:
             if self.stopping and listening:
                 listening = False
-                epoll.unregister(lfd)
+                if not paused:
+                    epoll.unregister(lfd)
                 listener.close()
                 deadline = now + self.graceful_timeout_s
-            if not listening and (not conns or now > deadline):
+            if not listening and ((not conns and not self._inflight) or now > deadline):
                 for conn in list(conns.values()):
                     self._close(conn, epoll)
                 return 0
-            events = epoll.poll((1.0 if listening else 0.1) if conns or not listening else -1)
+            if self.pool is not None and listening:
+                # All threads busy: stop accepting, so an idle sibling worker takes the connection.
+                busy = self._inflight >= self.threads
+                if busy and not paused:
+                    epoll.unregister(lfd)
+                    paused = True
+                elif paused and not busy:
+                    epoll.register(lfd, EPOLLIN | EPOLLEXCLUSIVE)
+                    paused = False
+            events = epoll.poll((1.0 if listening else 0.1) if conns or not listening or self._inflight else -1)
             now = self.now = time.monotonic()
             if now >= next_date:
                 _refresh_date()
@@ -766,6 +790,8 @@ class Server:
                         wake_r.recv(4096)
                     except OSError:
                         pass
+                    if self._done:
+                        self._take_back(app, epoll, now)
             if not listening:
                 self._sweep(epoll, now, min(self.keep_alive_s, DRAIN_IDLE_GRACE_S))
             elif now >= next_sweep:
@@ -804,7 +830,11 @@ class Server:
         self.conns[conn.fd] = conn
         if data is not None:
             conn.buf = data
-            if not self._process(conn, app, now):
+            result = self._process(conn, app, now)
+            if result is HANDED_OFF:
+                del self.conns[conn.fd]
+                return
+            if not result:
                 self.conns.pop(conn.fd, None)
                 sock.close()
                 return
@@ -862,8 +892,13 @@ class Server:
             conn.buf += data
         else:
             conn.buf = data
-        if not self._process(conn, app, now):
+        result = self._process(conn, app, now)
+        if not result:
             self._close(conn, epoll)
+        elif result is HANDED_OFF:
+            # A thread owns the connection until it hands it back; epoll must not report it meanwhile.
+            del self.conns[conn.fd]
+            epoll.unregister(conn.fd)
 
     def _process(self, conn: Conn, app: Callable, now: float) -> bool:
         """Serve every complete request in the buffer, in order; False to close the connection."""
@@ -901,6 +936,8 @@ class Server:
                 return False
             except ClientGone:
                 return False
+            if keep is HANDED_OFF:
+                return HANDED_OFF
             if not keep:
                 return False
             if self.stopping:
@@ -1056,7 +1093,55 @@ class Server:
             for mount in self.mounts:
                 if mount.matches(path_info):
                     return self._serve_static(conn, mount, env, target, version11, keep_alive, body)
+        if self.pool is not None:
+            env["wsgi.multithread"] = True
+            self._inflight += 1
+            self.pool.submit(self._in_thread, conn, app, env, method, version11, keep_alive, body)
+            return HANDED_OFF
         return self._run_app(conn, app, env, method, version11, keep_alive, body)
+
+    def _in_thread(
+        self, conn: Conn, app: Callable, env: Dict[str, Any], method: str,
+        version11: bool, keep_alive: bool, body: Any,
+    ) -> None:
+        """--threads: run one request off the event loop, then hand the connection back."""
+        keep: bool = False
+        try:
+            keep = self._run_app(conn, app, env, method, version11, keep_alive, body)
+        except HTTPError as exc:
+            self._reject(conn, exc.status)
+        except ClientGone:
+            pass
+        except BaseException:  # noqa: BLE001 - a thread must always hand its connection back
+            self._log_app_error(env)
+        finally:
+            self._done.append((conn, keep))  # deque.append is atomic: no lock needed
+            wake = self._wake_w
+            if wake is not None:
+                try:
+                    wake.send(b"d")
+                except OSError:
+                    pass
+
+    def _take_back(self, app: Callable, epoll: Any, now: float) -> None:
+        """Connections whose request a thread finished: close them or watch them again."""
+        done = self._done
+        while done:
+            conn, keep = done.popleft()
+            self._inflight -= 1
+            if not keep:
+                conn.sock.close()
+                continue
+            conn.last = now
+            self.conns[conn.fd] = conn
+            result = self._process(conn, app, now) if conn.buf else True
+            if result is HANDED_OFF:
+                del self.conns[conn.fd]
+            elif not result:
+                del self.conns[conn.fd]
+                conn.sock.close()
+            else:
+                epoll.register(conn.fd, EPOLLIN)
 
     def _serve_static(
         self, conn: Conn, mount: Any, env: Dict[str, Any], target: bytes,
@@ -1095,7 +1180,12 @@ class Server:
         ex.draining = self.stopping
         activity = self.activity
         # The loop's clock (read once per wakeup) is precise enough for --timeout and saves a call.
-        activity.current = (self.now, method, env["PATH_INFO"])
+        threaded = self.pool is not None
+        if threaded:
+            ident = threading.get_ident()
+            activity.inflight[ident] = (self.now, method, env["PATH_INFO"])
+        else:
+            activity.current = (self.now, method, env["PATH_INFO"])
         result = None
         try:
             result = app(env, ex.start_response)
@@ -1142,11 +1232,17 @@ class Server:
                     result.close()
                 except Exception:
                     self._log_app_error(env)
-            activity.current = None
-            activity.requests += 1
-            statuses = activity.statuses
             cls = ex.code // 100
-            statuses[cls] = statuses.get(cls, 0) + 1
+            statuses = activity.statuses
+            if threaded:
+                activity.inflight.pop(ident, None)
+                with self._count_lock:
+                    activity.requests += 1
+                    statuses[cls] = statuses.get(cls, 0) + 1
+            else:
+                activity.current = None
+                activity.requests += 1
+                statuses[cls] = statuses.get(cls, 0) + 1
         if ex.keep_alive and body is not EMPTY_INPUT and type(body) is BodyReader:
             try:
                 if not body.finished and not body.discard(MAX_DISCARD_BYTES):

@@ -58,10 +58,11 @@ class Activity:
     ``requests``; the heartbeat thread reads both. Tuple replacement is atomic under the GIL.
     """
 
-    __slots__ = ("current", "requests", "statuses")
+    __slots__ = ("current", "inflight", "requests", "statuses")
 
     def __init__(self) -> None:
         self.current: Optional[tuple] = None  # (started, by time.monotonic(), method, path) while busy
+        self.inflight: Dict[int, tuple] = {}  # --threads: thread id -> the same, per running request
         self.requests = 0
         self.statuses: Dict[int, int] = {}  # status class (2, 3, 4, 5) -> count
 
@@ -119,6 +120,9 @@ class Heartbeat:
         with self._lock:
             activity = self._activity
             current = activity.current
+            if activity.inflight:
+                # --threads: report the oldest request; it is the one a --timeout would catch.
+                current = min(list(activity.inflight.values()), default=current)
             requests = activity.requests
             statuses = dict(activity.statuses)
             message: Dict[str, Any] = {"t": "hb", "requests": requests - self._sent_requests}

@@ -94,7 +94,8 @@ def _application(environ, start_response):
         return _late_error()
     elif path == "/environ":
         keys = ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL", "REMOTE_ADDR",
-                "CONTENT_TYPE", "CONTENT_LENGTH", "HTTP_X_TEST", "wsgi.url_scheme", "SCRIPT_NAME")
+                "CONTENT_TYPE", "CONTENT_LENGTH", "HTTP_X_TEST", "wsgi.url_scheme", "SCRIPT_NAME",
+                "wsgi.multithread")
         body = json.dumps({k: environ.get(k) for k in keys}).encode()
     elif path == "/stream":
         start_response("200 OK", [("Content-Type", "text/plain")])
