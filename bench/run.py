@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark hurricane against gunicorn, uWSGI and granian in one run, and print the ratios.
 
-    python3 bench/run.py                 # every scenario (about 5 minutes)
+    python3 bench/run.py                 # every scenario, median of 3 runs (about 15 minutes)
     python3 bench/run.py hello close     # only these scenarios
 
 Sets up the peers itself (gunicorn, granian, pyuwsgi, Django into target/bench-venv; wrk from
@@ -31,6 +31,9 @@ APPS = ROOT / "bench" / "apps"
 HURRICANE = ROOT / "target" / "release" / "hurricane"
 PEERS = ["gunicorn", "granian", "pyuwsgi", "django"]
 DURATION_S = int(os.environ.get("BENCH_SECONDS", "8"))
+# Single runs on a shared 2-core machine swing by 10-20 %: each server runs this many times,
+# interleaved with the others, and the median run is reported.
+REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 SERVER_CPU, LOAD_CPU = "0", "1"
 
 
@@ -143,10 +146,17 @@ def scenario(title: str, app: str, path: str, servers: List[str], wrk_args: List
              extra: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None,
              targets: Optional[Dict[str, float]] = None) -> None:
     log(f"== {title}")
+    runs: Dict[str, list] = {name: [] for name in servers}
+    for round_ in range(REPEAT):
+        for name in servers:
+            log(f"  {name} (run {round_ + 1}/{REPEAT}) ...")
+            result = run_one(name, app, path, 1, list(wrk_args), extra or {}, env or {})
+            if result is not None:
+                runs[name].append(result)
     results = {}
-    for name in servers:
-        log(f"  {name} ...")
-        results[name] = run_one(name, app, path, 1, list(wrk_args), extra or {}, env or {})
+    for name, done in runs.items():
+        done.sort(key=lambda r: r[0])
+        results[name] = done[len(done) // 2] if done else None
     ours = results.get("hurricane")
     print(f"\n### {title}\n")
     print("| server | req/s | p50 | p99 | errors | hurricane / server |")
@@ -195,7 +205,7 @@ def main() -> None:
     all_servers = ["hurricane", "gunicorn sync", "gunicorn gthread", "uWSGI", "granian"]
     print(f"\nMachine: {os.cpu_count()} CPUs, {sys.version.split()[0]} (bench venv), "
           f"{time.strftime('%Y-%m-%d')}; 1 worker, server on CPU {SERVER_CPU}, wrk -t1 -c50 on CPU {LOAD_CPU}, "
-          f"{DURATION_S}s per run after a 2s warm-up.")
+          f"{DURATION_S}s per run after a 2s warm-up, median of {REPEAT} interleaved runs.")
     if not wanted or "hello" in wanted:
         scenario("Hello world, keep-alive", "hello", "/", all_servers,
                  targets={"granian": 1.2, "gunicorn sync": 10.0})
