@@ -102,10 +102,10 @@ def _wait(sock: socket.socket, events: int, deadline: float) -> None:
             return
 
 
-def send_all(sock: socket.socket, data: Any) -> None:
+def send_all(sock: socket.socket, data: Any, flags: int = 0) -> None:
     """Send everything on a non-blocking socket, waiting (bounded) when the kernel buffer is full."""
     try:
-        sent = sock.send(data)
+        sent = sock.send(data, flags)
     except BlockingIOError:
         sent = 0
     except OSError as exc:
@@ -117,7 +117,7 @@ def send_all(sock: socket.socket, data: Any) -> None:
     while view:
         _wait(sock, select.POLLOUT, deadline)
         try:
-            view = view[sock.send(view) :]
+            view = view[sock.send(view, flags) :]
         except BlockingIOError:
             continue
         except OSError as exc:
@@ -528,9 +528,11 @@ class Exchange:
         if not S_ISREG(stat.st_mode):
             return False
         size = max(0, stat.st_size - offset)
-        send_all(self.conn.sock, self._head_bytes(size))
+        head = self._head_bytes(size)
         if self.bodyless:
+            send_all(self.conn.sock, head)
             return True
+        send_all(self.conn.sock, head, socket.MSG_MORE)  # leaves with the file's first bytes
         self.written += sendfile_all(self.conn.sock, fd, offset, min(size, self.length))
         if self.written < self.length:
             self.keep_alive = False
@@ -1156,7 +1158,8 @@ class Server:
             if reply.fd < 0 or ex.bodyless:
                 send_all(conn.sock, head)
             else:
-                send_all(conn.sock, head)
+                # MSG_MORE: the head waits for the file's first bytes and leaves in the same segment.
+                send_all(conn.sock, head, socket.MSG_MORE)
                 if sendfile_all(conn.sock, reply.fd, reply.offset, reply.count) < reply.count:
                     ex.keep_alive = False
         except ClientGone:
