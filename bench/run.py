@@ -178,7 +178,8 @@ def fair_spread() -> None:
     """4 workers under sustained load: requests per worker from hurricane's exit log."""
     log("== fair spread, 4 workers")
     port = free_port()
-    cmd = server_command("hurricane", "hello", port, 4, {}) + ["--log-level", "info"]
+    cmd = server_command("hurricane", "hello", port, 4, {})
+    cmd[cmd.index("--log-level") + 1] = "info"  # the exit lines carry each worker's request count
     env = dict(os.environ, PYTHONPATH=str(APPS))
     proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *cmd], cwd=APPS, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

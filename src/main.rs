@@ -149,6 +149,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             graceful_timeout: args.graceful_timeout,
             heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
             autoreload: args.autoreload,
+            workers,
             http: serde_json::json!({
                 "threads": args.threads,
                 "limit_request_line": args.limit_request_line,

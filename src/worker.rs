@@ -30,6 +30,8 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     /// Report the app's source directories when ready (for --autoreload).
     pub autoreload: bool,
+    /// Size of the pool: a worker with siblings takes turns at accepting.
+    pub workers: usize,
     /// Everything the HTTP server needs (limits, proxies, static mounts), passed through as given.
     pub http: Value,
 }
@@ -54,6 +56,7 @@ pub fn bootstrap(config: &WorkerConfig, worker: u64, generation: u64) -> Vec<u8>
         "heartbeat_ms": config.heartbeat.as_millis() as u64,
         "autoreload": config.autoreload,
         "http": config.http,
+        "workers": config.workers,
         "worker": worker,
         "generation": generation,
     });
@@ -202,6 +205,7 @@ mod tests {
             graceful_timeout: Duration::from_secs(30),
             heartbeat: Duration::from_secs(1),
             autoreload: false,
+            workers: 1,
             http: json!({}),
         };
         let data = bootstrap(&config, 1, 0);

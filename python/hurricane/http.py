@@ -693,6 +693,7 @@ class Server:
         self.trusted_nets = [ipaddress.ip_network(a, strict=False) for a in allow if "/" in a]
         self.mounts: List[Any] = []  # static/media, set by the worker once the app (and Django) loaded
         self.threads = max(1, int(http.get("threads", 1)))
+        self.rotate_accept = int(config.get("workers", 1)) > 1
         # --threads: requests run on a pool; the event loop stays on the main thread.
         self.pool = ThreadPoolExecutor(self.threads, "hurricane-app") if self.threads > 1 else None
         self._done: Deque[Tuple[Conn, bool]] = deque()
@@ -816,6 +817,14 @@ class Server:
             print(f"hurricane worker pid={os.getpid()} event=accept_error error={exc}", file=sys.stderr)
             return
         sock.setblocking(False)
+        if self.rotate_accept:
+            # EPOLLEXCLUSIVE wakes waiters in wait-queue order, and an epoll entry never moves:
+            # the same worker would win every connection. Re-adding the listener puts this worker
+            # at the back of the queue, round-robin like a blocking accept().
+            epoll.unregister(listener.fileno())
+            epoll.register(listener.fileno(), EPOLLIN | EPOLLEXCLUSIVE)
+            # And let a sibling that was woken on this CPU run before we look at the queue again.
+            os.sched_yield()
         conn = Conn(sock, addr, now)
         conn.trusted = self._trusted(conn.addr)
         # Serve what already arrived before registering with epoll: a Connection: close request
