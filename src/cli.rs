@@ -143,6 +143,18 @@ pub struct ServeArgs {
     #[arg(long, alias = "probe", env = "HURRICANE_LIVENESS_PROBE", value_name = "PATH", default_value = "/alive", value_parser = probe_path)]
     pub liveness_probe: String,
 
+    /// Path of the Prometheus metrics on the probe port
+    #[arg(long, env = "HURRICANE_METRICS", value_name = "PATH", default_value = "/metrics", value_parser = probe_path)]
+    pub metrics: String,
+
+    /// Do not serve metrics
+    #[arg(long, env = "HURRICANE_NO_METRICS", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub no_metrics: bool,
+
+    /// /ready answers 503 while the kernel's accept queue holds this many connections or more
+    #[arg(long, env = "HURRICANE_REQ_QUEUE_LEN", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub req_queue_len: Option<u32>,
+
     /// Do not run the probe server
     #[arg(long, env = "HURRICANE_NO_PROBE", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
     pub no_probe: bool,

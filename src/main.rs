@@ -6,6 +6,7 @@
 
 mod cli;
 mod master;
+mod metrics;
 mod pool;
 mod probe;
 mod reload;
@@ -22,7 +23,7 @@ use clap::Parser;
 
 use crate::cli::{Cli, ServeArgs};
 use crate::pool::PoolConfig;
-use crate::probe::Paths;
+use crate::probe::{Paths, ProbeConfig};
 use crate::worker::WorkerConfig;
 
 const EXIT_FATAL: u8 = 1;
@@ -117,15 +118,16 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
         bind: args.bind,
         port: args.port,
         backlog: args.backlog,
-        probe: (!args.no_probe).then_some({
-            (
-                args.probe_port,
-                Paths {
-                    startup: args.startup_probe,
-                    ready: args.readiness_probe,
-                    alive: args.liveness_probe,
-                },
-            )
+        probe: (!args.no_probe).then_some(ProbeConfig {
+            port: args.probe_port,
+            paths: Paths {
+                startup: args.startup_probe,
+                ready: args.readiness_probe,
+                alive: args.liveness_probe,
+            },
+            metrics: (!args.no_metrics).then_some(args.metrics),
+            req_queue_len: args.req_queue_len,
+            listen_fd: -1,
         }),
         pool: PoolConfig {
             size: workers,

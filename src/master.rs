@@ -20,8 +20,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
 
+use crate::metrics::{Snapshot, Totals};
 use crate::pool::{Action, ExitStatus, Pool, PoolConfig, Signal, WorkerId};
-use crate::probe::{self, Paths, Shared};
+use crate::probe::{self, ProbeConfig, Shared};
 use crate::reload;
 use crate::signals::{self, Event};
 use crate::spawn;
@@ -38,8 +39,8 @@ pub struct Config {
     pub port: u16,
     pub backlog: i32,
     pub python: PathBuf,
-    /// The probe port and paths; None with --no-probe.
-    pub probe: Option<(Option<u16>, Paths)>,
+    /// The probe server; None with --no-probe.
+    pub probe: Option<ProbeConfig>,
     pub pool: PoolConfig,
     pub worker: WorkerConfig,
     /// --autoreload: what counts as a change, and --reload-dir directories.
@@ -54,6 +55,8 @@ struct Proc {
     control: OwnedFd,
     /// Bytes still to write to the control pipe (the bootstrap, if the pipe was full).
     control_out: Vec<u8>,
+    /// Requests in flight, as of its last heartbeat.
+    inflight: u64,
 }
 
 fn status_token(id: WorkerId) -> Token {
@@ -243,6 +246,8 @@ struct Master {
     watcher: Option<reload::Watcher>,
     reload_pending: Arc<AtomicBool>,
     last_memory_check: Instant,
+    /// Request metrics summed from every worker's heartbeats.
+    totals: Totals,
 }
 
 impl Master {
@@ -282,6 +287,7 @@ impl Master {
                     status_buf: Vec::new(),
                     control: spawned.control,
                     control_out: worker::bootstrap(&self.config.worker, id, generation),
+                    inflight: 0,
                 };
                 flush_control(&self.poll, id, &mut proc_);
                 self.procs.insert(id, proc_);
@@ -369,6 +375,15 @@ impl Master {
         for line in read_status(&self.poll, proc_) {
             match worker::parse_message(&line) {
                 Some(message) => {
+                    if let worker::Message::Heartbeat {
+                        counters, inflight, ..
+                    } = &message
+                    {
+                        if let Some(counters) = counters {
+                            self.totals.add(counters);
+                        }
+                        proc_.inflight = *inflight;
+                    }
                     if let (worker::Message::Ready { dirs, .. }, Some(watcher)) =
                         (&message, &self.watcher)
                     {
@@ -406,7 +421,7 @@ impl Master {
             if let Some(code) = self.carry_out_actions() {
                 return code;
             }
-            self.shared.publish(self.pool.health());
+            self.shared.publish(self.pool.health(), self.metrics());
             let now = Instant::now();
             let tick = Duration::from_millis(LOOP_TICK_MS);
             let timeout = self
@@ -433,6 +448,16 @@ impl Master {
             self.check_memory();
             self.pool.tick(Instant::now());
         }
+    }
+
+    fn metrics(&self) -> Snapshot {
+        let mut snapshot = Snapshot {
+            totals: self.totals.clone(),
+            in_flight: self.procs.values().map(|p| p.inflight).sum(),
+            ..Snapshot::default()
+        };
+        self.pool.fill_metrics(&mut snapshot);
+        snapshot
     }
 
     /// --max-memory: read each worker's resident set, at most once a second.
@@ -468,11 +493,11 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
     // The pool decides its first spawns now; they are carried out in the loop. Publishing its health
     // before the probe thread starts means no probe ever sees an empty, sizeless pool.
     let pool = Pool::new(config.pool.clone(), Instant::now());
-    shared.publish(pool.health());
+    shared.publish(pool.health(), Snapshot::default());
     let mut probe_addr = String::from("off");
-    if let Some((probe_port, paths)) = &config.probe {
-        let port = match probe_port {
-            Some(port) => *port,
+    if let Some(probe_config) = &config.probe {
+        let port = match probe_config.port {
+            Some(port) => port,
             None if config.port == 0 => 0, // a free port for the app, so a free one for probes too
             None => addr
                 .port()
@@ -487,7 +512,11 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
             }
         })?;
         probe_addr = probe_listener.local_addr()?.to_string();
-        probe::spawn(probe_listener, paths.clone(), shared.clone())?;
+        let probe_config = ProbeConfig {
+            listen_fd: listener.as_raw_fd(),
+            ..probe_config.clone()
+        };
+        probe::spawn(probe_listener, probe_config, shared.clone())?;
     }
     become_subreaper();
 
@@ -523,6 +552,7 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
         watcher,
         reload_pending,
         last_memory_check: Instant::now(),
+        totals: Totals::default(),
     };
     let code = master.run(signals);
     if let Some(error) = master.pool.fatal_error() {

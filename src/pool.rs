@@ -89,6 +89,17 @@ pub enum WorkerState {
     Draining { kill_at: Instant },
 }
 
+impl WorkerState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkerState::Spawned => "spawned",
+            WorkerState::Booting => "booting",
+            WorkerState::Ready { .. } => "ready",
+            WorkerState::Draining { .. } => "draining",
+        }
+    }
+}
+
 /// Why a worker is being restarted: the `reason` of `hurricane_worker_restarts_total` and of the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reason {
@@ -214,6 +225,8 @@ pub struct Pool {
     pub restarts: BTreeMap<Reason, u64>,
     pub reloads_succeeded: u64,
     pub reloads_failed: u64,
+    /// From start to the first full pool being ready.
+    startup_duration: Option<Duration>,
 }
 
 impl Pool {
@@ -237,6 +250,7 @@ impl Pool {
             restarts: BTreeMap::new(),
             reloads_succeeded: 0,
             reloads_failed: 0,
+            startup_duration: None,
         };
         pool.tick(now);
         pool
@@ -323,7 +337,7 @@ impl Pool {
                     retire = worker.replaces.take();
                 }
             }
-            Message::Heartbeat { requests, busy } => {
+            Message::Heartbeat { requests, busy, .. } => {
                 worker.requests += requests;
                 requests_seen = requests;
                 if let WorkerState::Ready { last_heartbeat, .. } = &mut worker.state {
@@ -784,6 +798,7 @@ impl Pool {
 
         if self.phase == Phase::Starting && self.ready_slots() == self.config.size {
             self.phase = Phase::Running;
+            self.startup_duration = Some(now.duration_since(self.started_at));
             log::info!(
                 "event=started workers={} startup_ms={}",
                 self.config.size,
@@ -943,6 +958,25 @@ impl Pool {
             }
         }
         next
+    }
+
+    /// The pool's part of /metrics.
+    pub fn fill_metrics(&self, snapshot: &mut crate::metrics::Snapshot) {
+        let mut states: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for w in self.workers.values() {
+            *states.entry(w.state.name()).or_default() += 1;
+        }
+        snapshot.workers_by_state = states.into_iter().collect();
+        snapshot.restarts = self.restarts.iter().map(|(r, n)| (r.name(), *n)).collect();
+        snapshot.reloads_succeeded = self.reloads_succeeded;
+        snapshot.reloads_failed = self.reloads_failed;
+        snapshot.startup_seconds = self.startup_duration.map(|d| d.as_secs_f64());
+        snapshot.workers = self
+            .workers
+            .values()
+            .filter(|w| !matches!(w.state, WorkerState::Draining { .. }))
+            .filter_map(|w| Some((w.slot, w.pid?)))
+            .collect();
     }
 
     pub fn health(&self) -> Health {
@@ -1297,7 +1331,15 @@ mod tests {
             method: "GET".into(),
             path: "/slow".into(),
         });
-        h.say(pid, Message::Heartbeat { requests, busy });
+        h.say(
+            pid,
+            Message::Heartbeat {
+                requests,
+                busy,
+                inflight: 0,
+                counters: None,
+            },
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::metrics::{self, Snapshot};
 use crate::pool::Health;
 
 /// Longest a probe client may take to send its request or read the answer.
@@ -26,6 +27,7 @@ pub const LOOP_STALL_LIMIT_MS: u64 = 10_000;
 /// What the master shares with the probe thread.
 pub struct Shared {
     pub health: Mutex<Health>,
+    pub metrics: Mutex<Snapshot>,
     /// Unix milliseconds of the master loop's last iteration.
     pub loop_tick_ms: AtomicU64,
 }
@@ -34,16 +36,15 @@ impl Shared {
     pub fn new() -> Shared {
         Shared {
             health: Mutex::new(Health::default()),
+            metrics: Mutex::new(Snapshot::default()),
             loop_tick_ms: AtomicU64::new(unix_ms()),
         }
     }
 
-    pub fn publish(&self, health: Health) {
+    pub fn publish(&self, health: Health, metrics: Snapshot) {
         self.loop_tick_ms.store(unix_ms(), Ordering::Relaxed);
-        let mut current = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        if *current != health {
-            *current = health;
-        }
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = health;
+        *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = metrics;
     }
 }
 
@@ -53,6 +54,19 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What the probe server answers, and where.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    pub port: Option<u16>,
+    pub paths: Paths,
+    /// The metrics path; None with --no-metrics.
+    pub metrics: Option<String>,
+    /// --req-queue-len: /ready fails while the accept queue is this long.
+    pub req_queue_len: Option<u32>,
+    /// The app's listening socket, for TCP_INFO (set by the master once bound).
+    pub listen_fd: std::os::fd::RawFd,
+}
+
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub startup: String,
@@ -60,8 +74,15 @@ pub struct Paths {
     pub alive: String,
 }
 
-/// Status code and body for one probe path, from the last published state.
-pub fn answer(paths: &Paths, path: &str, health: &Health, loop_silent_ms: u64) -> (u16, String) {
+/// Status code and body for one probe path, from the last published state and, for /ready with
+/// --req-queue-len, the accept queue's (length, limit).
+pub fn answer(
+    paths: &Paths,
+    path: &str,
+    health: &Health,
+    loop_silent_ms: u64,
+    queue: Option<(u32, u32)>,
+) -> (u16, String) {
     if path == paths.startup {
         if health.started {
             (200, "started\n".into())
@@ -87,6 +108,11 @@ pub fn answer(paths: &Paths, path: &str, health: &Health, loop_silent_ms: u64) -
             )
         } else if health.ready == 0 {
             (503, format!("not ready: 0/{} workers ready\n", health.size))
+        } else if let Some((waiting, limit)) = queue.filter(|(waiting, limit)| waiting >= limit) {
+            (
+                503,
+                format!("not ready: {waiting} connections queued, --req-queue-len is {limit}\n"),
+            )
         } else {
             (
                 200,
@@ -134,7 +160,11 @@ fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn serve_connection(mut stream: TcpStream, paths: &Paths, shared: &Shared) -> io::Result<()> {
+fn serve_connection(
+    mut stream: TcpStream,
+    config: &ProbeConfig,
+    shared: &Shared,
+) -> io::Result<()> {
     let timeout = Some(Duration::from_millis(PROBE_IO_TIMEOUT_MS));
     stream.set_read_timeout(timeout)?;
     stream.set_write_timeout(timeout)?;
@@ -144,7 +174,17 @@ fn serve_connection(mut stream: TcpStream, paths: &Paths, shared: &Shared) -> io
     let mut parts = line.trim_end().split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
+    let mut content_type = "text/plain; charset=utf-8";
     let (code, body) = match method {
+        "GET" | "HEAD" if config.metrics.as_deref() == Some(path) => {
+            let snapshot = shared
+                .metrics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            content_type = metrics::CONTENT_TYPE;
+            (200, metrics::render(&snapshot, config.listen_fd))
+        }
         "GET" | "HEAD" => {
             let health = shared
                 .health
@@ -152,13 +192,16 @@ fn serve_connection(mut stream: TcpStream, paths: &Paths, shared: &Shared) -> io
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             let silent = unix_ms().saturating_sub(shared.loop_tick_ms.load(Ordering::Relaxed));
-            answer(paths, path, &health, silent)
+            let queue = config.req_queue_len.and_then(|limit| {
+                metrics::listen_queue(config.listen_fd).map(|(waiting, _)| (waiting, limit))
+            });
+            answer(&config.paths, path, &health, silent, queue)
         }
         _ if path.is_empty() => (400, "bad request\n".into()),
         _ => (405, "method not allowed\n".into()),
     };
     let mut response = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Cache-Control: no-store\r\nConnection: close\r\n\r\n",
         reason(code),
         body.len()
@@ -172,9 +215,9 @@ fn serve_connection(mut stream: TcpStream, paths: &Paths, shared: &Shared) -> io
 }
 
 /// Serves probes on `listener` until the process exits.
-pub fn spawn(listener: TcpListener, paths: Paths, shared: Arc<Shared>) -> io::Result<()> {
+pub fn spawn(listener: TcpListener, config: ProbeConfig, shared: Arc<Shared>) -> io::Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
-    let paths = Arc::new(paths);
+    let paths = Arc::new(config);
     thread::Builder::new().name("probe".into()).spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
@@ -218,10 +261,10 @@ mod tests {
             ..Health::default()
         };
         assert_eq!(
-            answer(&paths(), "/startup", &h, 0),
+            answer(&paths(), "/startup", &h, 0, None),
             (503, "starting: 1/4 workers booted\n".into())
         );
-        assert_eq!(answer(&paths(), "/ready", &h, 0).0, 503);
+        assert_eq!(answer(&paths(), "/ready", &h, 0, None).0, 503);
         h = Health {
             started: true,
             size: 4,
@@ -229,20 +272,20 @@ mod tests {
             booted: 4,
             ..h
         };
-        assert_eq!(answer(&paths(), "/startup", &h, 0).0, 200);
+        assert_eq!(answer(&paths(), "/startup", &h, 0, None).0, 200);
         assert_eq!(
-            answer(&paths(), "/ready", &h, 0),
+            answer(&paths(), "/ready", &h, 0, None),
             (200, "ready: 4/4 workers ready\n".into())
         );
         h.ready = 0;
         assert_eq!(
-            answer(&paths(), "/ready", &h, 0),
+            answer(&paths(), "/ready", &h, 0, None),
             (503, "not ready: 0/4 workers ready\n".into())
         );
         h.ready = 4;
         h.stopping = true;
         assert_eq!(
-            answer(&paths(), "/ready", &h, 0),
+            answer(&paths(), "/ready", &h, 0, None),
             (503, "not ready: shutting down\n".into())
         );
     }
@@ -253,16 +296,16 @@ mod tests {
             started: true,
             ..Health::default()
         };
-        assert_eq!(answer(&paths(), "/alive", &h, 0).0, 200);
+        assert_eq!(answer(&paths(), "/alive", &h, 0, None).0, 200);
         assert_eq!(
-            answer(&paths(), "/alive", &h, LOOP_STALL_LIMIT_MS + 1).0,
+            answer(&paths(), "/alive", &h, LOOP_STALL_LIMIT_MS + 1, None).0,
             500
         );
         h.crash_loop = Some("crash loop: x".into());
         assert_eq!(
-            answer(&paths(), "/alive", &h, 0),
+            answer(&paths(), "/alive", &h, 0, None),
             (500, "not alive: crash loop: x\n".into())
         );
-        assert_eq!(answer(&paths(), "/nope", &h, 0).0, 404);
+        assert_eq!(answer(&paths(), "/nope", &h, 0, None).0, 404);
     }
 }

@@ -56,6 +56,10 @@ pub fn bootstrap(config: &WorkerConfig, worker: u64, generation: u64) -> Vec<u8>
         "heartbeat_ms": config.heartbeat.as_millis() as u64,
         "autoreload": config.autoreload,
         "http": config.http,
+        "metrics": {
+            "duration_buckets": crate::metrics::DURATION_BUCKETS_S,
+            "size_buckets": crate::metrics::SIZE_BUCKETS_BYTES,
+        },
         "workers": config.workers,
         "worker": worker,
         "generation": generation,
@@ -72,6 +76,44 @@ pub struct Busy {
     pub elapsed: Duration,
     pub method: String,
     pub path: String,
+}
+
+/// Request metrics a worker adds up between two heartbeats (deltas, never totals).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Counters {
+    /// (method, status class digit, requests).
+    pub requests: Vec<(String, u8, u64)>,
+    /// Per-bucket counts along `metrics::DURATION_BUCKETS_S`, then +Inf.
+    pub duration: Vec<u64>,
+    pub duration_sum: f64,
+    /// Per-bucket counts along `metrics::SIZE_BUCKETS_BYTES`, then +Inf.
+    pub size: Vec<u64>,
+    pub size_sum: f64,
+}
+
+fn counters(value: &Value) -> Option<Counters> {
+    let counts = value.get("counts")?.as_object()?;
+    let numbers = |key: &str| -> Vec<u64> {
+        value
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(0)).collect())
+            .unwrap_or_default()
+    };
+    let requests = counts
+        .iter()
+        .filter_map(|(key, n)| {
+            let (method, class) = key.split_once(' ')?;
+            Some((method.to_string(), class.parse().ok()?, n.as_u64()?))
+        })
+        .collect();
+    Some(Counters {
+        requests,
+        duration: numbers("dur"),
+        duration_sum: value.get("dur_sum").and_then(Value::as_f64).unwrap_or(0.0),
+        size: numbers("size"),
+        size_sum: value.get("size_sum").and_then(Value::as_f64).unwrap_or(0.0),
+    })
 }
 
 /// What a worker reported about its app failing to load.
@@ -116,6 +158,10 @@ pub enum Message {
     Heartbeat {
         requests: u64,
         busy: Option<Busy>,
+        /// Requests running right now (more than one with --threads).
+        inflight: u64,
+        /// What the requests since the last heartbeat added to the metrics.
+        counters: Option<Counters>,
     },
     Failed(BootFailure),
 }
@@ -149,6 +195,8 @@ pub fn parse_message(line: &[u8]) -> Option<Message> {
         }),
         "hb" => Some(Message::Heartbeat {
             requests: value.get("requests").and_then(Value::as_u64).unwrap_or(0),
+            inflight: value.get("inflight").and_then(Value::as_u64).unwrap_or(0),
+            counters: counters(&value),
             busy: value
                 .get("busy_s")
                 .and_then(Value::as_f64)
@@ -250,8 +298,29 @@ mod tests {
             hb,
             Some(Message::Heartbeat {
                 requests: 4,
-                busy: Some(busy)
+                busy: Some(busy),
+                inflight: 0,
+                counters: None
             })
+        );
+        let hb = parse_message(
+            br#"{"t":"hb","requests":3,"inflight":1,"counts":{"GET 2":2,"POST 5":1},"dur":[1,2,0],"dur_sum":0.5,"size":[3,0],"size_sum":42}"#,
+        );
+        let Some(Message::Heartbeat {
+            counters: Some(c),
+            inflight: 1,
+            ..
+        }) = hb
+        else {
+            panic!("{hb:?}")
+        };
+        assert!(
+            c.requests.contains(&("GET".into(), 2, 2))
+                && c.requests.contains(&("POST".into(), 5, 1))
+        );
+        assert_eq!(
+            (c.duration, c.duration_sum, c.size, c.size_sum),
+            (vec![1, 2, 0], 0.5, vec![3, 0], 42.0)
         );
         assert_eq!(parse_message(b"not json"), None);
         assert_eq!(parse_message(br#"{"t":"future"}"#), None);

@@ -6,4 +6,5 @@ mod cli;
 mod fuzz;
 mod http;
 mod lifecycle;
+mod metrics;
 mod serve;

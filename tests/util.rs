@@ -536,3 +536,79 @@ impl Load {
         total
     }
 }
+
+/// A Python with test-only packages (prometheus_client), in target/test-venv, created on first use.
+/// The test command installs what it needs itself; a failed install fails the tests that need it.
+pub fn test_venv_python() -> PathBuf {
+    static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    VENV.get_or_init(|| {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
+        let python = venv.join("bin/python");
+        let marker = venv.join(".hurricane-test-packages");
+        if !marker.exists() {
+            let ok = Command::new(python_for_venv())
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .is_ok_and(|s| s.success())
+                && Command::new(&python)
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "-q",
+                        "--disable-pip-version-check",
+                        "prometheus_client",
+                    ])
+                    .status()
+                    .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "could not create {} with prometheus_client (pip needs PyPI)",
+                venv.display()
+            );
+            std::fs::write(&marker, b"prometheus_client\n").unwrap();
+        }
+        python
+    })
+    .clone()
+}
+
+fn python_for_venv() -> String {
+    python()
+}
+
+/// Parses OpenMetrics text with prometheus_client's own parser; returns (name, labels, value) samples.
+pub fn parse_openmetrics(
+    text: &str,
+) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    let script = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+    let mut child = Command::new(test_venv_python())
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected the metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -55,6 +55,8 @@ _APP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(rb"[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+# Methods that get their own label in hurricane_requests_total; anything else counts as "other".
+_METRIC_METHODS = frozenset(_METHODS.values())
 
 EPOLLIN = select.EPOLLIN
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
@@ -1176,10 +1178,15 @@ class Server:
         finally:
             if reply.fd >= 0:
                 os.close(reply.fd)
-        activity = self.activity
-        activity.requests += 1
-        cls = ex.code // 100
-        activity.statuses[cls] = activity.statuses.get(cls, 0) + 1
+        ex.written = reply.count if ex.keep_alive and not ex.bodyless else ex.written
+        seconds = time.monotonic() - self.now
+        method = env["REQUEST_METHOD"]
+        label = method if method in _METRIC_METHODS else "other"
+        if self.pool is not None:
+            with self._count_lock:
+                self.activity.record(label, ex.code, seconds, ex.written)
+        else:
+            self.activity.record(label, ex.code, seconds, ex.written)
         if body is not EMPTY_INPUT:
             return False  # a body sent to a static file is never read; do not parse it as a request
         return ex.keep_alive
@@ -1193,6 +1200,7 @@ class Server:
         activity = self.activity
         # The loop's clock (read once per wakeup) is precise enough for --timeout and saves a call.
         threaded = self.pool is not None
+        started = self.now
         if threaded:
             ident = threading.get_ident()
             activity.inflight[ident] = (self.now, method, env["PATH_INFO"])
@@ -1244,17 +1252,15 @@ class Server:
                     result.close()
                 except Exception:
                     self._log_app_error(env)
-            cls = ex.code // 100
-            statuses = activity.statuses
+            seconds = time.monotonic() - started
+            label = method if method in _METRIC_METHODS else "other"  # bounded label values
             if threaded:
                 activity.inflight.pop(ident, None)
                 with self._count_lock:
-                    activity.requests += 1
-                    statuses[cls] = statuses.get(cls, 0) + 1
+                    activity.record(label, ex.code, seconds, ex.written)
             else:
                 activity.current = None
-                activity.requests += 1
-                statuses[cls] = statuses.get(cls, 0) + 1
+                activity.record(label, ex.code, seconds, ex.written)
         if ex.keep_alive and body is not EMPTY_INPUT and type(body) is BodyReader:
             try:
                 if not body.finished and not body.discard(MAX_DISCARD_BYTES):

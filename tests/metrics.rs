@@ -1,0 +1,246 @@
+//! /metrics and --req-queue-len (issue 5, first part): what Prometheus scrapes, parsed by
+//! prometheus_client's own OpenMetrics parser.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::util::*;
+
+type Sample = (String, BTreeMap<String, String>, f64);
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.2)
+}
+
+fn scrape(server: &Server) -> Vec<Sample> {
+    let response = server.probe("/metrics");
+    assert_eq!(response.status, 200);
+    assert!(
+        response
+            .header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    parse_openmetrics(&response.text())
+}
+
+#[test]
+fn metrics_parse_and_count_exactly_the_requests_sent() {
+    let server = Server::start("app", &["--workers", "2"]);
+    for _ in 0..5 {
+        assert_eq!(server.get("/").status, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(server.get("/error").status, 500);
+    }
+    let post = request(
+        server.addr,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    )
+    .unwrap();
+    assert_eq!(post.status, 200);
+    // Counters arrive with the workers' heartbeats (once a second), never per request.
+    let samples = wait_for(Duration::from_secs(5), || {
+        let samples = scrape(&server);
+        let total: f64 = samples
+            .iter()
+            .filter(|s| s.0 == "hurricane_requests_total")
+            .map(|s| s.2)
+            .sum();
+        (total == 8.0).then_some(samples)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "requests_total never reached 8:\n{}",
+            server.probe("/metrics").text()
+        )
+    });
+    assert_eq!(
+        value(
+            &samples,
+            "hurricane_requests_total",
+            &[("method", "GET"), ("status", "2xx")]
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "hurricane_requests_total",
+            &[("method", "GET"), ("status", "5xx")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "hurricane_requests_total",
+            &[("method", "POST"), ("status", "2xx")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "hurricane_request_duration_seconds_count", &[]),
+        Some(8.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "hurricane_request_duration_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        Some(8.0)
+    );
+    assert_eq!(
+        value(&samples, "hurricane_response_size_bytes_count", &[]),
+        Some(8.0)
+    );
+    assert!(value(&samples, "hurricane_response_size_bytes_sum", &[]).unwrap() >= 5.0 * 5.0 + 3.0);
+    assert_eq!(
+        value(
+            &samples,
+            "hurricane_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "hurricane_workers", &[("state", "ready")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "hurricane_worker_restarts_total",
+            &[("reason", "crash")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "hurricane_reloads_total",
+            &[("result", "succeeded")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&samples, "hurricane_requests_in_flight", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&samples, "hurricane_listen_queue_length", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&samples, "hurricane_listen_queue_max", &[]),
+        Some(2048.0)
+    );
+    assert!(value(&samples, "hurricane_startup_duration_seconds", &[]).unwrap() > 0.0);
+    assert!(value(&samples, "hurricane_master_resident_memory_bytes", &[]).unwrap() > 1e5);
+    for slot in ["0", "1"] {
+        assert!(
+            value(
+                &samples,
+                "hurricane_worker_resident_memory_bytes",
+                &[("slot", slot)]
+            )
+            .unwrap()
+                > 1e6
+        );
+    }
+    // A HUP shows up as a reload and two restarts.
+    server.signal(libc::SIGHUP);
+    server
+        .log
+        .wait_for("event=reload result=succeeded", START_TIMEOUT)
+        .unwrap();
+    let samples = scrape(&server);
+    assert_eq!(
+        value(
+            &samples,
+            "hurricane_reloads_total",
+            &[("result", "succeeded")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "hurricane_worker_restarts_total",
+            &[("reason", "reload")]
+        ),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn the_listen_queue_is_measured_and_fails_ready_past_req_queue_len() {
+    let dir = TempDir::new("queue");
+    let server = Server::start(
+        "app",
+        &["--workers", "1", "--req-queue-len", "3", "--backlog", "64"],
+    );
+    assert_eq!(server.probe("/ready").status, 200);
+    let addr = server.addr;
+    let mark = dir.path("busy");
+    let busy = std::thread::spawn(move || get(addr, &format!("/sleep?s=5&mark={mark}")));
+    wait_for(Duration::from_secs(5), || {
+        std::path::Path::new(&dir.path("busy"))
+            .exists()
+            .then_some(())
+    })
+    .unwrap();
+    // The only worker is busy: these wait in the kernel's accept queue (their request sent, so
+    // TCP_DEFER_ACCEPT counts them as ready to accept).
+    let waiting: Vec<_> = (0..5)
+        .map(|_| std::thread::spawn(move || get(addr, "/")))
+        .collect();
+    // /ready first (cheap), then one parsed scrape while the worker is still busy.
+    let ready = wait_for(Duration::from_secs(3), || {
+        let r = server.probe("/ready");
+        (r.status == 503).then_some(r)
+    })
+    .expect("/ready turns 503 once the queue reaches --req-queue-len");
+    assert!(
+        ready.text().contains("--req-queue-len is 3"),
+        "{}",
+        ready.text()
+    );
+    let samples = scrape(&server);
+    assert!(value(&samples, "hurricane_listen_queue_length", &[]).unwrap() >= 3.0);
+    assert_eq!(
+        value(&samples, "hurricane_listen_queue_max", &[]),
+        Some(64.0)
+    );
+    assert_eq!(busy.join().unwrap().unwrap().status, 200);
+    for w in waiting {
+        assert_eq!(
+            w.join().unwrap().unwrap().status,
+            200,
+            "queued requests are served, not dropped"
+        );
+    }
+    wait_for(Duration::from_secs(3), || {
+        (server.probe("/ready").status == 200).then_some(())
+    })
+    .expect("ready again");
+}
+
+#[test]
+fn no_metrics_and_a_custom_metrics_path() {
+    let server = Server::start("app", &["--workers", "1", "--metrics", "/prom"]);
+    assert_eq!(server.probe("/metrics").status, 404);
+    assert!(server.probe("/prom").text().contains("hurricane_info"));
+    let server = Server::start("app", &["--workers", "1", "--no-metrics"]);
+    assert_eq!(server.probe("/metrics").status, 404);
+    assert_eq!(server.probe("/ready").status, 200);
+}
