@@ -310,6 +310,18 @@ pub struct ServeArgs {
     )]
     pub reload_exclude: Vec<String>,
 
+    /// Log one line per request (remote, method, path, status, size, duration, worker)
+    #[arg(long, env = "HURRICANE_ACCESS_LOG", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub access_log: bool,
+
+    /// Log format of the master and the access log: text (key=value) or json (one object per line)
+    #[arg(long, env = "HURRICANE_LOG_FORMAT", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Log probe requests too (they are not logged otherwise)
+    #[arg(long, env = "HURRICANE_LOG_PROBES", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub log_probes: bool,
+
     /// Log level: error, warn, info, debug or trace
     #[arg(long, env = "HURRICANE_LOG_LEVEL", value_name = "LEVEL", default_value = "info",
           value_parser = ["error", "warn", "info", "debug", "trace"])]

@@ -5,6 +5,7 @@
 //! 0 clean shutdown, 1 fatal error, 2 bad usage, 3 the app failed to boot.
 
 mod cli;
+mod logging;
 mod master;
 mod metrics;
 mod pool;
@@ -14,7 +15,6 @@ mod signals;
 mod spawn;
 mod worker;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,22 +33,6 @@ const HEARTBEAT_INTERVAL_MS: u64 = 1000;
 
 /// A usage error found after parsing (a directory that does not exist, say): exit 2.
 struct Usage(String);
-
-fn init_logging(level: &str) {
-    env_logger::Builder::new()
-        .parse_filters(level)
-        .format(|buf, record| {
-            writeln!(
-                buf,
-                "{} {:<5} {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.args()
-            )
-        })
-        .target(env_logger::Target::Stderr)
-        .init();
-}
 
 /// Finds `name` on PATH the way execvp will, so a missing interpreter is reported before binding.
 fn on_path(name: &Path) -> bool {
@@ -126,6 +110,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
                 alive: args.liveness_probe,
             },
             metrics: (!args.no_metrics).then_some(args.metrics),
+            log_probes: args.log_probes,
             req_queue_len: args.req_queue_len,
             listen_fd: -1,
         }),
@@ -154,6 +139,8 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             workers,
             http: serde_json::json!({
                 "threads": args.threads,
+                "access_log": args.access_log,
+                "log_format": args.log_format,
                 "limit_request_line": args.limit_request_line,
                 "limit_request_fields": args.limit_request_fields,
                 "limit_request_field_size": args.limit_request_field_size,
@@ -170,7 +157,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
 
 fn main() -> ExitCode {
     let args = Cli::parse().into_serve();
-    init_logging(&args.log_level);
+    logging::init(&args.log_level, args.log_format == "json");
     let config = match config(args) {
         Ok(config) => config,
         Err(Usage(message)) => {

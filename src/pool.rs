@@ -463,7 +463,7 @@ impl Pool {
     fn boot_failed(&mut self, failure: BootFailure, now: Instant) {
         // The traceback is printed once, not once per worker or per respawn.
         if self.last_traceback.as_deref() != Some(failure.traceback.as_str()) {
-            eprint!("{}", failure.traceback);
+            crate::logging::traceback(&failure.traceback);
             self.last_traceback = Some(failure.traceback.clone());
         }
         if self.phase == Phase::Starting {

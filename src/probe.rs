@@ -63,6 +63,8 @@ pub struct ProbeConfig {
     pub metrics: Option<String>,
     /// --req-queue-len: /ready fails while the accept queue is this long.
     pub req_queue_len: Option<u32>,
+    /// --log-probes: log each probe request (at info; otherwise only at debug).
+    pub log_probes: bool,
     /// The app's listening socket, for TCP_INFO (set by the master once bound).
     pub listen_fd: std::os::fd::RawFd,
 }
@@ -210,7 +212,11 @@ fn serve_connection(
         response.push_str(&body);
     }
     stream.write_all(response.as_bytes())?;
-    log::debug!("event=probe path={path} status={code}");
+    if config.log_probes {
+        log::info!("event=probe method={method} path={path:?} status={code}");
+    } else {
+        log::debug!("event=probe method={method} path={path:?} status={code}");
+    }
     Ok(())
 }
 

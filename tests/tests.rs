@@ -6,5 +6,6 @@ mod cli;
 mod fuzz;
 mod http;
 mod lifecycle;
+mod logs;
 mod metrics;
 mod serve;

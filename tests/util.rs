@@ -140,9 +140,32 @@ fn capture(stream: impl Read + Send + 'static, log: Log) {
     });
 }
 
+/// A field of a log line, in either --log-format: `key=value` text or a JSON object.
 fn field(line: &str, key: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        return value
+            .get(key)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
+    }
     line.split_whitespace()
         .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+/// The log line of `event`, in either --log-format.
+fn event_line(log: &Log, event: &str, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for needle in [format!("event={event}"), format!("\"event\":\"{event}\"")] {
+            if let Some(line) = log.wait_for(&needle, Duration::ZERO) {
+                return Some(line);
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Server {
@@ -153,7 +176,7 @@ impl Server {
         capture(child.stderr.take().unwrap(), log.clone());
         let out = Log::default();
         capture(child.stdout.take().unwrap(), out);
-        let Some(line) = log.wait_for("event=listening", START_TIMEOUT) else {
+        let Some(line) = event_line(&log, "listening", START_TIMEOUT) else {
             let _ = child.kill();
             panic!("hurricane did not start listening; log:\n{}", log.text());
         };
@@ -175,7 +198,7 @@ impl Server {
     }
 
     pub fn wait_started(&self) {
-        if self.log.wait_for("event=started", START_TIMEOUT).is_none() {
+        if event_line(&self.log, "started", START_TIMEOUT).is_none() {
             panic!("hurricane did not start; log:\n{}", self.log.text());
         }
     }

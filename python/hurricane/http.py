@@ -14,6 +14,7 @@ and the connection is closed, so nothing ambiguous ever reaches the app.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import select
@@ -670,6 +671,42 @@ def _parse_field(line: bytes) -> Tuple[Optional[str], str, bytes]:
     return parsed
 
 
+_log_second = [0, ""]
+
+
+def _log_value(key: str, value: Any) -> str:
+    """Quote what could be misread (paths, spaces, quotes, empty), as the master's {:?} does."""
+    if isinstance(value, str) and (key == "path" or not value or " " in value or '"' in value):
+        return json.dumps(value)
+    return str(value)
+
+
+def _log_line(level: str, event: str, fields: Dict[str, Any], as_json: bool) -> None:
+    """A log line like the master's: `ts LEVEL event=.. key=..` or a JSON object; a traceback field
+    is printed after the line in text mode, where people read it."""
+    now = time.time()
+    second = int(now)
+    if second != _log_second[0]:
+        _log_second[0] = second
+        _log_second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    ts = f"{_log_second[1]}.{int((now - second) * 1000):03d}Z"
+    if as_json:
+        # Compact, like the master's lines: one format for every line of the log.
+        line = json.dumps({"ts": ts, "level": level, "event": event, **fields}, separators=(",", ":")) + "\n"
+    else:
+        tb = fields.pop("traceback", "")
+        parts = " ".join(f"{k}={_log_value(k, v)}" for k, v in fields.items())
+        line = f"{ts} {level:<5} event={event} {parts}\n{tb}"
+    data = line.encode("utf-8", "replace")
+    while data:
+        try:
+            data = data[os.write(2, data):]
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+
+
 def _error_response(status: str) -> bytes:
     body = status.encode("latin-1") + b"\n"
     return (
@@ -698,6 +735,9 @@ class Server:
         self.trusted_ips = {a for a in allow if "/" not in a}
         self.trusted_nets = [ipaddress.ip_network(a, strict=False) for a in allow if "/" in a]
         self.mounts: List[Any] = []  # static/media, set by the worker once the app (and Django) loaded
+        self.access_log = bool(http.get("access_log"))
+        self.log_json = http.get("log_format") == "json"
+        self.worker_id = config.get("worker", 0)
         self.threads = max(1, int(http.get("threads", 1)))
         self.rotate_accept = int(config.get("workers", 1)) > 1
         # --threads: requests run on a pool; the event loop stays on the main thread.
@@ -1191,6 +1231,8 @@ class Server:
                 self.activity.record(label, ex.code, seconds, ex.written)
         else:
             self.activity.record(label, ex.code, seconds, ex.written)
+        if self.access_log:
+            self._log_access(env, ex.code, ex.written, seconds)
         if body is not EMPTY_INPUT:
             return False  # a body sent to a static file is never read; do not parse it as a request
         return ex.keep_alive
@@ -1277,6 +1319,8 @@ class Server:
                 # Every size bucket starts above 99 bytes: small bodies skip the search.
                 activity.size[0 if size <= 100 else _bisect(activity.size_bounds, size)] += 1
                 activity.size_sum += size
+            if self.access_log:
+                self._log_access(env, ex.code, ex.written, seconds)
         if ex.keep_alive and body is not EMPTY_INPUT and type(body) is BodyReader:
             try:
                 if not body.finished and not body.discard(MAX_DISCARD_BYTES):
@@ -1285,11 +1329,25 @@ class Server:
                 return False
         return ex.keep_alive
 
+    def _log_access(self, env: Dict[str, Any], code: int, size: int, seconds: float) -> None:
+        """--access-log: one line per request, in the master's format, in one write(2)."""
+        fields = {
+            "remote": env["REMOTE_ADDR"],
+            "method": env["REQUEST_METHOD"],
+            "path": env["PATH_INFO"],
+            "query": env["QUERY_STRING"],
+            "status": code,
+            "size": size,
+            "duration_ms": round(seconds * 1000, 3),
+            "worker": self.worker_id,
+        }
+        _log_line("INFO", "access", fields, self.log_json)
+
     def _log_app_error(self, env: Dict[str, Any]) -> None:
-        print(
-            f"hurricane worker pid={os.getpid()} event=app_error "
-            f"method={env.get('REQUEST_METHOD')} path={env.get('PATH_INFO')!r}",
-            file=sys.stderr,
-        )
-        traceback.print_exc(file=sys.stderr)
-        sys.stderr.flush()
+        fields = {
+            "pid": os.getpid(),
+            "method": env.get("REQUEST_METHOD"),
+            "path": env.get("PATH_INFO"),
+            "traceback": traceback.format_exc(),
+        }
+        _log_line("ERROR", "app_error", fields, self.log_json)
