@@ -318,6 +318,10 @@ pub struct ServeArgs {
     #[arg(long, env = "HURRICANE_LOG_FORMAT", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 
+    /// Write the master's log and the workers' access/error lines to this file (SIGUSR1 reopens it)
+    #[arg(long, env = "HURRICANE_LOG_FILE", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
     /// Log probe requests too (they are not logged otherwise)
     #[arg(long, env = "HURRICANE_LOG_PROBES", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
     pub log_probes: bool,

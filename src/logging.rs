@@ -5,12 +5,44 @@
 //! formats. Multi-line text (a traceback) goes through `traceback`, which keeps it readable in
 //! text mode and a single field in JSON mode.
 
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Map, Value};
 
 static JSON: AtomicBool = AtomicBool::new(false);
+/// --log-file, once opened: SIGUSR1 swaps the file inside for a freshly opened one.
+static LOG_FILE: OnceLock<(PathBuf, Arc<Mutex<File>>)> = OnceLock::new();
+
+fn open_log(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// The log writer for --log-file: every line goes to whichever file is current.
+struct Reopenable(Arc<Mutex<File>>);
+
+impl Write for Reopenable {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
+
+/// SIGUSR1: reopen --log-file (after logrotate moved it). False when there is no log file.
+pub fn reopen() -> io::Result<bool> {
+    let Some((path, file)) = LOG_FILE.get() else {
+        return Ok(false);
+    };
+    let fresh = open_log(path)?;
+    *file.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+    Ok(true)
+}
 
 /// Splits `event=x key="quoted value" n=3` into pairs; a word without `=` goes into `msg`.
 pub fn fields(line: &str) -> Map<String, Value> {
@@ -69,8 +101,17 @@ pub fn fields(line: &str) -> Map<String, Value> {
     map
 }
 
-pub fn init(level: &str, json: bool) {
+/// Sets up logging; with a `file`, log lines go there (appended) instead of stderr.
+pub fn init(level: &str, json: bool, file: Option<&Path>) -> io::Result<()> {
     JSON.store(json, Ordering::Relaxed);
+    let target = match file {
+        Some(path) => {
+            let shared = Arc::new(Mutex::new(open_log(path)?));
+            let _ = LOG_FILE.set((path.to_path_buf(), shared.clone()));
+            env_logger::Target::Pipe(Box::new(Reopenable(shared)))
+        }
+        None => env_logger::Target::Stderr,
+    };
     env_logger::Builder::new()
         .parse_filters(level)
         .format(move |buf, record| {
@@ -85,20 +126,22 @@ pub fn init(level: &str, json: bool) {
                 writeln!(buf, "{ts} {:<5} {}", record.level(), record.args())
             }
         })
-        .target(env_logger::Target::Stderr)
+        .target(target)
         .init();
+    Ok(())
 }
 
 pub fn json() -> bool {
     JSON.load(Ordering::Relaxed)
 }
 
-/// A traceback from a worker: printed as is for people, as one `event=traceback` object in JSON.
+/// A traceback from a worker: as is, after a timestamp, for people; one `event=traceback` object
+/// in JSON.
 pub fn traceback(text: &str) {
     if json() {
         log::error!("event=traceback traceback={text:?}");
     } else {
-        eprint!("{text}");
+        log::error!("{}", text.trim_end());
     }
 }
 

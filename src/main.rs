@@ -141,6 +141,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
                 "threads": args.threads,
                 "access_log": args.access_log,
                 "log_format": args.log_format,
+                "log_file": args.log_file.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
                 "limit_request_line": args.limit_request_line,
                 "limit_request_fields": args.limit_request_fields,
                 "limit_request_field_size": args.limit_request_field_size,
@@ -157,7 +158,15 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
 
 fn main() -> ExitCode {
     let args = Cli::parse().into_serve();
-    logging::init(&args.log_level, args.log_format == "json");
+    if let Err(e) = logging::init(
+        &args.log_level,
+        args.log_format == "json",
+        args.log_file.as_deref(),
+    ) {
+        let path = args.log_file.as_deref().unwrap_or(Path::new("")).display();
+        eprintln!("error: cannot open --log-file '{path}': {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let config = match config(args) {
         Ok(config) => config,
         Err(Usage(message)) => {

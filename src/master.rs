@@ -324,11 +324,19 @@ impl Master {
                     log::info!("event=signal signal={}", signals::name(sig));
                     self.pool.scale(up, Instant::now());
                 }
-                Some(Event::ReopenLogs) => {
-                    log::info!(
-                        "event=signal signal=USR1 action=none reason=\"logs go to stderr; nothing to reopen\""
-                    );
-                }
+                Some(Event::ReopenLogs) => match crate::logging::reopen() {
+                    Ok(true) => {
+                        log::info!("event=signal signal=USR1 action=reopen_log");
+                        for pid in self.pool.pids() {
+                            // SAFETY: kill with integer arguments on our own unreaped child.
+                            unsafe { libc::kill(pid, libc::SIGUSR1) };
+                        }
+                    }
+                    Ok(false) => {
+                        log::info!("event=signal signal=USR1 action=none reason=\"no --log-file\"")
+                    }
+                    Err(e) => log::error!("event=reopen_log_failed error={e}"),
+                },
                 None => {}
             }
         }

@@ -22,8 +22,7 @@ pub enum Event {
     Reload,
     /// One worker more (true) or fewer (false).
     Scale(bool),
-    /// Reopen log files. hurricane logs to stderr only, so there is nothing to reopen; the signal is
-    /// handled so that it cannot kill the master by its default action.
+    /// Reopen --log-file (logrotate moved it), in the master and every worker.
     ReopenLogs,
     /// One or more children changed state: reap them all (PID 1 duty).
     ChildExited,

@@ -75,3 +75,64 @@ fn probes_are_logged_only_with_log_probes_and_access_log_is_off_by_default() {
         "no access log unless asked for"
     );
 }
+
+#[test]
+fn log_file_gets_master_and_access_lines_and_usr1_reopens_it_after_rotation() {
+    let dir = TempDir::new("logfile");
+    let path = dir.0.join("hurricane.log");
+    let rotated = dir.0.join("hurricane.log.1");
+    let mut cmd = command(
+        "app",
+        &[
+            "--workers",
+            "2",
+            "--access-log",
+            "--log-file",
+            path.to_str().unwrap(),
+        ],
+    );
+    let mut child = cmd.spawn().unwrap();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let line = wait_for(START_TIMEOUT, || {
+        read(&path)
+            .lines()
+            .find(|l| l.contains("event=listening"))
+            .map(str::to_string)
+    })
+    .expect("the master logs into the file");
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("addr="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    wait_for(START_TIMEOUT, || {
+        read(&path).contains("event=started").then_some(())
+    })
+    .unwrap();
+    assert_eq!(get(addr, "/before").unwrap().status, 200);
+    wait_for(Duration::from_secs(5), || {
+        read(&path).contains("path=\"/before\"").then_some(())
+    })
+    .expect("access line");
+    std::fs::rename(&path, &rotated).unwrap();
+    // SAFETY: kill with integer arguments on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    wait_for(Duration::from_secs(5), || {
+        read(&path).contains("action=reopen_log").then_some(())
+    })
+    .expect("reopened");
+    // Both workers reopened too: every request's line lands in the new file.
+    for i in 0..6 {
+        assert_eq!(get(addr, &format!("/after{i}")).unwrap().status, 200);
+    }
+    wait_for(Duration::from_secs(5), || {
+        (0..6)
+            .all(|i| read(&path).contains(&format!("path=\"/after{i}\"")))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("new file:\n{}", read(&path)));
+    assert!(read(&rotated).contains("path=\"/before\"") && !read(&rotated).contains("/after"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

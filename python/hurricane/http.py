@@ -672,6 +672,27 @@ def _parse_field(line: bytes) -> Tuple[Optional[str], str, bytes]:
 
 
 _log_second = [0, ""]
+# Where access and error lines go: stderr, or --log-file (reopened on SIGUSR1).
+_LOG_FD = [2]
+_LOG_PATH = [""]
+
+
+def open_log(path: str) -> None:
+    """Point the worker's log lines at `path`, appending; again on SIGUSR1 after a rotation."""
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    old, _LOG_FD[0], _LOG_PATH[0] = _LOG_FD[0], fd, path
+    if old != 2:
+        os.close(old)
+
+
+def reopen_log() -> None:
+    if _LOG_PATH[0]:
+        try:
+            open_log(_LOG_PATH[0])
+        except OSError as exc:
+            os.write(2, f"hurricane worker pid={os.getpid()} event=reopen_log_failed error={exc}\n".encode())
 
 
 def _log_value(key: str, value: Any) -> str:
@@ -700,7 +721,7 @@ def _log_line(level: str, event: str, fields: Dict[str, Any], as_json: bool) -> 
     data = line.encode("utf-8", "replace")
     while data:
         try:
-            data = data[os.write(2, data):]
+            data = data[os.write(_LOG_FD[0], data):]
         except InterruptedError:
             continue
         except OSError:

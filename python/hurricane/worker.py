@@ -107,6 +107,12 @@ def load_app(spec: str) -> Callable:
     return obj
 
 
+def _reopen_log() -> None:
+    from hurricane import http
+
+    http.reopen_log()
+
+
 def source_dirs(roots: List[str]) -> List[str]:
     """Directories of the app's own modules: under the working directory or --pythonpath,
     not installed packages (a virtualenv inside the project is still someone else's code)."""
@@ -229,6 +235,9 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
     # here means "stop now", without a KeyboardInterrupt traceback in the log.
     signal.signal(signal.SIGINT, lambda *_: os._exit(0))
     signal.signal(signal.SIGQUIT, lambda *_: os._exit(0))
+    # --log-file: access and error lines go there; SIGUSR1 (forwarded by the master) reopens it.
+    # Installed before the app loads, so a rotation during boot cannot kill the worker.
+    signal.signal(signal.SIGUSR1, lambda *_: _reopen_log())
     # Before a hung worker is killed (--timeout, a frozen heartbeat) the master sends SIGUSR2:
     # faulthandler prints every thread's stack from C, even while a C extension holds the GIL.
     faulthandler.register(signal.SIGUSR2, all_threads=True)
@@ -241,6 +250,8 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
 
     # Import the server before the app: our own import errors are bugs, not the user's.
     from hurricane import http
+
+    http.open_log((config.get("http") or {}).get("log_file") or "")
 
     metrics = config.get("metrics") or {}
     server = http.Server(config, Activity(metrics.get("duration_buckets", []), metrics.get("size_buckets", [])))
