@@ -163,15 +163,17 @@ fn metrics_parse_and_count_exactly_the_requests_sent() {
         .log
         .wait_for("event=reload result=succeeded", START_TIMEOUT)
         .unwrap();
-    let samples = scrape(&server);
-    assert_eq!(
-        value(
+    // Published with the master's next loop turn: poll briefly rather than race the log line.
+    let samples = wait_for(Duration::from_secs(3), || {
+        let samples = scrape(&server);
+        (value(
             &samples,
             "hurricane_reloads_total",
-            &[("result", "succeeded")]
-        ),
-        Some(1.0)
-    );
+            &[("result", "succeeded")],
+        ) == Some(1.0))
+        .then_some(samples)
+    })
+    .expect("reloads_total{result=succeeded} reaches 1");
     assert_eq!(
         value(
             &samples,
