@@ -62,6 +62,14 @@ fn workers(s: &str) -> Result<usize, String> {
     }
 }
 
+fn webhook_url(s: &str) -> Result<String, String> {
+    if (s.starts_with("http://") || s.starts_with("https://")) && s.len() > "https://".len() {
+        Ok(s.to_string())
+    } else {
+        Err(format!("'{s}' is not an http:// or https:// URL"))
+    }
+}
+
 fn probe_path(s: &str) -> Result<String, String> {
     if s.starts_with('/') && !s.contains(char::is_whitespace) {
         Ok(s.to_string())
@@ -309,6 +317,11 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub reload_exclude: Vec<String>,
+
+    /// POST a JSON event here on startup, readiness/liveness changes, reloads, shutdown and worker
+    /// restarts (repeatable; in the environment, ','-separated)
+    #[arg(long, env = "HURRICANE_WEBHOOK_URL", value_name = "URL", value_delimiter = ',', value_parser = webhook_url)]
+    pub webhook_url: Vec<String>,
 
     /// Log one line per request (remote, method, path, status, size, duration, worker)
     #[arg(long, env = "HURRICANE_ACCESS_LOG", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]

@@ -13,6 +13,7 @@ mod probe;
 mod reload;
 mod signals;
 mod spawn;
+mod webhook;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -152,6 +153,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             }),
         },
         autoreload,
+        webhook_urls: args.webhook_url.clone(),
         python,
     })
 }

@@ -21,11 +21,12 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::metrics::{Snapshot, Totals};
-use crate::pool::{Action, ExitStatus, Pool, PoolConfig, Signal, WorkerId};
+use crate::pool::{Action, ExitStatus, Health, Pool, PoolConfig, Signal, WorkerId};
 use crate::probe::{self, ProbeConfig, Shared};
 use crate::reload;
 use crate::signals::{self, Event};
 use crate::spawn;
+use crate::webhook;
 use crate::worker::{self, WorkerConfig};
 
 const SIGNALS: Token = Token(0);
@@ -45,6 +46,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// --autoreload: what counts as a change, and --reload-dir directories.
     pub autoreload: Option<(reload::Filter, Vec<PathBuf>)>,
+    pub webhook_urls: Vec<String>,
 }
 
 /// A running worker process as the master sees it: its pipes and their buffers.
@@ -248,6 +250,9 @@ struct Master {
     last_memory_check: Instant,
     /// Request metrics summed from every worker's heartbeats.
     totals: Totals,
+    webhooks: Option<webhook::Webhooks>,
+    /// The last published state, to turn changes into webhook events.
+    published: (Health, Snapshot),
 }
 
 impl Master {
@@ -429,7 +434,7 @@ impl Master {
             if let Some(code) = self.carry_out_actions() {
                 return code;
             }
-            self.shared.publish(self.pool.health(), self.metrics());
+            self.publish();
             let now = Instant::now();
             let tick = Duration::from_millis(LOOP_TICK_MS);
             let timeout = self
@@ -456,6 +461,22 @@ impl Master {
             self.check_memory();
             self.pool.tick(Instant::now());
         }
+    }
+
+    /// Hands the current state to the probe thread, and its changes to the webhooks.
+    fn publish(&mut self) {
+        let now = (self.pool.health(), self.metrics());
+        if now == self.published {
+            self.shared.loop_tick();
+            return;
+        }
+        if let Some(webhooks) = &self.webhooks {
+            for event in webhook::changes(&self.published, &now) {
+                webhooks.send(event);
+            }
+        }
+        self.shared.publish(now.0.clone(), now.1.clone());
+        self.published = now;
     }
 
     fn metrics(&self) -> Snapshot {
@@ -540,6 +561,14 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
         config.python.display(),
         env!("CARGO_PKG_VERSION")
     );
+    let webhooks = if config.webhook_urls.is_empty() {
+        None
+    } else {
+        Some(
+            webhook::spawn(config.webhook_urls.clone())
+                .context("cannot start the webhook thread")?,
+        )
+    };
     let reload_pending = Arc::new(AtomicBool::new(false));
     let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
     let mut watcher = None;
@@ -561,8 +590,31 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
         reload_pending,
         last_memory_check: Instant::now(),
         totals: Totals::default(),
+        webhooks,
+        published: (Health::default(), Snapshot::default()),
     };
     let code = master.run(signals);
+    master.publish();
+    if let Some(webhooks) = &master.webhooks {
+        if let Some(error) = master
+            .pool
+            .fatal_error()
+            .filter(|_| !master.published.0.started)
+        {
+            let mut event = webhook::Event {
+                kind: "startup",
+                status: "failed",
+                info: format!("Startup failed: {error}"),
+                traceback: master.pool.boot_traceback().map(str::to_string),
+            };
+            if event.traceback.is_none() {
+                event.traceback = Some(error.to_string());
+            }
+            webhooks.send(event);
+        }
+        // Bounded: a dead receiver delays the exit by at most this much.
+        webhooks.flush(Duration::from_secs(webhook::WEBHOOK_TIMEOUT_S + 1));
+    }
     if let Some(error) = master.pool.fatal_error() {
         eprintln!("error: {error}");
     } else {

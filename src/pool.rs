@@ -265,6 +265,11 @@ impl Pool {
         self.fatal.as_deref()
     }
 
+    /// The last boot traceback printed, for the startup/failed webhook.
+    pub fn boot_traceback(&self) -> Option<&str> {
+        self.last_traceback.as_deref()
+    }
+
     /// Pids of live workers, for the master's memory checks.
     pub fn pids(&self) -> Vec<i32> {
         self.workers.values().filter_map(|w| w.pid).collect()
@@ -997,7 +1002,9 @@ impl Pool {
                 )
             });
         Health {
-            started: self.phase != Phase::Starting,
+            // Started means the first full pool was ready, not merely "no longer starting":
+            // a pool failing at startup never was.
+            started: self.startup_duration.is_some(),
             stopping: matches!(
                 self.phase,
                 Phase::Delaying { .. } | Phase::Draining | Phase::Failing { .. }
@@ -1159,6 +1166,10 @@ mod tests {
         assert_eq!(h.exit, Some(EXIT_BOOT_FAILED));
         assert_eq!(h.next_pid, 102, "nothing respawned");
         assert!(h.pool.fatal_error().unwrap().contains("cannot import 'x'"));
+        assert!(
+            !h.pool.health().started,
+            "a pool that failed at startup never started"
+        );
     }
 
     #[test]

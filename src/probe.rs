@@ -41,6 +41,11 @@ impl Shared {
         }
     }
 
+    /// The master loop is alive even when nothing changed.
+    pub fn loop_tick(&self) {
+        self.loop_tick_ms.store(unix_ms(), Ordering::Relaxed);
+    }
+
     pub fn publish(&self, health: Health, metrics: Snapshot) {
         self.loop_tick_ms.store(unix_ms(), Ordering::Relaxed);
         *self.health.lock().unwrap_or_else(|e| e.into_inner()) = health;

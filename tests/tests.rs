@@ -9,3 +9,4 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod serve;
+mod webhooks;
