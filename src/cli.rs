@@ -163,6 +163,14 @@ pub struct ServeArgs {
     #[arg(long, env = "HURRICANE_REQ_QUEUE_LEN", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub req_queue_len: Option<u32>,
 
+    /// Seconds a Django check result answers probes before the next probe asks for a fresh one
+    #[arg(long, env = "HURRICANE_CHECK_INTERVAL", value_name = "S", default_value = "5", value_parser = seconds)]
+    pub check_interval: Duration,
+
+    /// Show failing checks' messages in probe answers (they may name hosts or settings)
+    #[arg(long, env = "HURRICANE_DEBUG", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub debug: bool,
+
     /// Do not run the probe server
     #[arg(long, env = "HURRICANE_NO_PROBE", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
     pub no_probe: bool,

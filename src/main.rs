@@ -112,6 +112,8 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             },
             metrics: (!args.no_metrics).then_some(args.metrics),
             log_probes: args.log_probes,
+            check_interval: args.check_interval,
+            debug: args.debug,
             req_queue_len: args.req_queue_len,
             listen_fd: -1,
         }),

@@ -34,6 +34,8 @@ const SIGNALS: Token = Token(0);
 const WAKER: Token = Token(1);
 /// The loop wakes at least this often, so the probe thread can tell a live loop from a stuck one.
 const LOOP_TICK_MS: u64 = 1000;
+/// A check request unanswered this long (its worker died or hangs) no longer blocks the next.
+const CHECK_TIMEOUT_S: u64 = 5;
 
 pub struct Config {
     pub bind: String,
@@ -253,6 +255,10 @@ struct Master {
     webhooks: Option<webhook::Webhooks>,
     /// The last published state, to turn changes into webhook events.
     published: (Health, Snapshot),
+    /// When the master last asked a worker to run the app's checks, until it answers.
+    check_in_flight: Option<Instant>,
+    /// Round robin over ready workers for check requests.
+    check_turn: usize,
 }
 
 impl Master {
@@ -388,6 +394,20 @@ impl Master {
         for line in read_status(&self.poll, proc_) {
             match worker::parse_message(&line) {
                 Some(message) => {
+                    match &message {
+                        worker::Message::Ready { django: true, .. } => {
+                            self.shared
+                                .checks
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .django = true;
+                        }
+                        worker::Message::Checked(result) => {
+                            self.check_in_flight = None;
+                            self.shared.store_checks(result.clone());
+                        }
+                        _ => {}
+                    }
                     if let worker::Message::Heartbeat {
                         counters, inflight, ..
                     } = &message
@@ -454,12 +474,38 @@ impl Master {
                         if self.reload_pending.swap(false, Ordering::AcqRel) {
                             self.pool.reload(Instant::now());
                         }
+                        if self.shared.take_check_wanted() {
+                            self.request_check();
+                        }
                     }
                     token => self.handle_worker_io(token),
                 }
             }
             self.check_memory();
             self.pool.tick(Instant::now());
+        }
+    }
+
+    /// A probe wants fresh Django checks: ask the next ready worker, unless a request is pending.
+    fn request_check(&mut self) {
+        let now = Instant::now();
+        if self
+            .check_in_flight
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(CHECK_TIMEOUT_S))
+        {
+            return;
+        }
+        let pids = self.pool.ready_pids();
+        if pids.is_empty() {
+            return;
+        }
+        self.check_turn = (self.check_turn + 1) % pids.len();
+        let pid = pids[self.check_turn];
+        if let Some((&id, proc_)) = self.procs.iter_mut().find(|(_, p)| p.pid == pid) {
+            proc_.control_out.extend_from_slice(b"{\"t\":\"check\"}\n");
+            flush_control(&self.poll, id, proc_);
+            self.check_in_flight = Some(now);
+            log::debug!("event=check_requested pid={pid}");
         }
     }
 
@@ -571,6 +617,7 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
     };
     let reload_pending = Arc::new(AtomicBool::new(false));
     let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+    let _ = shared.waker.set(waker.clone());
     let mut watcher = None;
     if let Some((filter, dirs)) = config.autoreload.take() {
         let w = reload::spawn(filter, reload_pending.clone(), waker).map_err(anyhow::Error::msg)?;
@@ -592,6 +639,8 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
         totals: Totals::default(),
         webhooks,
         published: (Health::default(), Snapshot::default()),
+        check_in_flight: None,
+        check_turn: 0,
     };
     let code = master.run(signals);
     master.publish();

@@ -270,6 +270,15 @@ impl Pool {
         self.last_traceback.as_deref()
     }
 
+    /// Pids of ready workers, in a stable order (the master picks one to run the app's checks).
+    pub fn ready_pids(&self) -> Vec<i32> {
+        self.workers
+            .values()
+            .filter(|w| matches!(w.state, WorkerState::Ready { .. }))
+            .filter_map(|w| w.pid)
+            .collect()
+    }
+
     /// Pids of live workers, for the master's memory checks.
     pub fn pids(&self) -> Vec<i32> {
         self.workers.values().filter_map(|w| w.pid).collect()
@@ -363,6 +372,7 @@ impl Pool {
                 }
             }
             Message::Failed(f) => failure = Some(f).filter(|_| !failing),
+            Message::Checked(_) => {} // the master's business: it answers the probes
         }
         self.requests_total += requests_seen;
         if let Some(old) = retire {
@@ -1111,6 +1121,7 @@ mod tests {
                     Message::Ready {
                         boot_ms: 1,
                         dirs: vec![],
+                        django: false,
                     },
                 );
             }
@@ -1145,6 +1156,7 @@ mod tests {
             Message::Ready {
                 boot_ms: 5,
                 dirs: vec![],
+                django: false,
             },
         );
         assert_eq!(h.pool.health().ready, 1);
@@ -1200,6 +1212,7 @@ mod tests {
             Message::Ready {
                 boot_ms: 1,
                 dirs: vec![],
+                django: false,
             },
         );
         h.exit(101, ExitStatus::Code(1));
@@ -1332,6 +1345,7 @@ mod tests {
             Message::Ready {
                 boot_ms: 1,
                 dirs: vec![],
+                django: false,
             },
         );
     }

@@ -9,13 +9,16 @@
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::metrics::{self, Snapshot};
 use crate::pool::Health;
+use crate::worker::{CheckResult, Verdict};
 
+/// A probe waits at most this long for a busy worker to run the app's checks.
+const CHECK_WAIT_MS: u64 = 1000;
 /// Longest a probe client may take to send its request or read the answer.
 const PROBE_IO_TIMEOUT_MS: u64 = 2000;
 /// Connections served at once; more are closed at once rather than queued behind slow ones.
@@ -25,9 +28,23 @@ const PROBE_MAX_REQUEST_BYTES: usize = 8192;
 pub const LOOP_STALL_LIMIT_MS: u64 = 10_000;
 
 /// What the master shares with the probe thread.
+/// The app's own checks (Django), as the probes see them.
+#[derive(Default)]
+pub struct Checks {
+    /// The app is a Django project (a worker said so when ready).
+    pub django: bool,
+    pub result: Option<(Instant, CheckResult)>,
+    /// A probe found the result stale: the master should ask a worker.
+    pub wanted: bool,
+}
+
 pub struct Shared {
     pub health: Mutex<Health>,
     pub metrics: Mutex<Snapshot>,
+    pub checks: Mutex<Checks>,
+    checks_changed: Condvar,
+    /// Wakes the master loop (set once the loop exists).
+    pub waker: OnceLock<Arc<mio::Waker>>,
     /// Unix milliseconds of the master loop's last iteration.
     pub loop_tick_ms: AtomicU64,
 }
@@ -37,8 +54,58 @@ impl Shared {
         Shared {
             health: Mutex::new(Health::default()),
             metrics: Mutex::new(Snapshot::default()),
+            checks: Mutex::new(Checks::default()),
+            checks_changed: Condvar::new(),
+            waker: OnceLock::new(),
             loop_tick_ms: AtomicU64::new(unix_ms()),
         }
+    }
+
+    /// A worker answered a check request.
+    pub fn store_checks(&self, result: CheckResult) {
+        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        checks.result = Some((Instant::now(), result));
+        checks.wanted = false;
+        self.checks_changed.notify_all();
+    }
+
+    /// The master asks: does a probe want a fresh check? (Clears the flag.)
+    pub fn take_check_wanted(&self) -> bool {
+        std::mem::take(&mut self.checks.lock().unwrap_or_else(|e| e.into_inner()).wanted)
+    }
+
+    /// The last check result, refreshed first if older than `interval`: the probe waits at most
+    /// CHECK_WAIT_MS for a worker, then answers from what it has.
+    fn fresh_checks(&self, interval: Duration) -> Option<CheckResult> {
+        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        if !checks.django {
+            return None;
+        }
+        let asked = Instant::now();
+        if checks
+            .result
+            .as_ref()
+            .is_some_and(|(at, _)| asked.duration_since(*at) < interval)
+        {
+            return checks.result.as_ref().map(|(_, r)| r.clone());
+        }
+        checks.wanted = true;
+        if let Some(waker) = self.waker.get() {
+            let _ = waker.wake();
+        }
+        let deadline = asked + Duration::from_millis(CHECK_WAIT_MS);
+        while checks.result.as_ref().is_none_or(|(at, _)| *at < asked) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            checks = self
+                .checks_changed
+                .wait_timeout(checks, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        checks.result.as_ref().map(|(_, r)| r.clone())
     }
 
     /// The master loop is alive even when nothing changed.
@@ -70,6 +137,10 @@ pub struct ProbeConfig {
     pub req_queue_len: Option<u32>,
     /// --log-probes: log each probe request (at info; otherwise only at debug).
     pub log_probes: bool,
+    /// How long a Django check result answers probes.
+    pub check_interval: Duration,
+    /// --debug: include failing checks' messages in probe bodies.
+    pub debug: bool,
     /// The app's listening socket, for TCP_INFO (set by the master once bound).
     pub listen_fd: std::os::fd::RawFd,
 }
@@ -142,6 +213,31 @@ pub fn answer(
     }
 }
 
+/// The app's verdict for /alive or /ready: None when it passes.
+pub fn judge(
+    paths: &Paths,
+    path: &str,
+    result: &CheckResult,
+    debug: bool,
+) -> Option<(u16, String)> {
+    let (verdict, probe): (&Verdict, &str) = if path == paths.alive {
+        (&result.alive, "alive")
+    } else {
+        (&result.ready, "ready")
+    };
+    if verdict.ok {
+        return None;
+    }
+    let mut body = format!("not {probe}: {}\n", verdict.error);
+    if debug {
+        for message in &verdict.messages {
+            body.push_str(message);
+            body.push('\n');
+        }
+    }
+    Some((500, body))
+}
+
 fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
@@ -202,7 +298,18 @@ fn serve_connection(
             let queue = config.req_queue_len.and_then(|limit| {
                 metrics::listen_queue(config.listen_fd).map(|(waiting, _)| (waiting, limit))
             });
-            answer(&config.paths, path, &health, silent, queue)
+            let (code, body) = answer(&config.paths, path, &health, silent, queue);
+            // Only a probe that would pass asks the app (a failing one needs no second opinion).
+            if code == 200 && (path == config.paths.ready || path == config.paths.alive) {
+                match shared.fresh_checks(config.check_interval) {
+                    Some(result) => {
+                        judge(&config.paths, path, &result, config.debug).unwrap_or((code, body))
+                    }
+                    None => (code, body),
+                }
+            } else {
+                (code, body)
+            }
         }
         _ if path.is_empty() => (400, "bad request\n".into()),
         _ => (405, "method not allowed\n".into()),

@@ -116,6 +116,48 @@ fn counters(value: &Value) -> Option<Counters> {
     })
 }
 
+/// One probe's verdict from the app's own checks.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Verdict {
+    pub ok: bool,
+    /// "check error" or "database error" when not ok.
+    pub error: String,
+    pub messages: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CheckResult {
+    pub alive: Verdict,
+    pub ready: Verdict,
+}
+
+fn verdict(value: Option<&Value>) -> Verdict {
+    let Some(value) = value else {
+        return Verdict {
+            ok: false,
+            error: "check error".into(),
+            messages: vec!["no answer".into()],
+        };
+    };
+    Verdict {
+        ok: value.get("ok").and_then(Value::as_bool).unwrap_or(false),
+        error: value
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("check error")
+            .to_string(),
+        messages: value
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|m| m.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
 /// What a worker reported about its app failing to load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BootFailure {
@@ -154,7 +196,11 @@ pub enum Message {
         boot_ms: u64,
         /// Directories holding the app's own modules (for --autoreload).
         dirs: Vec<String>,
+        /// The app is a Django project: the probes may ask for its checks.
+        django: bool,
     },
+    /// The answer to a `check` request: Django's checks for /alive and /ready.
+    Checked(CheckResult),
     Heartbeat {
         requests: u64,
         busy: Option<Busy>,
@@ -192,7 +238,15 @@ pub fn parse_message(line: &[u8]) -> Option<Message> {
         "ready" => Some(Message::Ready {
             boot_ms: value.get("boot_ms").and_then(Value::as_u64).unwrap_or(0),
             dirs: strings("dirs"),
+            django: value
+                .get("django")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         }),
+        "check" => Some(Message::Checked(CheckResult {
+            alive: verdict(value.get("alive")),
+            ready: verdict(value.get("ready")),
+        })),
         "hb" => Some(Message::Heartbeat {
             requests: value.get("requests").and_then(Value::as_u64).unwrap_or(0),
             inflight: value.get("inflight").and_then(Value::as_u64).unwrap_or(0),
@@ -284,7 +338,8 @@ mod tests {
             parse_message(br#"{"t":"ready","boot_ms":12,"dirs":["/app"]}"#),
             Some(Message::Ready {
                 boot_ms: 12,
-                dirs: vec!["/app".into()]
+                dirs: vec!["/app".into()],
+                django: false
             })
         );
         let hb =

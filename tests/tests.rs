@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod django;
 mod fuzz;
 mod http;
 mod lifecycle;

@@ -111,10 +111,15 @@ pub fn command(app: &str, args: &[&str]) -> Command {
 
 /// Command line for hurricane serving `app` from `dir` on a free loopback port.
 pub fn command_in(dir: &Path, app: &str, args: &[&str]) -> Command {
+    command_with(&python(), dir, app, args)
+}
+
+/// The same, with workers running `python` (the test venv's, for Django apps).
+pub fn command_with(python: &str, dir: &Path, app: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(["-w", app, "--bind", "127.0.0.1", "--port", "0", "--chdir"])
         .arg(dir)
-        .args(["--python", &python()])
+        .args(["--python", python])
         .args(args)
         .env_remove("VIRTUAL_ENV")
         .stdin(Stdio::null())
@@ -568,29 +573,24 @@ pub fn test_venv_python() -> PathBuf {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
         let python = venv.join("bin/python");
         let marker = venv.join(".hurricane-test-packages");
-        if !marker.exists() {
+        let packages = ["prometheus_client", "django"];
+        if std::fs::read_to_string(&marker).ok().as_deref() != Some(packages.join(" ").as_str()) {
             let ok = Command::new(python_for_venv())
                 .args(["-m", "venv"])
                 .arg(&venv)
                 .status()
                 .is_ok_and(|s| s.success())
                 && Command::new(&python)
-                    .args([
-                        "-m",
-                        "pip",
-                        "install",
-                        "-q",
-                        "--disable-pip-version-check",
-                        "prometheus_client",
-                    ])
+                    .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+                    .args(packages)
                     .status()
                     .is_ok_and(|s| s.success());
             assert!(
                 ok,
-                "could not create {} with prometheus_client (pip needs PyPI)",
+                "could not create {} with {packages:?} (pip needs PyPI)",
                 venv.display()
             );
-            std::fs::write(&marker, b"prometheus_client\n").unwrap();
+            std::fs::write(&marker, packages.join(" ")).unwrap();
         }
         python
     })

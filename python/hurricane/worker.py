@@ -189,7 +189,7 @@ class Heartbeat:
             self.beat()
 
 
-def _control_loop(control: IO[bytes], on_stop: Callable[[], None]) -> None:
+def _control_loop(control: IO[bytes], on_stop: Callable[[], None], status: "StatusPipe") -> None:
     for line in iter(control.readline, b""):
         try:
             message = json.loads(line)
@@ -197,6 +197,10 @@ def _control_loop(control: IO[bytes], on_stop: Callable[[], None]) -> None:
             continue
         if message.get("t") == "stop":
             on_stop()
+        elif message.get("t") == "check":
+            from hurricane import checks
+
+            status.send(t="check", **checks.run())
     # EOF: the master is gone. Ask the server to drain; end the process if that takes too long.
     on_stop()
     time.sleep(MASTER_GONE_GRACE_S)
@@ -259,7 +263,7 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
     # TERM before the app finished importing is handled like any other time: drain (nothing to drain).
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     threading.Thread(
-        target=_control_loop, args=(control, server.request_stop), name="hurricane-control", daemon=True
+        target=_control_loop, args=(control, server.request_stop, status), name="hurricane-control", daemon=True
     ).start()
 
     kind = "import"
@@ -289,7 +293,9 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
         daemon=True,
     ).start()
     dirs = source_dirs([os.getcwd()] + [os.path.abspath(p) for p in extra_paths]) if config.get("autoreload") else []
-    status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000), dirs=dirs)
+    from hurricane import checks
+
+    status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000), dirs=dirs, django=checks.is_django())
     code = server.serve(app)
     heartbeat.beat()  # the last counters, so nothing served goes uncounted
     sys.stdout.flush()

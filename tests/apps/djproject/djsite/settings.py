@@ -1,0 +1,18 @@
+"""The Django project the integration tests serve: SQLite at $HURRICANE_TEST_DB, two tagged checks."""
+
+import os
+
+SECRET_KEY = "tests-only-not-secret"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "djsite.urls"
+INSTALLED_APPS = ["django.contrib.contenttypes", "djsite"]
+MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("HURRICANE_TEST_DB", "/tmp/hurricane-test-db.sqlite3"),
+    }
+}
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.AutoField"

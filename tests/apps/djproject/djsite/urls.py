@@ -1,0 +1,13 @@
+from django.db import connection
+from django.http import JsonResponse
+from django.urls import path
+
+
+def hello(request):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        one = cursor.fetchone()[0]
+    return JsonResponse({"hello": "django", "db": one})
+
+
+urlpatterns = [path("", hello)]
