@@ -191,6 +191,24 @@ pub struct ServeArgs {
     #[arg(long, env = "HURRICANE_KEEP_ALIVE", value_name = "S", default_value = "5", value_parser = seconds)]
     pub keep_alive: Duration,
 
+    /// Run this Django management command before the workers start, e.g. "migrate --noinput"
+    /// (repeatable, in order; in the environment, ';'-separated). A failure stops startup.
+    #[arg(
+        long,
+        env = "HURRICANE_COMMAND",
+        value_name = "CMD ARGS",
+        value_delimiter = ';'
+    )]
+    pub command: Vec<String>,
+
+    /// Before the workers start, wait (polling) until the database answers and no migration is pending
+    #[arg(long, env = "HURRICANE_CHECK_MIGRATIONS", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub check_migrations: bool,
+
+    /// Before the workers start, apply pending migrations (migrate --noinput) instead of waiting
+    #[arg(long, env = "HURRICANE_CHECK_MIGRATIONS_APPLY", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub check_migrations_apply: bool,
+
     /// Threads per worker running the app (for I/O-bound views; 1: the app runs on the event loop)
     #[arg(long, env = "HURRICANE_THREADS", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,

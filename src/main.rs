@@ -9,6 +9,7 @@ mod logging;
 mod master;
 mod metrics;
 mod pool;
+mod prestart;
 mod probe;
 mod reload;
 mod signals;
@@ -89,6 +90,34 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
         )));
     }
     let python = python(&args);
+    let prestart = prestart::Prestart {
+        commands: args
+            .command
+            .iter()
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect(),
+        check_migrations: args.check_migrations,
+        apply_migrations: args.check_migrations_apply,
+        python: python.clone(),
+        pythonpath: args
+            .pythonpath
+            .iter()
+            .map(|p| {
+                std::path::absolute(p)
+                    .unwrap_or_else(|_| p.clone())
+                    .display()
+                    .to_string()
+            })
+            .collect(),
+    };
+    if !prestart.is_empty()
+        && std::env::var_os("DJANGO_SETTINGS_MODULE").is_none_or(|v| v.is_empty())
+    {
+        return Err(Usage(
+            "--command and --check-migrations run Django management commands: set DJANGO_SETTINGS_MODULE".into(),
+        ));
+    }
     let autoreload = if args.autoreload {
         let filter = reload::Filter::new(&args.reload_include, &args.reload_exclude)
             .map_err(|e| Usage(format!("--reload-include/--reload-exclude: {e}")))?;
@@ -156,6 +185,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
         },
         autoreload,
         webhook_urls: args.webhook_url.clone(),
+        prestart,
         python,
     })
 }

@@ -22,6 +22,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::metrics::{Snapshot, Totals};
 use crate::pool::{Action, ExitStatus, Health, Pool, PoolConfig, Signal, WorkerId};
+use crate::prestart;
 use crate::probe::{self, ProbeConfig, Shared};
 use crate::reload;
 use crate::signals::{self, Event};
@@ -49,6 +50,8 @@ pub struct Config {
     /// --autoreload: what counts as a change, and --reload-dir directories.
     pub autoreload: Option<(reload::Filter, Vec<PathBuf>)>,
     pub webhook_urls: Vec<String>,
+    /// --command, --check-migrations: run before the first worker starts.
+    pub prestart: crate::prestart::Prestart,
 }
 
 /// A running worker process as the master sees it: its pipes and their buffers.
@@ -615,6 +618,28 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
                 .context("cannot start the webhook thread")?,
         )
     };
+    if !config.prestart.is_empty() {
+        match config.prestart.run(&mut signals, &shared) {
+            prestart::Outcome::Done => {}
+            prestart::Outcome::Stopped => {
+                log::info!("event=exit code=0 during=prestart");
+                return Ok(0);
+            }
+            prestart::Outcome::Failed { message, output } => {
+                if let Some(webhooks) = &webhooks {
+                    webhooks.send(webhook::Event {
+                        kind: "startup",
+                        status: "failed",
+                        info: format!("Startup failed: {message}"),
+                        traceback: Some(output),
+                    });
+                    webhooks.flush(Duration::from_secs(webhook::WEBHOOK_TIMEOUT_S + 1));
+                }
+                eprintln!("error: {message}");
+                return Ok(worker::EXIT_BOOT_FAILED);
+            }
+        }
+    }
     let reload_pending = Arc::new(AtomicBool::new(false));
     let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
     let _ = shared.waker.set(waker.clone());

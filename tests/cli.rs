@@ -123,3 +123,15 @@ fn readme_documents_every_option() {
         );
     }
 }
+
+#[test]
+fn prestart_commands_need_a_django_settings_module() {
+    let out = Command::new(BIN)
+        .args(["-w", "app", "--command", "migrate"])
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("set DJANGO_SETTINGS_MODULE"), "{err}");
+}

@@ -98,3 +98,134 @@ fn debug_shows_the_failing_checks_message() {
         alive.text()
     );
 }
+
+/// hurricane on tests/apps/djproject with a fresh SQLite database in `dir`.
+fn django_command(dir: &TempDir, args: &[&str]) -> std::process::Command {
+    let python = test_venv_python();
+    let mut cmd = command_with(
+        python.to_str().unwrap(),
+        &apps_dir().join("djproject"),
+        "djsite.wsgi",
+        args,
+    );
+    cmd.env("DJANGO_SETTINGS_MODULE", "djsite.settings")
+        .env("HURRICANE_TEST_DB", dir.0.join("db.sqlite3"));
+    cmd
+}
+
+#[test]
+fn a_migrate_command_creates_the_tables_before_the_first_request() {
+    let dir = TempDir::new("dj-migrate");
+    let server = Server::spawn(&mut django_command(
+        &dir,
+        &["--workers", "1", "--command", "migrate --noinput"],
+    ));
+    server.wait_started();
+    let visits = server.get("/visits");
+    assert_eq!(
+        (visits.status, visits.text().as_str()),
+        (200, r#"{"visits": 1}"#)
+    );
+    assert!(
+        server
+            .log
+            .count("event=command_done command=\"migrate --noinput\"")
+            == 1
+    );
+    // Without it, the table is missing: the test above can fail.
+    let bare = TempDir::new("dj-nomigrate");
+    let server = Server::spawn(&mut django_command(&bare, &["--workers", "1"]));
+    server.wait_started();
+    assert_eq!(server.get("/visits").status, 500);
+}
+
+#[test]
+fn startup_waits_for_a_slow_command_and_a_failing_one_stops_it_with_a_webhook() {
+    let dir = TempDir::new("dj-slow");
+    let server = Server::spawn(&mut django_command(
+        &dir,
+        &["--workers", "1", "--command", "slowcmd 2"],
+    ));
+    let startup = server.probe("/startup");
+    assert_eq!(startup.status, 503, "{}", startup.text());
+    assert_eq!(
+        server.probe("/alive").status,
+        200,
+        "the master is fine while it waits"
+    );
+    assert!(
+        server.worker_pids().is_empty(),
+        "no worker before the command is done"
+    );
+    server.wait_started();
+    assert_eq!(server.probe("/startup").status, 200);
+
+    let receiver = crate::webhooks::Receiver::start();
+    let failing = TempDir::new("dj-fail");
+    let mut server = Server::spawn(&mut django_command(
+        &failing,
+        &[
+            "--workers",
+            "1",
+            "--command",
+            "no_such_command",
+            "--webhook-url",
+            &receiver.url,
+        ],
+    ));
+    let status = server.wait_exit(START_TIMEOUT).expect("exits");
+    assert_eq!(status.code(), Some(3));
+    let last = server
+        .log
+        .wait_for("error: --command", Duration::from_secs(2))
+        .expect("one-line error");
+    assert!(
+        last.contains("\"no_such_command\" failed with exit code 1"),
+        "{last}"
+    );
+    let hook = receiver.wait_for("startup", "failed");
+    assert!(
+        hook["traceback"]
+            .as_str()
+            .unwrap()
+            .contains("Unknown command"),
+        "{hook}"
+    );
+    assert!(server.worker_pids().is_empty());
+}
+
+#[test]
+fn check_migrations_waits_until_applied_and_apply_applies() {
+    let dir = TempDir::new("dj-check");
+    let server = Server::spawn(&mut django_command(
+        &dir,
+        &["--workers", "1", "--check-migrations"],
+    ));
+    server
+        .log
+        .wait_for("event=migrations_waiting", START_TIMEOUT)
+        .expect("waits and says so");
+    assert_eq!(server.probe("/startup").status, 503);
+    let migrated = std::process::Command::new(test_venv_python())
+        .args(["-m", "django", "migrate", "--noinput"])
+        .current_dir(apps_dir().join("djproject"))
+        .env("DJANGO_SETTINGS_MODULE", "djsite.settings")
+        .env("HURRICANE_TEST_DB", dir.0.join("db.sqlite3"))
+        .output()
+        .unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    server.wait_started();
+    assert_eq!(server.get("/visits").status, 200);
+
+    let fresh = TempDir::new("dj-apply");
+    let server = Server::spawn(&mut django_command(
+        &fresh,
+        &["--workers", "1", "--check-migrations-apply"],
+    ));
+    server.wait_started();
+    assert_eq!(server.get("/visits").text(), r#"{"visits": 1}"#);
+}

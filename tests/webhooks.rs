@@ -10,13 +10,13 @@ use serde_json::Value;
 use crate::util::*;
 
 /// A webhook receiver: records each POSTed JSON body, answers 200.
-struct Receiver {
-    url: String,
+pub struct Receiver {
+    pub url: String,
     bodies: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub fn start() -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -64,7 +64,7 @@ impl Receiver {
         }
     }
 
-    fn wait_for(&self, kind: &str, status: &str) -> Value {
+    pub fn wait_for(&self, kind: &str, status: &str) -> Value {
         wait_for(Duration::from_secs(10), || {
             self.bodies
                 .lock()

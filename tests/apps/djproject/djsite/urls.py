@@ -10,4 +10,11 @@ def hello(request):
     return JsonResponse({"hello": "django", "db": one})
 
 
-urlpatterns = [path("", hello)]
+def visits(request):
+    from djsite.models import Visit
+
+    Visit.objects.create(path=request.path)
+    return JsonResponse({"visits": Visit.objects.count()})
+
+
+urlpatterns = [path("", hello), path("visits", visits)]
