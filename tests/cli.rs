@@ -110,8 +110,11 @@ fn readme_documents_every_option() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let help = String::from_utf8(Command::new(BIN).arg("--help").output().unwrap().stdout).unwrap();
+    // Option lines start with a dash; descriptions (which may mention "--noinput") do not.
     let flags: Vec<&str> = help
-        .split_whitespace()
+        .lines()
+        .filter(|l| l.trim_start().starts_with('-'))
+        .flat_map(str::split_whitespace)
         .filter(|w| w.starts_with("--"))
         .map(|w| w.trim_end_matches(|c: char| !c.is_alphanumeric()))
         .collect();
