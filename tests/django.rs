@@ -229,3 +229,64 @@ fn check_migrations_waits_until_applied_and_apply_applies() {
     server.wait_started();
     assert_eq!(server.get("/visits").text(), r#"{"visits": 1}"#);
 }
+
+#[test]
+fn manage_py_serve_becomes_the_master_and_term_stops_it_cleanly() {
+    let dir = TempDir::new("dj-manage");
+    let python = test_venv_python();
+    let bin_dir = std::path::Path::new(BIN)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
+    let project = apps_dir().join("djproject");
+    let help = std::process::Command::new(&python)
+        .args(["manage.py", "serve", "--help"])
+        .current_dir(&project)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        text.contains("--graceful-timeout") && text.contains("HURRICANE_PORT"),
+        "{text}"
+    );
+
+    let mut cmd = std::process::Command::new(&python);
+    cmd.args([
+        "manage.py",
+        "serve",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--command",
+        "migrate --noinput",
+    ])
+    .current_dir(&project)
+    .env("PATH", &path)
+    .env("HURRICANE_TEST_DB", dir.0.join("db.sqlite3"))
+    .env_remove("DJANGO_SETTINGS_MODULE")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut server = Server::spawn(&mut cmd);
+    server.wait_started();
+    // The process we started (manage.py) is now the master: the workers are its children.
+    assert_eq!(server.wait_workers(2, START_TIMEOUT).len(), 2);
+    assert!(
+        cmdline(server.pid()).contains("hurricane"),
+        "{}",
+        cmdline(server.pid())
+    );
+    assert_eq!(server.get("/visits").text(), r#"{"visits": 1}"#);
+    assert_eq!(server.probe("/ready").status, 200);
+    server.signal(libc::SIGTERM);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(15)).unwrap().code(),
+        Some(0)
+    );
+}

@@ -573,7 +573,12 @@ pub fn test_venv_python() -> PathBuf {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
         let python = venv.join("bin/python");
         let marker = venv.join(".hurricane-test-packages");
-        let packages = ["prometheus_client", "django"];
+        // This repo's own Python package too (editable): `manage.py serve` comes from it.
+        let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("python")
+            .display()
+            .to_string();
+        let packages = ["prometheus_client", "django", "-e", local.as_str()];
         if std::fs::read_to_string(&marker).ok().as_deref() != Some(packages.join(" ").as_str()) {
             let ok = Command::new(python_for_venv())
                 .args(["-m", "venv"])

@@ -6,7 +6,8 @@ SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "djsite.urls"
-INSTALLED_APPS = ["django.contrib.contenttypes", "djsite"]
+INSTALLED_APPS = ["django.contrib.contenttypes", "hurricane", "djsite"]
+WSGI_APPLICATION = "djsite.wsgi.application"
 MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
 DATABASES = {
     "default": {
