@@ -12,6 +12,7 @@ mod pool;
 mod prestart;
 mod probe;
 mod reload;
+mod settings;
 mod signals;
 mod spawn;
 mod webhook;
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::cli::{Cli, ServeArgs};
 use crate::pool::PoolConfig;
@@ -190,8 +191,43 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
     })
 }
 
+/// The command line, with HURRICANE_* Django settings in between it and the environment.
+fn parse_args() -> (ServeArgs, Vec<String>) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = Cli::command().get_matches_from(&argv);
+    let first = Cli::from_arg_matches(&matches)
+        .unwrap_or_else(|e| e.exit())
+        .into_serve();
+    let cwd = match &first.chdir {
+        Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+        None => PathBuf::from("."),
+    };
+    let pythonpath: Vec<String> = first
+        .pythonpath
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let Some(found) = settings::read(&python(&first), &cwd, &pythonpath).filter(|s| !s.is_empty())
+    else {
+        return (first, Vec::new());
+    };
+    let (extra, warnings) = settings::as_args(&found, &matches);
+    if extra.is_empty() {
+        return (first, warnings);
+    }
+    let mut all = argv;
+    all.extend(extra.into_iter().map(std::ffi::OsString::from));
+    match Cli::try_parse_from(all) {
+        Ok(cli) => (cli.into_serve(), warnings),
+        Err(e) => {
+            eprintln!("error: a HURRICANE_* setting in the Django settings is not valid:");
+            e.exit()
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Cli::parse().into_serve();
+    let (args, warnings) = parse_args();
     if let Err(e) = logging::init(
         &args.log_level,
         args.log_format == "json",
@@ -200,6 +236,9 @@ fn main() -> ExitCode {
         let path = args.log_file.as_deref().unwrap_or(Path::new("")).display();
         eprintln!("error: cannot open --log-file '{path}': {e}");
         return ExitCode::from(EXIT_USAGE);
+    }
+    for warning in warnings {
+        log::warn!("{warning}");
     }
     let config = match config(args) {
         Ok(config) => config,

@@ -290,3 +290,60 @@ fn manage_py_serve_becomes_the_master_and_term_stops_it_cleanly() {
         Some(0)
     );
 }
+
+#[test]
+fn settings_configure_hurricane_between_the_command_line_and_the_environment() {
+    let dir = TempDir::new("dj-settings");
+    let run = |extra: &[&str], env: Option<&str>, settings: &str| {
+        let mut cmd = django_command(&dir, extra);
+        cmd.env("DJANGO_SETTINGS_MODULE", settings);
+        if let Some(workers) = env {
+            cmd.env("HURRICANE_WORKERS", workers);
+        }
+        cmd
+    };
+    let server = Server::spawn(&mut run(&[], None, "djsite.settings_hurricane"));
+    server.wait_started();
+    assert_eq!(
+        server.wait_workers(3, START_TIMEOUT).len(),
+        3,
+        "HURRICANE_WORKERS = 3 from settings.py"
+    );
+    let warning = server
+        .log
+        .wait_for("event=unknown_setting", Duration::from_secs(2))
+        .expect("typo noticed");
+    assert!(
+        warning.contains("HURRICANE_WORKRES")
+            && warning.contains("did you mean HURRICANE_WORKERS?"),
+        "{warning}"
+    );
+    drop(server);
+    let server = Server::spawn(&mut run(&[], Some("1"), "djsite.settings_hurricane"));
+    server.wait_started();
+    assert_eq!(
+        server.wait_workers(3, START_TIMEOUT).len(),
+        3,
+        "the environment overrides nothing settings set"
+    );
+    drop(server);
+    let server = Server::spawn(&mut run(
+        &["--workers", "2"],
+        Some("1"),
+        "djsite.settings_hurricane",
+    ));
+    server.wait_started();
+    assert_eq!(
+        server.wait_workers(2, START_TIMEOUT).len(),
+        2,
+        "the command line wins"
+    );
+    drop(server);
+    let out = run(&[], None, "djsite.settings_bad").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HURRICANE_* setting") && err.contains("'four'"),
+        "{err}"
+    );
+}
