@@ -347,3 +347,25 @@ fn settings_configure_hurricane_between_the_command_line_and_the_environment() {
         "{err}"
     );
 }
+
+#[test]
+fn debug_static_files_come_through_the_finders() {
+    let dir = TempDir::new("dj-static");
+    let mut cmd = django_command(&dir, &["--workers", "1", "--static"]);
+    cmd.env("DJANGO_SETTINGS_MODULE", "djsite.settings_debug");
+    let server = Server::spawn(&mut cmd);
+    server.wait_started();
+    let css = server.get("/static/djsite/app.css");
+    assert_eq!(
+        (css.status, css.text().as_str()),
+        (200, "body { color: teal; }\n")
+    );
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+    for path in [
+        "/static/djsite/../../settings.py",
+        "/static/djsite/nope.css",
+        "/static/%2e%2e/settings.py",
+    ] {
+        assert_eq!(server.get(path).status, 404, "{path}");
+    }
+}

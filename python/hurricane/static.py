@@ -63,11 +63,14 @@ NOT_FOUND = "404 Not Found"
 class Mount:
     """One URL prefix served from one directory."""
 
-    def __init__(self, url: str, root: str) -> None:
+    def __init__(self, url: str, root: Optional[str], finders: bool = False) -> None:
         if not url.startswith("/"):
             url = "/" + url
         self.url = url if url.endswith("/") else url + "/"
-        self.root = os.path.realpath(root)
+        self.root = os.path.realpath(root) if root else ""
+        # DEBUG with django.contrib.staticfiles: look files up in the apps' static dirs, as
+        # runserver does, before (or instead of) STATIC_ROOT.
+        self.finders = finders
 
     def matches(self, path: str) -> bool:
         return path.startswith(self.url)
@@ -82,6 +85,14 @@ class Mount:
             return None
         parts = [p for p in rel.split("/") if p]
         if not parts or any(p in (".", "..") for p in parts):
+            return None
+        if self.finders:
+            from django.contrib.staticfiles import finders  # type: ignore[import-not-found]
+
+            found = finders.find("/".join(parts))  # joins safely under each finder's own dirs
+            if isinstance(found, str):
+                return os.path.realpath(found)
+        if not self.root:
             return None
         full = os.path.realpath(os.path.join(self.root, *parts))
         if not full.startswith(self.root + os.sep):
@@ -181,10 +192,14 @@ def mounts_from_config(http: Dict[str, Any]) -> List[Mount]:
         if not spec:
             continue
         url, root = spec.get("url"), spec.get("root")
+        finders = kind == "static" and _django_debug_finders()
         if url is None or root is None:
             django_url, django_root = _django_setting(kind)
             url = url or django_url
             root = root or django_root
+        if finders:
+            mounts.append(Mount(url or spec.get("default_url", "/static/"), root, finders=True))
+            continue
         if not root:
             raise ValueError(
                 f"--{kind} needs a directory: pass --{kind}-root DIR or set "
@@ -194,6 +209,18 @@ def mounts_from_config(http: Dict[str, Any]) -> List[Mount]:
             raise ValueError(f"--{kind}-root '{root}' is not a directory")
         mounts.append(Mount(url or spec.get("default_url", f"/{kind}/"), root))
     return mounts
+
+
+def _django_debug_finders() -> bool:
+    """DEBUG=True with django.contrib.staticfiles installed: serve through the finders."""
+    if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+        return False
+    try:
+        from django.conf import settings  # type: ignore[import-not-found]
+
+        return bool(settings.DEBUG) and "django.contrib.staticfiles" in settings.INSTALLED_APPS
+    except Exception:  # noqa: BLE001 - Django missing or misconfigured
+        return False
 
 
 def _django_setting(kind: str) -> Tuple[Optional[str], Optional[str]]:
