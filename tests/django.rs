@@ -369,3 +369,39 @@ fn debug_static_files_come_through_the_finders() {
         assert_eq!(server.get(path).status, 404, "{path}");
     }
 }
+
+#[test]
+fn the_example_django_project_serves_pages_static_files_and_probes() {
+    let dir = TempDir::new("example");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/django");
+    let python = test_venv_python();
+    let mut cmd = command_with(
+        python.to_str().unwrap(),
+        &example,
+        "mysite.wsgi",
+        &["--workers", "1"],
+    );
+    cmd.env("DJANGO_SETTINGS_MODULE", "mysite.settings")
+        .env("EXAMPLE_DATA_DIR", &dir.0);
+    let server = Server::spawn(&mut cmd);
+    server.wait_started();
+    let page = server.get("/");
+    assert!(
+        page.status == 200 && page.text().contains("Hello from Django"),
+        "{}",
+        page.text()
+    );
+    assert!(page.text().contains("/static/mysite/style.css"));
+    let api = server.get("/api");
+    assert_eq!(
+        api.text(),
+        r#"{"message": "Hello from Django under hurricane", "database": true}"#
+    );
+    let css = server.get("/static/mysite/style.css");
+    assert_eq!(
+        css.status, 200,
+        "collected by the settings' HURRICANE_COMMAND and served by HURRICANE_STATIC"
+    );
+    assert_eq!(server.probe("/ready").status, 200);
+    assert!(dir.0.join("staticfiles/mysite/style.css").exists());
+}

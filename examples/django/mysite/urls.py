@@ -1,0 +1,5 @@
+from django.urls import path
+
+from mysite import views
+
+urlpatterns = [path("", views.index), path("api", views.api)]
