@@ -405,3 +405,48 @@ fn the_example_django_project_serves_pages_static_files_and_probes() {
     assert_eq!(server.probe("/ready").status, 200);
     assert!(dir.0.join("staticfiles/mysite/style.css").exists());
 }
+
+#[test]
+fn manage_py_serve_on_the_example_project_pages_static_probes_and_term() {
+    let dir = TempDir::new("example-manage");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/django");
+    let bin_dir = std::path::Path::new(BIN)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let mut cmd = std::process::Command::new(test_venv_python());
+    cmd.args([
+        "manage.py",
+        "serve",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+    ])
+    .current_dir(&example)
+    .env(
+        "PATH",
+        format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default()),
+    )
+    .env("EXAMPLE_DATA_DIR", &dir.0)
+    .env_remove("DJANGO_SETTINGS_MODULE")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut server = Server::spawn(&mut cmd);
+    server.wait_started();
+    assert!(server.get("/").text().contains("Hello from Django"));
+    assert_eq!(server.get("/api").status, 200);
+    assert_eq!(server.get("/static/mysite/style.css").status, 200);
+    for probe in ["/startup", "/ready", "/alive"] {
+        assert_eq!(server.probe(probe).status, 200, "{probe}");
+    }
+    server.signal(libc::SIGTERM); // to the pid we started: manage.py became the master
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(15)).unwrap().code(),
+        Some(0)
+    );
+}
