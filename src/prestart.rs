@@ -137,6 +137,14 @@ impl Prestart {
         Ok(Running { child, tail })
     }
 
+    /// `spawn`, with a failure to start already phrased for the user.
+    fn start(&self, args: &[String], stream: bool) -> Result<Running, Outcome> {
+        self.spawn(args, stream).map_err(|e| Outcome::Failed {
+            message: format!("cannot run {} -m django: {e}", self.python.display()),
+            output: String::new(),
+        })
+    }
+
     /// Waits for the child while the probes see a live master and shutdown signals still work.
     fn wait(running: &mut Running, signals: &mut Signals, shared: &Shared) -> Wait {
         loop {
@@ -175,14 +183,9 @@ impl Prestart {
         };
         let started = Instant::now();
         log::info!("event=command command={line:?}");
-        let mut running = match self.spawn(&args, true) {
+        let mut running = match self.start(&args, true) {
             Ok(r) => r,
-            Err(e) => {
-                return Outcome::Failed {
-                    message: format!("cannot run {} -m django: {e}", self.python.display()),
-                    output: String::new(),
-                };
-            }
+            Err(failed) => return failed,
         };
         match Self::wait(&mut running, signals, shared) {
             Wait::Stopped => Outcome::Stopped,
@@ -216,14 +219,9 @@ impl Prestart {
             .collect();
         let started = Instant::now();
         loop {
-            let mut running = match self.spawn(&args, false) {
+            let mut running = match self.start(&args, false) {
                 Ok(r) => r,
-                Err(e) => {
-                    return Outcome::Failed {
-                        message: format!("cannot run {} -m django: {e}", self.python.display()),
-                        output: String::new(),
-                    };
-                }
+                Err(failed) => return failed,
             };
             match Self::wait(&mut running, signals, shared) {
                 Wait::Stopped => return Outcome::Stopped,

@@ -774,6 +774,10 @@ class Server:
     def request_stop(self) -> None:
         """Begin draining. Safe from a signal handler and from another thread."""
         self.stopping = True
+        self._wake()
+
+    def _wake(self) -> None:
+        """Interrupt the event loop's epoll wait, from any thread."""
         wake = self._wake_w
         if wake is not None:
             try:
@@ -1194,12 +1198,7 @@ class Server:
             self._log_app_error(env)
         finally:
             self._done.append((conn, keep))  # deque.append is atomic: no lock needed
-            wake = self._wake_w
-            if wake is not None:
-                try:
-                    wake.send(b"d")
-                except OSError:
-                    pass
+            self._wake()
 
     def _take_back(self, app: Callable, epoll: Any, now: float) -> None:
         """Connections whose request a thread finished: close them or watch them again."""
