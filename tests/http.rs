@@ -427,3 +427,17 @@ fn threads_run_requests_concurrently_in_one_worker_and_keep_pipelines_in_order()
         Some(0)
     );
 }
+
+#[test]
+fn identical_heads_get_independent_environs() {
+    // Repeated heads are parsed once and their environ copied: a mutation must never leak.
+    let server = strict_server();
+    let mut client = KeepAlive::new(server.addr);
+    for _ in 0..3 {
+        assert_eq!(client.get("/mark").unwrap().text(), "fresh");
+    }
+    let cookie = b"GET /environ HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\nConnection: close\r\n\r\n";
+    let env: serde_json::Value =
+        serde_json::from_slice(&request(server.addr, cookie).unwrap().body).unwrap();
+    assert_eq!(env["REQUEST_METHOD"], "GET");
+}

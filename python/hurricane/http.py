@@ -648,6 +648,11 @@ def _environ_key(name: bytes) -> Optional[str]:
     return key
 
 
+# Request head (bytes) -> its parse (see Server._parse_head). Bounded; heads with credentials excluded.
+_HEAD_CACHE: Dict[bytes, Any] = {}
+_HEAD_CACHE_MAX = 512
+_HEAD_CACHE_MAX_BYTES = 4096
+
 _FRAMING_KEYS = frozenset(
     ("CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_CONNECTION", "HTTP_EXPECT", "HTTP_HOST")
 )
@@ -1033,7 +1038,12 @@ class Server:
         except OSError:
             pass
 
-    def _handle(self, conn: Conn, head: bytes, body_start: int, app: Callable) -> bool:
+    def _parse_head(self, head: bytes) -> Tuple[Dict[str, Any], str, bool, bool, bool, int, bool, bytes]:
+        """Validate a request head and build its environ (without the connection's own keys).
+
+        Returns (environ template, method, HTTP/1.1?, keep-alive?, chunked?, Content-Length,
+        Expect: 100-continue?, request target). Raises HTTPError for anything RFC 9112 forbids.
+        """
         lines = head.split(b"\r\n")
         # Every LF and CR in the head must belong to a CRLF we split on (no bare LF/CR, RFC 9112 2.2).
         if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
@@ -1106,8 +1116,8 @@ class Server:
             keep_alive = connection == b"keep-alive"
 
         # Body framing, RFC 9112 6: Transfer-Encoding wins, and with Content-Length it is an attack.
-        conn.buf = conn.buf[body_start:]
-        body: Any = EMPTY_INPUT
+        chunked = False
+        length = 0
         if transfer_encoding is not None:
             if content_length is not None:
                 raise HTTPError("400 Bad Request", "both Content-Length and Transfer-Encoding")
@@ -1119,24 +1129,16 @@ class Server:
             if len(codings) > 1:
                 raise HTTPError("501 Not Implemented", "only a single 'chunked' coding is supported")
             env.pop("CONTENT_LENGTH", None)
-            expect_continue = expect == b"100-continue"
-            body = BodyReader(conn, None, expect_continue, self.max_body)
-            if not expect_continue:
-                body.prefetch(CHUNKED_PREFETCH_BYTES)
+            chunked = True
         elif content_length is not None:
             if not content_length.isdigit() or len(content_length) > 18:
                 raise HTTPError("400 Bad Request", "invalid Content-Length")
             length = int(content_length)
             if length > self.max_body:
                 raise HTTPError("413 Content Too Large", "body exceeds --max-body-size")
-            if length:
-                if len(conn.buf) >= length:
-                    body = BytesIO(conn.buf[:length])
-                    conn.buf = conn.buf[length:]
-                else:
-                    body = BodyReader(conn, length, version11 and expect == b"100-continue", self.max_body)
         if expect and expect != b"100-continue":
             raise HTTPError("417 Expectation Failed", "unsupported expectation")
+        expect_continue = version11 and expect == b"100-continue"
 
         # Request target, RFC 9112 3.2: origin-form, absolute-form (proxies), asterisk for OPTIONS.
         if target[:1] != b"/":
@@ -1156,6 +1158,34 @@ class Server:
         env["PATH_INFO"] = path.decode("latin-1")
         env["QUERY_STRING"] = query.decode("latin-1")
         env["SERVER_PROTOCOL"] = "HTTP/1.1" if version11 else "HTTP/1.0"
+        parsed = (env, method, version11, keep_alive, chunked, length, expect_continue, target)
+        # Heads with credentials are not kept past their request; the rest are, boundedly.
+        if len(head) <= _HEAD_CACHE_MAX_BYTES and b"ookie:" not in head and b"uthorization:" not in head:
+            if len(_HEAD_CACHE) >= _HEAD_CACHE_MAX:
+                _HEAD_CACHE.clear()
+            _HEAD_CACHE[head] = parsed
+        return parsed
+
+    def _handle(self, conn: Conn, head: bytes, body_start: int, app: Callable) -> bool:
+        # A keep-alive client often sends the same head again (a poller, a health check, a page's
+        # assets): its parse is a pure function of the bytes, so it is looked up, not redone.
+        parsed = _HEAD_CACHE.get(head)
+        if parsed is None:
+            parsed = self._parse_head(head)
+        template, method, version11, keep_alive, chunked, length, expect_continue, target = parsed
+        env = template.copy()
+        conn.buf = conn.buf[body_start:]
+        body: Any = EMPTY_INPUT
+        if chunked:
+            body = BodyReader(conn, None, expect_continue, self.max_body)
+            if not expect_continue:
+                body.prefetch(CHUNKED_PREFETCH_BYTES)
+        elif length:
+            if len(conn.buf) >= length:
+                body = BytesIO(conn.buf[:length])
+                conn.buf = conn.buf[length:]
+            else:
+                body = BodyReader(conn, length, expect_continue, self.max_body)
         env["REMOTE_ADDR"] = conn.addr
         env["REMOTE_PORT"] = conn.port
         env["wsgi.input"] = body

@@ -68,6 +68,10 @@ def _application(environ, start_response):
         body = os.read(read, 100)
         os.close(read)
         os.close(write)
+    elif path == "/mark":
+        # Reports whether an earlier request's environ leaked into this one, then marks this one.
+        body = b"leaked" if "hurricane.test.mark" in environ else b"fresh"
+        environ["hurricane.test.mark"] = True
     elif path == "/calls":
         body = str(CALLS).encode()
     elif path == "/echo":
