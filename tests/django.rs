@@ -230,6 +230,29 @@ fn check_migrations_waits_until_applied_and_apply_applies() {
     assert_eq!(server.get("/visits").text(), r#"{"visits": 1}"#);
 }
 
+/// `python manage.py serve ARGS` in `project`, with the freshly built hurricane first on PATH,
+/// as a user with the hurricane Django app installed would run it.
+fn manage_py_serve(project: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let bin_dir = std::path::Path::new(BIN)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let mut cmd = std::process::Command::new(test_venv_python());
+    cmd.args(["manage.py", "serve"])
+        .args(args)
+        .current_dir(project)
+        .env(
+            "PATH",
+            format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default()),
+        )
+        .env_remove("DJANGO_SETTINGS_MODULE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
 #[test]
 fn manage_py_serve_becomes_the_master_and_term_stops_it_cleanly() {
     let dir = TempDir::new("dj-manage");
@@ -253,26 +276,20 @@ fn manage_py_serve_becomes_the_master_and_term_stops_it_cleanly() {
         "{text}"
     );
 
-    let mut cmd = std::process::Command::new(&python);
-    cmd.args([
-        "manage.py",
-        "serve",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        "2",
-        "--command",
-        "migrate --noinput",
-    ])
-    .current_dir(&project)
-    .env("PATH", &path)
-    .env("HURRICANE_TEST_DB", dir.0.join("db.sqlite3"))
-    .env_remove("DJANGO_SETTINGS_MODULE")
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
+    let mut cmd = manage_py_serve(
+        &project,
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--workers",
+            "2",
+            "--command",
+            "migrate --noinput",
+        ],
+    );
+    cmd.env("HURRICANE_TEST_DB", dir.0.join("db.sqlite3"));
     let mut server = Server::spawn(&mut cmd);
     server.wait_started();
     // The process we started (manage.py) is now the master: the workers are its children.
@@ -410,32 +427,11 @@ fn the_example_django_project_serves_pages_static_files_and_probes() {
 fn manage_py_serve_on_the_example_project_pages_static_probes_and_term() {
     let dir = TempDir::new("example-manage");
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/django");
-    let bin_dir = std::path::Path::new(BIN)
-        .parent()
-        .unwrap()
-        .display()
-        .to_string();
-    let mut cmd = std::process::Command::new(test_venv_python());
-    cmd.args([
-        "manage.py",
-        "serve",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        "2",
-    ])
-    .current_dir(&example)
-    .env(
-        "PATH",
-        format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default()),
-    )
-    .env("EXAMPLE_DATA_DIR", &dir.0)
-    .env_remove("DJANGO_SETTINGS_MODULE")
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
+    let mut cmd = manage_py_serve(
+        &example,
+        &["--bind", "127.0.0.1", "--port", "0", "--workers", "2"],
+    );
+    cmd.env("EXAMPLE_DATA_DIR", &dir.0);
     let mut server = Server::spawn(&mut cmd);
     server.wait_started();
     assert!(server.get("/").text().contains("Hello from Django"));
