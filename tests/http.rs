@@ -441,3 +441,74 @@ fn identical_heads_get_independent_environs() {
         serde_json::from_slice(&request(server.addr, cookie).unwrap().body).unwrap();
     assert_eq!(env["REQUEST_METHOD"], "GET");
 }
+
+#[test]
+fn a_held_response_is_not_kept_back_by_a_slow_request_behind_it() {
+    // A worker holds small keep-alive responses to send them in a burst at the end of its pass;
+    // the pass here runs a 2 s request after the first one, which must not wait for it.
+    let server = Server::start("app", &["--workers", "1"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let sent = Instant::now();
+    stream
+        .write_all(
+            b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\nGET /sleep?s=2 HTTP/1.1\r\nHost: x\r\n\r\n\
+              GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    let mut first = [0u8; 4096];
+    let n = stream.read(&mut first).unwrap();
+    let waited = sent.elapsed();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200 "),
+        "{:?}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    assert!(
+        waited < Duration::from_millis(500),
+        "the first response waited {waited:?} for the slow one"
+    );
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let all = String::from_utf8_lossy(&[&first[..n], &rest[..]].concat()).into_owned();
+    let slept = all.find("slept").expect("the slow response");
+    assert!(slept < all.rfind("hello").unwrap(), "{all}");
+    assert!(sent.elapsed() >= Duration::from_secs(2));
+}
+
+#[test]
+fn pipelined_responses_keep_their_order_whichever_way_they_leave() {
+    // Small responses may be held for the pass; streamed, chunked, file and error responses leave
+    // at once. One pipeline mixes them all: the bytes must still come back in request order.
+    let server = Server::start("app", &["--workers", "1"]);
+    let mut raw = Vec::new();
+    for path in [
+        "/pid",
+        "/stream",
+        "/calls",
+        "/file",
+        "/status?code=204",
+        "/pid",
+        "/error",
+    ] {
+        raw.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    }
+    let all = exchange(&server, &raw);
+    let statuses: Vec<&str> = all
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &all[i + 9..i + 12])
+        .collect();
+    assert_eq!(
+        statuses,
+        ["200", "200", "200", "200", "204", "200", "500"],
+        "{all}"
+    );
+    let stream = all.find("three\r\n0\r\n\r\n").expect("the chunked body");
+    let file = all
+        .find("The integration tests' main app")
+        .expect("the file");
+    assert!(stream < file, "{all}");
+    assert!(all.find("HTTP/1.1 204 ").unwrap() > file, "{all}");
+}
