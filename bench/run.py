@@ -8,7 +8,9 @@ Sets up the peers itself (gunicorn, granian, pyuwsgi, Django into target/bench-v
 Debian if missing), builds hurricane in release mode, then for each scenario starts each server with
 the same worker count, the server pinned to CPU 0 and wrk pinned to CPU 1, and measures with wrk.
 Prints one markdown table per scenario (req/s, p50, p99, hurricane/peer), ready for
-docs/PERFORMANCE.md. Only loopback is used; every run is bounded by wrk's duration.
+docs/PERFORMANCE.md. The keep-alive scenarios also run bench/apps/bareloop.py, a bare selectors loop
+with no HTTP checks at all: the reference for what pure Python can reach. Only loopback is used;
+every run is bounded by wrk's duration.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ def server_command(name: str, app: str, port: int, workers: int, extra: Dict[str
         if "static" in extra:
             cmd += ["--static-path-route", "/static", "--static-path-mount", extra["static"]]
         return cmd
+    if name == "bare loop":
+        return [str(venv / "python"), str(APPS / "bareloop.py"), app, str(port)]
     raise ValueError(name)
 
 
@@ -208,14 +212,14 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d')}; 1 worker, server on CPU {SERVER_CPU}, wrk -t1 -c50 on CPU {LOAD_CPU}, "
           f"{DURATION_S}s per run after a 2s warm-up, median of {REPEAT} interleaved runs.")
     if not wanted or "hello" in wanted:
-        scenario("Hello world, keep-alive", "hello", "/", all_servers,
+        scenario("Hello world, keep-alive", "hello", "/", all_servers + ["bare loop"],
                  targets={"granian": 1.2, "gunicorn sync": 10.0})
     if not wanted or "close" in wanted:
         scenario("Hello world, Connection: close", "hello", "/", all_servers,
                  wrk_args=["-H", "Connection: close"], targets={"uWSGI": 1.0})
     if not wanted or "django" in wanted:
         scenario("Django JsonResponse view, keep-alive", "benchsite.wsgi", "/json",
-                 ["hurricane", "gunicorn sync", "gunicorn gthread", "granian"],
+                 ["hurricane", "gunicorn sync", "gunicorn gthread", "granian", "bare loop"],
                  env={"DJANGO_SETTINGS_MODULE": "benchsite.settings"}, targets={"granian": 1.2})
     if not wanted or "static" in wanted:
         scenario("1 MiB static file, keep-alive", "hello", "/static/1mib.bin", ["hurricane", "granian"],

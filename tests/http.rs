@@ -248,6 +248,9 @@ fn static_files_are_served_with_validators_ranges_and_never_from_outside_the_roo
     std::fs::write(root.join("css/site.css"), b"body{}").unwrap();
     let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
     std::fs::write(root.join("big.bin"), &big).unwrap();
+    // Past the size that is read and sent in one call: this one streams with sendfile.
+    let huge: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(root.join("huge.bin"), &huge).unwrap();
     std::fs::write(dir.0.join("secret.txt"), b"secret").unwrap();
     std::os::unix::fs::symlink(dir.0.join("secret.txt"), root.join("escape.txt")).unwrap();
     let media = dir.0.join("media");
@@ -274,6 +277,17 @@ fn static_files_are_served_with_validators_ranges_and_never_from_outside_the_roo
     assert_eq!(server.get("/media/up.txt").text(), "uploaded");
     let full = server.get("/static/big.bin");
     assert_eq!(full.body, big, "1 MiB intact");
+    // Small, big and huge files one after another on one keep-alive connection.
+    let mut client = KeepAlive::new(server.addr);
+    for _ in 0..2 {
+        assert_eq!(client.get("/static/css/site.css").unwrap().text(), "body{}");
+        assert_eq!(
+            client.get("/static/huge.bin").unwrap().body,
+            huge,
+            "3 MiB intact"
+        );
+        assert_eq!(client.get("/static/big.bin").unwrap().body, big);
+    }
 
     let with = |extra: &str, path: &str| {
         request(
@@ -309,6 +323,12 @@ fn static_files_are_served_with_validators_ranges_and_never_from_outside_the_roo
         (206, Some("bytes 10-19/1048576"))
     );
     assert_eq!(part.body, &big[10..20]);
+    let across = with("Range: bytes=1048000-2097999\r\n", "/static/huge.bin");
+    assert_eq!(
+        (across.status, across.header("content-range")),
+        (206, Some("bytes 1048000-2097999/3145728"))
+    );
+    assert_eq!(across.body, &huge[1048000..2098000]);
     let tail = with("Range: bytes=-5\r\n", "/static/big.bin");
     assert_eq!(tail.body, &big[big.len() - 5..]);
     let beyond = with("Range: bytes=2000000-\r\n", "/static/big.bin");
