@@ -218,6 +218,15 @@ class Outbox:
 
     def _flush_locked(self) -> None:
         for conn in self.held:
+            data = conn.out
+            try:
+                sent = conn.sock.send(data)
+            except OSError:
+                sent = 0  # _send_held waits, retries, or gives the connection up
+            if sent == len(data):  # the common case, without a call
+                conn.out = b""
+                continue
+            conn.out = data[sent:]
             _send_held(conn)
         self.held.clear()
 
@@ -479,7 +488,10 @@ class Exchange:
         "sent", "chunked", "length", "written", "draining", "bodyless", "nodelay", "hold",
     )
 
-    def __init__(self, conn: Conn, version11: bool, head: bool, keep_alive: bool) -> None:
+    def __init__(
+        self, conn: Conn, version11: bool, head: bool, keep_alive: bool, draining: bool,
+        hold: Optional[Callable[[Conn, bytes], None]],
+    ) -> None:
         self.conn = conn
         self.version11 = version11
         self.head = head
@@ -491,10 +503,10 @@ class Exchange:
         self.chunked = False
         self.length: Optional[int] = None  # Content-Length the app declared
         self.written = 0
-        self.draining = False
+        self.draining = draining  # the worker is stopping: every response says Connection: close
         self.bodyless = head
         self.nodelay = False
-        self.hold: Optional[Callable[[Conn, bytes], None]] = None  # the outbox's, when it may hold
+        self.hold = hold  # the outbox's, when it may hold a response
 
     def start_response(
         self, status: str, headers: List[Tuple[str, str]], exc_info: Any = None
@@ -654,7 +666,11 @@ class Exchange:
             self.finish()
             return
         self.written = len(body)
-        self._send_last(head + body)
+        data = head + body
+        if self.hold is not None and self.keep_alive and len(data) <= HOLD_MAX_BYTES:
+            self.hold(self.conn, data)  # _send_last, inline: this is every small response
+        else:
+            conn_send(self.conn, data)
 
     def _send_last(self, data: bytes) -> None:
         """The whole (rest of the) response in one buffer: the outbox may hold it for its pass."""
@@ -947,6 +963,7 @@ class Server:
         # Without threads, small keep-alive responses leave in bursts (see Outbox); with them, a
         # response leaves from its own thread at once.
         self.outbox = Outbox() if self.pool is None else None
+        self._hold = self.outbox.hold if self.outbox is not None else None
         self._done: Deque[Tuple[Conn, bool]] = deque()
         self._inflight = 0
         self._count_lock = threading.Lock()
@@ -1444,10 +1461,8 @@ class Server:
     ) -> bool:
         # A body sent to a static file is never read: the connection ends after the response
         # rather than parse that body as the next request.
-        ex = Exchange(conn, version11, env["REQUEST_METHOD"] == "HEAD", keep_alive and body is EMPTY_INPUT)
-        ex.draining = self.stopping
-        if self.outbox is not None:
-            ex.hold = self.outbox.hold
+        ex = Exchange(conn, version11, env["REQUEST_METHOD"] == "HEAD", keep_alive and body is EMPTY_INPUT,
+                      self.stopping, self._hold)
         reply = mount.reply(env, target)
         try:
             ex.start_response(reply.status, reply.headers)
@@ -1477,11 +1492,7 @@ class Server:
         self, conn: Conn, app: Callable, env: Dict[str, Any], method: str,
         version11: bool, keep_alive: bool, body: Any,
     ) -> bool:
-        ex = Exchange(conn, version11, method == "HEAD", keep_alive)
-        ex.draining = self.stopping
-        outbox = self.outbox
-        if outbox is not None:
-            ex.hold = outbox.hold
+        ex = Exchange(conn, version11, method == "HEAD", keep_alive, self.stopping, self._hold)
         activity = self.activity
         # The loop's clock (read once per wakeup) is precise enough for --timeout and saves a call.
         threaded = self.pool is not None
