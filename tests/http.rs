@@ -532,3 +532,55 @@ fn pipelined_responses_keep_their_order_whichever_way_they_leave() {
     assert!(stream < file, "{all}");
     assert!(all.find("HTTP/1.1 204 ").unwrap() > file, "{all}");
 }
+
+#[test]
+fn with_every_thread_busy_a_new_connection_still_gets_its_turn() {
+    // Keep-alive clients keep every thread of every worker busy; a worker that stopped accepting
+    // while busy would leave a new connection in the backlog until they stop.
+    for workers in ["1", "2"] {
+        new_connection_gets_its_turn(workers);
+    }
+}
+
+fn new_connection_gets_its_turn(workers: &str) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let server = Server::start("app", &["--workers", workers, "--threads", "2"]);
+    server.wait_workers(workers.parse().unwrap(), START_TIMEOUT);
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let (stop, served, addr) = (stop.clone(), served.clone(), server.addr);
+            std::thread::spawn(move || {
+                let mut client = KeepAlive::new(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    if client.get("/sleep?s=0.05").is_ok() {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for(Duration::from_secs(10), || {
+        (served.load(Ordering::Relaxed) >= 24).then_some(())
+    })
+    .expect("the keep-alive load runs");
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let response = get(server.addr, "/pid")
+            .unwrap_or_else(|e| panic!("a new connection got no answer: {e}"));
+        worst = worst.max(started.elapsed());
+        assert_eq!(response.status, 200);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    // Its fair share: 12 requests of 50 ms ahead of it on 2 threads is 300 ms.
+    assert!(
+        worst < Duration::from_millis(1500),
+        "{workers} worker(s): a new connection waited {worst:?}"
+    );
+}

@@ -30,7 +30,10 @@ def serve(app, port):
                 conn.setblocking(False)
                 sel.register(conn, selectors.EVENT_READ)
                 continue
-            data = sock.recv(65536)
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
             if not data:
                 sel.unregister(sock)
                 sock.close()
@@ -48,7 +51,11 @@ def serve(app, port):
                 "HTTP/1.1 %s\r\n%s\r\n" % (status, "".join("%s: %s\r\n" % h for h in headers))))
             body = b"".join(result)
             getattr(result, "close", lambda: None)()
-            sock.sendall(head[0].encode() + body)
+            try:
+                sock.sendall(head[0].encode() + body)
+            except OSError:
+                sel.unregister(sock)
+                sock.close()
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ SERVER_SOFTWARE = "hurricane/" + __version__
 MAX_HELD = 64
 HOLD_MAX_BYTES = 65536
 FLUSH_AFTER_S = 0.002
+# --threads, more than one worker: a busy worker stops accepting for at most this long.
+ACCEPT_PAUSE_MAX_S = 0.1
 # A file (static, media or wsgi.file_wrapper) up to this size is read and sent in one call, bigger
 # ones stream with sendfile(2): see Exchange.send_range.
 COPY_FILE_MAX_BYTES = 1 << 20
@@ -1025,6 +1027,7 @@ class Server:
             threading.Thread(target=outbox.run_flusher, name="hurricane-flusher", daemon=True).start()
         listening = True
         paused = False
+        paused_at = 0.0
         deadline = 0.0
         now = self.now = time.monotonic()
         next_sweep = now + 1.0
@@ -1044,32 +1047,51 @@ class Server:
                 return 0
             if self.pool is not None and listening:
                 # All threads busy: stop accepting, so an idle sibling worker takes the connection.
-                busy = self._inflight >= self.threads
+                # Only if there is a sibling, and never for long: when every worker is busy, the
+                # keep-alive connections it serves would otherwise leave a new one in the backlog
+                # for as long as they keep sending.
+                busy = self.rotate_accept and self._inflight >= self.threads
                 if busy and not paused:
                     epoll.unregister(lfd)
                     paused = True
-                elif paused and not busy:
+                    paused_at = now
+                elif paused and (not busy or now - paused_at >= ACCEPT_PAUSE_MAX_S):
                     epoll.register(lfd, EPOLLIN | EPOLLEXCLUSIVE)
                     paused = False
-            events = epoll.poll((1.0 if listening else 0.1) if conns or not listening or self._inflight else -1)
+            if paused:
+                timeout = ACCEPT_PAUSE_MAX_S
+            elif conns or not listening or self._inflight:
+                timeout = 1.0 if listening else 0.1
+            else:
+                timeout = -1
+            events = epoll.poll(timeout)
             now = self.now = time.monotonic()
             if now >= next_date:
                 _refresh_date()
                 next_date = now + 0.25
-            for fd, _ in events:
-                conn = conns.get(fd)
-                if conn is not None:
-                    self._on_readable(conn, app, epoll, now)
-                elif fd == lfd:
-                    if listening:
-                        self._accept(listener, app, epoll, now)
-                else:
-                    try:
-                        wake_r.recv(4096)
-                    except OSError:
-                        pass
-                    if self._done:
-                        self._take_back(app, epoll, now)
+            while True:
+                for fd, _ in events:
+                    conn = conns.get(fd)
+                    if conn is not None:
+                        self._on_readable(conn, app, epoll, now)
+                    elif fd == lfd:
+                        if listening:
+                            self._accept(listener, app, epoll, now)
+                    else:
+                        try:
+                            wake_r.recv(4096)
+                        except OSError:
+                            pass
+                        if self._done:
+                            self._take_back(app, epoll, now)
+                if outbox is None or not outbox.held:
+                    break
+                # Requests that arrived during this pass join its burst: their clients are woken
+                # once, not twice. The outbox's own bounds (64 responses, 2 ms) end the pass.
+                events = epoll.poll(0)
+                if not events:
+                    break
+                now = self.now = time.monotonic()
             if outbox is not None and outbox.held:
                 outbox.flush()
             if not listening:
