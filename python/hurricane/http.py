@@ -199,19 +199,27 @@ class Outbox:
         self._unpark = threading.Event()
 
     def hold(self, conn: Conn, data: bytes) -> None:
-        with _OUT_LOCK:
+        """Hold `data` for `conn`; the loop calls expire() after each request with its clock."""
+        _OUT_LOCK.acquire()  # not `with`: this runs for every small response, and `with` costs 2x
+        try:
             held = self.held
-            now = _monotonic()
             if not conn.out:
                 if not held:
-                    self.since = now
+                    self.since = _monotonic()
                 held.append(conn)
             conn.out += data
-            if len(held) >= MAX_HELD or now - self.since >= FLUSH_AFTER_S:
+            if len(held) >= MAX_HELD:
                 self._flush_locked()
             elif self._parked:
                 self._parked = False
                 self._unpark.set()
+        finally:
+            _OUT_LOCK.release()
+
+    def expire(self, now: float) -> None:
+        """Flush if the oldest held response is FLUSH_AFTER_S old."""
+        if self.held and now - self.since >= FLUSH_AFTER_S:
+            self.flush()
 
     def flush(self) -> None:
         if self.held:
@@ -521,12 +529,13 @@ class Exchange:
                 exc_info = None  # PEP 3333: avoid a reference cycle through the traceback
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        if type(status) is not str or len(status) < 4 or status[3] != " " or not status[:3].isdigit():
-            raise ValueError(f"invalid status {status!r}: want e.g. '200 OK'")
+        code = _STATUS_CODES.get(status) if type(status) is str else None
+        if code is None:
+            code = _status_code(status)
         if type(headers) is not list:
             raise TypeError("response headers must be a list of (name, value) tuples")
         self.status = status
-        self.code = int(status[:3])
+        self.code = code
         self.headers = headers
         return self.write
 
@@ -782,6 +791,17 @@ def _validate_app_header(header: Any) -> Tuple[str, int]:
 
 
 _STATUS_LINES: Dict[str, str] = {}
+# Status strings an app used -> their code, checked once (apps use a handful).
+_STATUS_CODES: Dict[Any, int] = {}
+
+
+def _status_code(status: Any) -> int:
+    if type(status) is not str or len(status) < 4 or status[3] != " " or not status[:3].isdigit():
+        raise ValueError(f"invalid status {status!r}: want e.g. '200 OK'")
+    code = int(status[:3])
+    if len(_STATUS_CODES) < 256:
+        _STATUS_CODES[status] = code
+    return code
 
 # Exchange._head_bytes: (status, headers, body length, flags) -> (head, bodyless, length, chunked,
 # keep-alive). Emptied when the Date second turns, so a cached head never carries a stale Date.
@@ -1575,6 +1595,8 @@ class Server:
             if not threaded:
                 # The next request of this pass starts now, not when the loop woke up.
                 self.now = ended
+                if self.outbox is not None:
+                    self.outbox.expire(ended)
             if threaded:
                 activity.inflight.pop(ident, None)
                 label = method if method in _METRIC_METHODS else "other"  # bounded label values
