@@ -302,6 +302,16 @@ def recv_some(conn: Conn) -> bytes:
         return data
 
 
+def _has_input(sock: socket.socket) -> bool:
+    """Bytes (or an EOF) wait to be read on `sock`; never blocks."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK) != b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False
+
+
 class EmptyInput:
     """wsgi.input for requests without a body; stateless, so one instance serves every request."""
 
@@ -1197,6 +1207,10 @@ class Server:
         """Close connections idle past ``idle_s``; one stuck mid-request gets a 408 first."""
         limit = now - idle_s
         for conn in [c for c in self.conns.values() if c.last < limit]:
+            if not conn.buf and _has_input(conn.sock):
+                # The next request arrived after this pass read its sockets: serve it, do not
+                # close under it (the client would see its request go unanswered).
+                continue
             if conn.buf:
                 try:
                     flush_conn(conn)
