@@ -358,15 +358,10 @@ class BodyReader:
     def finished(self) -> bool:
         return self._done and not self._pending
 
-    def _raw(self) -> bytes:
-        conn = self._conn
-        if self._continue:
-            self._continue = False
-            conn_send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
-        if conn.buf:
-            data, conn.buf = conn.buf, b""
-            return data
-        return recv_some(conn)
+    def _recv(self) -> bytes:
+        """More bytes from the socket, never from conn.buf: callers append what this returns
+        to it (issue 11: returning the buffer here doubled it on a chunk line split across reads)."""
+        return recv_some(self._conn)
 
     def _raw_line(self) -> bytes:
         conn = self._conn
@@ -381,7 +376,7 @@ class BodyReader:
                 return line
             if len(conn.buf) > MAX_CHUNK_LINE_BYTES:
                 raise HTTPError("400 Bad Request", "chunk header line too long")
-            conn.buf += self._raw()
+            conn.buf += self._recv()
 
     def _next_chunk_size(self) -> int:
         line = self._raw_line()
@@ -401,6 +396,9 @@ class BodyReader:
         if self._done:
             return False
         conn = self._conn
+        if self._continue:  # the app wants the body: now the client may send it
+            self._continue = False
+            conn_send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
         if self._chunked and self._remaining == 0:
             size = self._next_chunk_size()
             if size == 0:
@@ -410,7 +408,7 @@ class BodyReader:
                 return False
             self._remaining = size
         if not conn.buf:
-            conn.buf = self._raw()
+            conn.buf = self._recv()
         data = conn.buf[: self._remaining]
         conn.buf = conn.buf[len(data) :]
         self._remaining -= len(data)
