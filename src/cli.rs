@@ -53,13 +53,29 @@ fn seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(value))
 }
 
+/// More workers than this is a typo, not a plan: each is a whole Python interpreter.
+pub const MAX_WORKERS: usize = 1024;
+
 fn workers(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
+        Ok(n) if (1..=MAX_WORKERS).contains(&n) => Ok(n),
+        Ok(n) if n > MAX_WORKERS => Err(format!(
+            "{n} workers is more than hurricane runs ({MAX_WORKERS} at most); each worker is a whole \
+             Python process: give about one per CPU, or two to four with slow I/O"
+        )),
         _ => Err(format!(
             "'{s}' is not a worker count (a whole number, 1 or more)"
         )),
     }
+}
+
+fn ip_address(s: &str) -> Result<std::net::IpAddr, String> {
+    if s == "localhost" {
+        return Ok(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    s.parse().map_err(|_| {
+        format!("'{s}' is not an IP address: give one such as 0.0.0.0 (every IPv4 interface), :: or 127.0.0.1")
+    })
 }
 
 fn webhook_url(s: &str) -> Result<String, String> {
@@ -97,16 +113,23 @@ pub struct ServeArgs {
         long,
         env = "HURRICANE_BIND",
         value_name = "ADDR",
-        default_value = "0.0.0.0"
+        default_value = "0.0.0.0",
+        value_parser = ip_address
     )]
-    pub bind: String,
+    pub bind: std::net::IpAddr,
 
     /// Port to listen on (0 picks a free one and logs it)
     #[arg(long, env = "HURRICANE_PORT", default_value_t = 8000)]
     pub port: u16,
 
     /// Number of worker processes [default: the CPUs this process may use, cgroup quota included]
-    #[arg(long, env = "HURRICANE_WORKERS", value_name = "N", value_parser = workers)]
+    #[arg(
+        long,
+        env = "HURRICANE_WORKERS",
+        value_name = "N",
+        value_parser = workers,
+        allow_negative_numbers = true
+    )]
     pub workers: Option<usize>,
 
     /// Python interpreter for the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH]

@@ -4,7 +4,10 @@
 //! directory, the worker count), and maps every outcome to an exit code:
 //! 0 clean shutdown, 1 fatal error, 2 bad usage, 3 the app failed to boot.
 
+mod bind;
 mod cli;
+mod kind;
+mod lifecycle;
 mod logging;
 mod master;
 mod metrics;
@@ -15,11 +18,14 @@ mod reload;
 mod settings;
 mod signals;
 mod spawn;
+mod state;
+mod sys;
 mod webhook;
 mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::rc::Rc;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
@@ -31,6 +37,9 @@ use crate::worker::WorkerConfig;
 
 const EXIT_FATAL: u8 = 1;
 const EXIT_USAGE: u8 = 2;
+/// Processes and threads besides the workers that count against RLIMIT_NPROC (the master's
+/// threads, the probe connections, pre-start commands).
+const PROCESS_MARGIN: u64 = 16;
 /// How often a worker reports in (DESIGN.md: heartbeat every second).
 const HEARTBEAT_INTERVAL_MS: u64 = 1000;
 
@@ -72,6 +81,23 @@ fn mount(
         "default_url": default_url,
         "root": root.as_ref().map(|r| std::path::absolute(r).unwrap_or_else(|_| r.clone()).display().to_string()),
     })
+}
+
+/// Refuses a pool the process limit could not hold (RLIMIT_NPROC): better one clear line now than
+/// a fork failing halfway through startup.
+fn check_process_limit(workers: usize) -> Result<(), Usage> {
+    use nix::sys::resource::{Resource, getrlimit};
+    let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NPROC) else {
+        return Ok(());
+    };
+    // The master's own threads and processes of the user's other programs count too.
+    if soft != nix::sys::resource::RLIM_INFINITY && workers as u64 + PROCESS_MARGIN >= soft {
+        return Err(Usage(format!(
+            "--workers {workers} needs more processes than the limit allows (ulimit -u is {soft}); \
+             give fewer workers or raise the limit"
+        )));
+    }
+    Ok(())
 }
 
 fn config(args: ServeArgs) -> Result<master::Config, Usage> {
@@ -129,10 +155,42 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    check_process_limit(workers)?;
+    let worker = WorkerConfig {
+        app: app.clone(),
+        pythonpath: args
+            .pythonpath
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        keep_alive: args.keep_alive,
+        graceful_timeout: args.graceful_timeout,
+        heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
+        autoreload: args.autoreload,
+        workers,
+        http: serde_json::json!({
+            "threads": args.threads,
+            "access_log": args.access_log,
+            "log_format": args.log_format,
+            "log_file": args.log_file.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+            "limit_request_line": args.limit_request_line,
+            "limit_request_fields": args.limit_request_fields,
+            "limit_request_field_size": args.limit_request_field_size,
+            "max_body_size": args.max_body_size,
+            "forwarded_allow_ips": args.forwarded_allow_ips.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+            "static": mount(args.r#static, &args.static_url, &args.static_root, "/static/"),
+            "media": mount(args.media, &args.media_url, &args.media_root, "/media/"),
+        }),
+    };
     Ok(master::Config {
         bind: args.bind,
         port: args.port,
         backlog: args.backlog,
+        kind: Rc::new(kind::Http {
+            python: python.clone(),
+            config: worker,
+        }),
+        app,
         probe: (!args.no_probe).then_some(ProbeConfig {
             port: args.probe_port,
             paths: Paths {
@@ -157,32 +215,8 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             max_requests: Some(args.max_requests).filter(|n| *n > 0),
             max_requests_jitter: args.max_requests_jitter,
             max_memory_bytes: Some(args.max_memory.saturating_mul(1 << 20)).filter(|n| *n > 0),
-        },
-        worker: WorkerConfig {
-            app,
-            pythonpath: args
-                .pythonpath
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect(),
-            keep_alive: args.keep_alive,
-            graceful_timeout: args.graceful_timeout,
-            heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
-            autoreload: args.autoreload,
-            workers,
-            http: serde_json::json!({
-                "threads": args.threads,
-                "access_log": args.access_log,
-                "log_format": args.log_format,
-                "log_file": args.log_file.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
-                "limit_request_line": args.limit_request_line,
-                "limit_request_fields": args.limit_request_fields,
-                "limit_request_field_size": args.limit_request_field_size,
-                "max_body_size": args.max_body_size,
-                "forwarded_allow_ips": args.forwarded_allow_ips.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>(),
-                "static": mount(args.r#static, &args.static_url, &args.static_root, "/static/"),
-                "media": mount(args.media, &args.media_url, &args.media_root, "/media/"),
-            }),
+            // Two pods started together still recycle their workers at different moments.
+            jitter_seed: u64::from(std::process::id()),
         },
         autoreload,
         webhook_urls: args.webhook_url.clone(),

@@ -7,51 +7,107 @@
 //! an idle master costs ~0 % CPU.
 
 use std::collections::HashMap;
-use std::io::{self, ErrorKind};
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::ErrorKind;
+use std::net::{IpAddr, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use mio::unix::SourceFd;
+use mio::unix::pipe::Receiver;
 use mio::{Events, Interest, Poll, Token};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal as Sig, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
 
+use crate::bind;
+use crate::kind::Kind;
+use crate::lifecycle::ExitStatus;
 use crate::metrics::{Snapshot, Totals};
-use crate::pool::{Action, ExitStatus, Health, Pool, PoolConfig, Signal, WorkerId};
+use crate::pool::{Action, Pool, PoolConfig, Signal, WorkerId};
 use crate::prestart;
-use crate::probe::{self, ProbeConfig, Shared};
+use crate::probe::{self, ProbeConfig};
 use crate::reload;
 use crate::signals::{self, Event};
 use crate::spawn;
+use crate::state::{self, Doorbell, Health, Shared};
+use crate::sys;
 use crate::webhook;
-use crate::worker::{self, WorkerConfig};
+use crate::worker;
 
-const SIGNALS: Token = Token(0);
-/// The autoreload watcher wakes the loop through this token.
-const WAKER: Token = Token(1);
 /// The loop wakes at least this often, so the probe thread can tell a live loop from a stuck one.
 const LOOP_TICK_MS: u64 = 1000;
 /// A check request unanswered this long (its worker died or hangs) no longer blocks the next.
 const CHECK_TIMEOUT_S: u64 = 5;
 
 pub struct Config {
-    pub bind: String,
+    pub bind: IpAddr,
     pub port: u16,
     pub backlog: i32,
-    pub python: PathBuf,
+    /// What each slot runs.
+    pub kind: Rc<dyn Kind>,
     /// The probe server; None with --no-probe.
     pub probe: Option<ProbeConfig>,
     pub pool: PoolConfig,
-    pub worker: WorkerConfig,
     /// --autoreload: what counts as a change, and --reload-dir directories.
     pub autoreload: Option<(reload::Filter, Vec<PathBuf>)>,
     pub webhook_urls: Vec<String>,
     /// --command, --check-migrations: run before the first worker starts.
-    pub prestart: crate::prestart::Prestart,
+    pub prestart: prestart::Prestart,
+    /// For the `event=listening` line.
+    pub app: String,
+    pub python: PathBuf,
+}
+
+/// What woke the loop. Every source has a token of its own, so nothing is decoded from a shared one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Signals,
+    /// The autoreload watcher saw a change.
+    Autoreload,
+    /// A probe wants fresh app checks.
+    CheckWanted,
+    /// A worker's status pipe has lines to read.
+    Status(WorkerId),
+    /// A worker's control pipe has room for pending bytes.
+    Control(WorkerId),
+}
+
+/// Tokens below this are the fixed sources; above it, two per worker.
+const FIRST_WORKER_TOKEN: usize = 16;
+
+impl Source {
+    fn token(self) -> Token {
+        Token(match self {
+            Source::Signals => 0,
+            Source::Autoreload => 1,
+            Source::CheckWanted => 2,
+            Source::Status(id) => FIRST_WORKER_TOKEN + id as usize * 2,
+            Source::Control(id) => FIRST_WORKER_TOKEN + id as usize * 2 + 1,
+        })
+    }
+
+    fn of(token: Token) -> Option<Source> {
+        match token.0 {
+            0 => Some(Source::Signals),
+            1 => Some(Source::Autoreload),
+            2 => Some(Source::CheckWanted),
+            t if t >= FIRST_WORKER_TOKEN => {
+                let id = ((t - FIRST_WORKER_TOKEN) / 2) as WorkerId;
+                Some(if (t - FIRST_WORKER_TOKEN).is_multiple_of(2) {
+                    Source::Status(id)
+                } else {
+                    Source::Control(id)
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A running worker process as the master sees it: its pipes and their buffers.
@@ -66,118 +122,25 @@ struct Proc {
     inflight: u64,
 }
 
-fn status_token(id: WorkerId) -> Token {
-    Token(id as usize * 2)
-}
-
-fn control_token(id: WorkerId) -> Token {
-    Token(id as usize * 2 + 1)
-}
-
-/// Binds the app socket, or takes it from systemd-style socket activation (LISTEN_FDS/LISTEN_PID).
-fn listen(bind: &str, port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
-    if let (Ok(pid), Ok(fds)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS"))
-        && pid.parse::<u32>().ok() == Some(std::process::id())
-        && fds.parse::<u32>().unwrap_or(0) >= 1
-    {
-        let mut accepting: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt on fd 3 with pointers to locals of the sizes passed; it only reads.
-        let status = unsafe {
-            libc::getsockopt(
-                3,
-                libc::SOL_SOCKET,
-                libc::SO_ACCEPTCONN,
-                (&mut accepting as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if status != 0 || accepting != 1 {
-            bail!(
-                "LISTEN_FDS is set but fd 3 is not a listening socket; unset LISTEN_FDS/LISTEN_PID or fix the socket unit"
-            );
-        }
-        // SAFETY: fd 3 is an open listening socket handed to this very process, which owns it from now on.
-        let listener = unsafe { TcpListener::from_raw_fd(3) };
-        // SAFETY: fcntl with integer arguments on the fd we just took ownership of.
-        unsafe { libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC) };
-        // SAFETY: single-threaded at this point (no threads started yet); nobody reads env concurrently.
-        unsafe {
-            std::env::remove_var("LISTEN_PID");
-            std::env::remove_var("LISTEN_FDS");
-            std::env::remove_var("LISTEN_FDNAMES");
-        }
-        return Ok(listener);
-    }
-    let addrs: Vec<SocketAddr> = (bind, port)
-        .to_socket_addrs()
-        .with_context(|| {
-            format!("cannot resolve --bind '{bind}'; give an IP address such as 0.0.0.0 or ::")
-        })?
-        .collect();
-    let addr = *addrs
-        .first()
-        .with_context(|| format!("--bind '{bind}' resolves to no address"))?;
-    let listener = TcpListener::bind(addr).map_err(|e| match e.kind() {
-        ErrorKind::AddrInUse => {
-            anyhow::anyhow!("cannot listen on {addr}: address already in use; stop the other server or pick another --port")
-        }
-        ErrorKind::PermissionDenied => {
-            anyhow::anyhow!("cannot listen on {addr}: permission denied; ports below 1024 need privileges, pick another --port")
-        }
-        _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
-    })?;
-    // Wake a worker only once the request's first bytes are here: the worker that accepts is then
-    // busy at once, and the next connection's wakeup goes to an idle sibling. Best effort.
-    let defer_s: libc::c_int = 1;
-    // SAFETY: setsockopt with a pointer to a local int of the size passed.
-    unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&defer_s as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    // std listens with its own backlog; listen(2) again on a listening socket just resizes the queue.
-    // SAFETY: listen on a socket fd we own.
-    if unsafe { libc::listen(listener.as_raw_fd(), backlog) } != 0 {
-        bail!(
-            "cannot set --backlog {backlog}: {}",
-            io::Error::last_os_error()
-        );
-    }
-    Ok(listener)
-}
-
 fn become_subreaper() {
     if std::process::id() == 1 {
         return; // PID 1 inherits every orphan already
     }
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        log::warn!(
-            "event=subreaper_failed error={}",
-            io::Error::last_os_error()
-        );
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        log::warn!("event=subreaper_failed error={e}");
     }
 }
 
 fn send_signal(pid: i32, signal: Signal) {
     let sig = match signal {
-        Signal::Term => libc::SIGTERM,
-        Signal::Quit => libc::SIGQUIT,
-        Signal::Kill => libc::SIGKILL,
-        Signal::DumpTraceback => libc::SIGUSR2,
+        Signal::Term => Sig::SIGTERM,
+        Signal::Quit => Sig::SIGQUIT,
+        Signal::Kill => Sig::SIGKILL,
+        Signal::DumpTraceback => Sig::SIGUSR2,
     };
-    // SAFETY: kill with integer arguments. The pid is one of our unreaped children, so it cannot
-    // have been recycled for another process.
-    if unsafe { libc::kill(pid, sig) } != 0 {
-        log::debug!(
-            "event=signal_failed pid={pid} signal={sig} error={}",
-            io::Error::last_os_error()
-        );
+    // The pid is one of our unreaped children, so it cannot have been recycled for another process.
+    if let Err(e) = kill(Pid::from_raw(pid), sig) {
+        log::debug!("event=signal_failed pid={pid} signal={sig} error={e}");
     }
 }
 
@@ -185,18 +148,14 @@ fn send_signal(pid: i32, signal: Signal) {
 fn read_status(poll: &Poll, proc_: &mut Proc) -> Vec<Vec<u8>> {
     let mut chunk = [0u8; 16384];
     while let Some(fd) = &proc_.status {
-        // SAFETY: read into a stack buffer from a pipe fd we own.
-        let n = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
-        if n > 0 {
-            proc_.status_buf.extend_from_slice(&chunk[..n as usize]);
-            continue;
-        }
-        let err = io::Error::last_os_error();
-        if n < 0 && err.kind() == ErrorKind::WouldBlock {
-            break;
-        }
-        if n < 0 && err.kind() == ErrorKind::Interrupted {
-            continue;
+        match nix::unistd::read(fd, &mut chunk) {
+            Ok(n) if n > 0 => {
+                proc_.status_buf.extend_from_slice(&chunk[..n]);
+                continue;
+            }
+            Err(Errno::EAGAIN) => break,
+            Err(Errno::EINTR) => continue,
+            Ok(_) | Err(_) => {}
         }
         let raw = fd.as_raw_fd();
         let _ = poll.registry().deregister(&mut SourceFd(&raw));
@@ -210,32 +169,21 @@ fn flush_control(poll: &Poll, id: WorkerId, proc_: &mut Proc) {
     let raw = proc_.control.as_raw_fd();
     let was_pending = !proc_.control_out.is_empty();
     while !proc_.control_out.is_empty() {
-        // SAFETY: write from an owned buffer to a pipe fd we own.
-        let n = unsafe {
-            libc::write(
-                raw,
-                proc_.control_out.as_ptr().cast(),
-                proc_.control_out.len(),
-            )
-        };
-        if n > 0 {
-            proc_.control_out.drain(..n as usize);
-            continue;
-        }
-        let err = io::Error::last_os_error();
-        match err.kind() {
-            ErrorKind::Interrupted => continue,
-            ErrorKind::WouldBlock => {
+        match nix::unistd::write(&proc_.control, &proc_.control_out) {
+            Ok(n) if n > 0 => {
+                proc_.control_out.drain(..n);
+            }
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
                 let _ = poll.registry().register(
                     &mut SourceFd(&raw),
-                    control_token(id),
+                    Source::Control(id).token(),
                     Interest::WRITABLE,
                 );
                 return;
             }
-            _ => {
-                proc_.control_out.clear(); // the worker is gone; its exit arrives through SIGCHLD
-            }
+            // The worker is gone; its exit arrives through SIGCHLD.
+            Ok(_) | Err(_) => proc_.control_out.clear(),
         }
     }
     if was_pending {
@@ -251,7 +199,9 @@ struct Master {
     procs: HashMap<WorkerId, Proc>,
     shared: Arc<Shared>,
     watcher: Option<reload::Watcher>,
-    reload_pending: Arc<AtomicBool>,
+    /// Read ends of the doorbells: the autoreload watcher's and the probes'.
+    autoreload_rx: Option<Receiver>,
+    check_rx: Receiver,
     last_memory_check: Instant,
     /// Request metrics summed from every worker's heartbeats.
     totals: Totals,
@@ -274,10 +224,9 @@ impl Master {
             }
             for action in actions {
                 match action {
-                    Action::Spawn {
-                        worker, generation, ..
-                    } => self.spawn(worker, generation),
+                    Action::Spawn { worker, generation } => self.spawn(worker, generation),
                     Action::Signal { pid, signal } => send_signal(pid, signal),
+                    Action::LogTraceback(text) => crate::logging::traceback(&text),
                     Action::Exit { code } => return Some(code),
                 }
             }
@@ -285,12 +234,13 @@ impl Master {
     }
 
     fn spawn(&mut self, id: WorkerId, generation: u64) {
-        match spawn::spawn_worker(&self.config.python, self.listener.as_raw_fd(), id) {
+        let launch = self.config.kind.launch(id, generation);
+        match spawn::spawn(&launch, self.listener.as_raw_fd()) {
             Ok(spawned) => {
                 let status_raw = spawned.status.as_raw_fd();
                 if let Err(e) = self.poll.registry().register(
                     &mut SourceFd(&status_raw),
-                    status_token(id),
+                    Source::Status(id).token(),
                     Interest::READABLE,
                 ) {
                     log::error!("event=register_failed worker={id} error={e}");
@@ -300,7 +250,7 @@ impl Master {
                     status: Some(spawned.status),
                     status_buf: Vec::new(),
                     control: spawned.control,
-                    control_out: worker::bootstrap(&self.config.worker, id, generation),
+                    control_out: launch.bootstrap,
                     inflight: 0,
                 };
                 flush_control(&self.poll, id, &mut proc_);
@@ -308,13 +258,13 @@ impl Master {
                 self.pool.spawned(id, spawned.pid);
             }
             Err(e) => {
-                let python = self.config.python.display();
+                let program = launch.program.display();
                 let error = if e.kind() == ErrorKind::NotFound {
                     format!(
-                        "cannot run python '{python}': not found; pass --python PATH or activate a virtualenv"
+                        "cannot run python '{program}': not found; pass --python PATH or activate a virtualenv"
                     )
                 } else {
-                    format!("cannot run python '{python}': {e}")
+                    format!("cannot run python '{program}': {e}")
                 };
                 self.pool.spawn_failed(id, error, Instant::now());
             }
@@ -338,37 +288,39 @@ impl Master {
                     log::info!("event=signal signal={}", signals::name(sig));
                     self.pool.scale(up, Instant::now());
                 }
-                Some(Event::ReopenLogs) => match crate::logging::reopen() {
-                    Ok(true) => {
-                        log::info!("event=signal signal=USR1 action=reopen_log");
-                        for pid in self.pool.pids() {
-                            // SAFETY: kill with integer arguments on our own unreaped child.
-                            unsafe { libc::kill(pid, libc::SIGUSR1) };
-                        }
-                    }
-                    Ok(false) => {
-                        log::info!("event=signal signal=USR1 action=none reason=\"no --log-file\"")
-                    }
-                    Err(e) => log::error!("event=reopen_log_failed error={e}"),
-                },
+                Some(Event::ReopenLogs) => self.reopen_logs(),
                 None => {}
             }
+        }
+    }
+
+    /// SIGUSR1: reopen --log-file here and in every worker.
+    fn reopen_logs(&mut self) {
+        match crate::logging::reopen() {
+            Ok(true) => {
+                log::info!("event=signal signal=USR1 action=reopen_log");
+                for pid in self.pool.pids() {
+                    // One of our unreaped children: the pid cannot have been recycled.
+                    let _ = kill(Pid::from_raw(pid), Sig::SIGUSR1);
+                }
+            }
+            Ok(false) => {
+                log::info!("event=signal signal=USR1 action=none reason=\"no --log-file\"")
+            }
+            Err(e) => log::error!("event=reopen_log_failed error={e}"),
         }
     }
 
     /// waitpid(-1) until nothing is left: workers go to the pool, orphans are just reaped.
     fn reap(&mut self) {
         loop {
-            let mut status = 0;
-            // SAFETY: waitpid with a pointer to a local int.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
-                return;
-            }
-            let exit = if libc::WIFSIGNALED(status) {
-                ExitStatus::Signal(libc::WTERMSIG(status))
-            } else {
-                ExitStatus::Code(libc::WEXITSTATUS(status))
+            let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    (pid.as_raw(), ExitStatus::Signal(sig as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue, // stopped or continued: not an exit
             };
             let id = self
                 .procs
@@ -380,8 +332,7 @@ impl Master {
                     // The worker's last words (a boot failure, say) are still in its pipe: read them first.
                     let mut proc_ = self.procs.remove(&id).expect("found above");
                     self.deliver_messages(&mut proc_);
-                    let now = Instant::now();
-                    self.pool.exited(pid, exit, now);
+                    self.pool.exited(pid, exit, Instant::now());
                     let raw = proc_.control.as_raw_fd();
                     if !proc_.control_out.is_empty() {
                         let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
@@ -395,55 +346,48 @@ impl Master {
     fn deliver_messages(&mut self, proc_: &mut Proc) {
         let now = Instant::now();
         for line in read_status(&self.poll, proc_) {
-            match worker::parse_message(&line) {
-                Some(message) => {
-                    match &message {
-                        worker::Message::Ready { django: true, .. } => {
-                            self.shared
-                                .checks
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .django = true;
-                        }
-                        worker::Message::Checked(result) => {
-                            self.check_in_flight = None;
-                            self.shared.store_checks(result.clone());
-                        }
-                        _ => {}
+            let Some(message) = worker::parse_message(&line) else {
+                log::warn!(
+                    "event=bad_worker_message pid={} line={:?}",
+                    proc_.pid,
+                    String::from_utf8_lossy(&line)
+                );
+                continue;
+            };
+            match &message {
+                worker::Message::Ready { django, dirs, .. } => {
+                    if *django {
+                        self.shared.set_django();
                     }
-                    if let worker::Message::Heartbeat {
-                        counters, inflight, ..
-                    } = &message
-                    {
-                        if let Some(counters) = counters {
-                            self.totals.add(counters);
-                        }
-                        proc_.inflight = *inflight;
-                    }
-                    if let (worker::Message::Ready { dirs, .. }, Some(watcher)) =
-                        (&message, &self.watcher)
-                    {
+                    if let Some(watcher) = &self.watcher {
                         for dir in dirs {
                             watcher.watch(PathBuf::from(dir), false);
                         }
                     }
-                    self.pool.message(proc_.pid, message, now)
                 }
-                None => log::warn!(
-                    "event=bad_worker_message pid={} line={:?}",
-                    proc_.pid,
-                    String::from_utf8_lossy(&line)
-                ),
+                worker::Message::Checked(result) => {
+                    self.check_in_flight = None;
+                    self.shared.store_checks(result.clone());
+                }
+                worker::Message::Heartbeat {
+                    counters, inflight, ..
+                } => {
+                    if let Some(counters) = counters {
+                        self.totals.add(counters);
+                    }
+                    proc_.inflight = *inflight;
+                }
+                worker::Message::Boot | worker::Message::Failed(_) => {}
             }
+            self.pool.message(proc_.pid, message, now)
         }
     }
 
-    fn handle_worker_io(&mut self, token: Token) {
-        let id = (token.0 / 2) as WorkerId;
+    fn handle_worker_io(&mut self, id: WorkerId, source: Source) {
         let Some(mut proc_) = self.procs.remove(&id) else {
             return;
         };
-        if token == status_token(id) {
+        if source == Source::Status(id) {
             self.deliver_messages(&mut proc_);
         } else {
             flush_control(&self.poll, id, &mut proc_);
@@ -471,17 +415,23 @@ impl Master {
                 continue;
             }
             for event in events.iter() {
-                match event.token() {
-                    SIGNALS => self.handle_signals(&mut signals),
-                    WAKER => {
-                        if self.reload_pending.swap(false, Ordering::AcqRel) {
-                            self.pool.reload(Instant::now());
-                        }
+                match Source::of(event.token()) {
+                    Some(Source::Signals) => self.handle_signals(&mut signals),
+                    Some(Source::Autoreload)
+                        if self.autoreload_rx.as_mut().is_some_and(state::answer) =>
+                    {
+                        self.pool.reload(Instant::now())
+                    }
+                    Some(Source::CheckWanted) => {
+                        state::answer(&mut self.check_rx);
                         if self.shared.take_check_wanted() {
                             self.request_check();
                         }
                     }
-                    token => self.handle_worker_io(token),
+                    Some(source @ (Source::Status(id) | Source::Control(id))) => {
+                        self.handle_worker_io(id, source)
+                    }
+                    Some(Source::Autoreload) | None => {}
                 }
             }
             self.check_memory();
@@ -547,66 +497,73 @@ impl Master {
         }
         self.last_memory_check = Instant::now();
         for pid in self.pool.pids() {
-            if let Some(rss) = resident_bytes(pid) {
+            if let Some(rss) = sys::resident_bytes(pid) {
                 self.pool.memory(pid, rss, Instant::now());
             }
         }
     }
 }
 
-/// Resident memory of a process, from /proc/PID/statm (in pages).
-pub fn resident_bytes(pid: i32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf with an integer argument.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * page.max(4096) as u64)
+/// Binds the probe port (the app's port + 1 unless given) and starts the probe thread.
+fn start_probes(
+    config: &ProbeConfig,
+    app: &TcpListener,
+    app_port: u16,
+    shared: Arc<Shared>,
+) -> anyhow::Result<String> {
+    let addr = app.local_addr()?;
+    let port = match config.port {
+        Some(port) => port,
+        None if app_port == 0 => 0, // a free port for the app, so a free one for probes too
+        None => addr
+            .port()
+            .checked_add(1)
+            .context("no port above 65535 for probes; set --probe-port")?,
+    };
+    let listener = TcpListener::bind((addr.ip(), port)).map_err(|e| {
+        if e.kind() == ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "cannot listen for probes on {}:{port}: address already in use; pick another --probe-port",
+                addr.ip()
+            )
+        } else {
+            anyhow::anyhow!("cannot listen for probes on {}:{port}: {e}", addr.ip())
+        }
+    })?;
+    let probe_addr = listener.local_addr()?.to_string();
+    let config = ProbeConfig {
+        listen_fd: app.as_raw_fd(),
+        ..config.clone()
+    };
+    probe::spawn(listener, config, shared)?;
+    Ok(probe_addr)
 }
 
 /// Runs the server until it shuts down; the exit code, or an error for main to print.
 pub fn run(mut config: Config) -> anyhow::Result<i32> {
-    let listener = listen(&config.bind, config.port, config.backlog)?;
+    let listener = bind::listen(config.bind, config.port, config.backlog)?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared::new());
     // The pool decides its first spawns now; they are carried out in the loop. Publishing its health
     // before the probe thread starts means no probe ever sees an empty, sizeless pool.
-    let pool = Pool::new(config.pool.clone(), Instant::now());
+    let pool = Pool::new(config.pool.clone(), config.kind.clone(), Instant::now());
     shared.publish(pool.health(), Snapshot::default());
-    let mut probe_addr = String::from("off");
-    if let Some(probe_config) = &config.probe {
-        let port = match probe_config.port {
-            Some(port) => port,
-            None if config.port == 0 => 0, // a free port for the app, so a free one for probes too
-            None => addr
-                .port()
-                .checked_add(1)
-                .context("no port above 65535 for probes; set --probe-port")?,
-        };
-        let probe_listener = TcpListener::bind((addr.ip(), port)).map_err(|e| {
-            if e.kind() == ErrorKind::AddrInUse {
-                anyhow::anyhow!("cannot listen for probes on {}:{port}: address already in use; pick another --probe-port", addr.ip())
-            } else {
-                anyhow::anyhow!("cannot listen for probes on {}:{port}: {e}", addr.ip())
-            }
-        })?;
-        probe_addr = probe_listener.local_addr()?.to_string();
-        let probe_config = ProbeConfig {
-            listen_fd: listener.as_raw_fd(),
-            ..probe_config.clone()
-        };
-        probe::spawn(probe_listener, probe_config, shared.clone())?;
-    }
+    let probe_addr = match &config.probe {
+        Some(probe) => start_probes(probe, &listener, config.port, shared.clone())?,
+        None => String::from("off"),
+    };
     become_subreaper();
 
     let poll = Poll::new().context("cannot create the event loop (epoll)")?;
     let mut signals = Signals::new(signals::HANDLED).context("cannot install signal handlers")?;
     poll.registry()
-        .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        .register(&mut signals, Source::Signals.token(), Interest::READABLE)?;
 
     log::info!(
-        "event=listening addr={addr} probe={probe_addr} workers={} app={} python={} version={}",
+        "event=listening addr={addr} probe={probe_addr} kind={} workers={} app={} python={} version={}",
+        config.kind.name(),
         config.pool.size,
-        config.worker.app,
+        config.app,
         config.python.display(),
         env!("CARGO_PKG_VERSION")
     );
@@ -627,12 +584,7 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
             }
             prestart::Outcome::Failed { message, output } => {
                 if let Some(webhooks) = &webhooks {
-                    webhooks.send(webhook::Event {
-                        kind: "startup",
-                        status: "failed",
-                        info: format!("Startup failed: {message}"),
-                        traceback: Some(output),
-                    });
+                    webhooks.send(webhook::Event::startup_failed(&message, Some(&output)));
                     webhooks.flush(Duration::from_secs(webhook::WEBHOOK_TIMEOUT_S + 1));
                 }
                 eprintln!("error: {message}");
@@ -640,16 +592,24 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
             }
         }
     }
-    let reload_pending = Arc::new(AtomicBool::new(false));
-    let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
-    let _ = shared.waker.set(waker.clone());
-    let mut watcher = None;
+    let (check_bell, mut check_rx) = Doorbell::new()?;
+    poll.registry().register(
+        &mut check_rx,
+        Source::CheckWanted.token(),
+        Interest::READABLE,
+    )?;
+    let _ = shared.check_bell.set(check_bell);
+    let (mut watcher, mut autoreload_rx) = (None, None);
     if let Some((filter, dirs)) = config.autoreload.take() {
-        let w = reload::spawn(filter, reload_pending.clone(), waker).map_err(anyhow::Error::msg)?;
+        let (bell, mut rx) = Doorbell::new()?;
+        poll.registry()
+            .register(&mut rx, Source::Autoreload.token(), Interest::READABLE)?;
+        let w = reload::spawn(filter, bell).map_err(anyhow::Error::msg)?;
         for dir in dirs {
             w.watch(dir, true);
         }
         watcher = Some(w);
+        autoreload_rx = Some(rx);
     }
     let mut master = Master {
         config,
@@ -659,7 +619,8 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
         procs: HashMap::new(),
         shared,
         watcher,
-        reload_pending,
+        autoreload_rx,
+        check_rx,
         last_memory_check: Instant::now(),
         totals: Totals::default(),
         webhooks,
@@ -675,16 +636,10 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
             .fatal_error()
             .filter(|_| !master.published.0.started)
         {
-            let mut event = webhook::Event {
-                kind: "startup",
-                status: "failed",
-                info: format!("Startup failed: {error}"),
-                traceback: master.pool.boot_traceback().map(str::to_string),
-            };
-            if event.traceback.is_none() {
-                event.traceback = Some(error.to_string());
-            }
-            webhooks.send(event);
+            webhooks.send(webhook::Event::startup_failed(
+                error,
+                master.pool.boot_traceback(),
+            ));
         }
         // Bounded: a dead receiver delays the exit by at most this much.
         webhooks.flush(Duration::from_secs(webhook::WEBHOOK_TIMEOUT_S + 1));
@@ -695,4 +650,28 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
         log::info!("event=exit code={code}");
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_has_its_own_token_and_comes_back_from_it() {
+        let sources = [
+            Source::Signals,
+            Source::Autoreload,
+            Source::CheckWanted,
+            Source::Status(1),
+            Source::Control(1),
+            Source::Status(0),
+            Source::Control(7),
+        ];
+        let tokens: std::collections::HashSet<Token> = sources.iter().map(|s| s.token()).collect();
+        assert_eq!(tokens.len(), sources.len(), "no two sources share a token");
+        for source in sources {
+            assert_eq!(Source::of(source.token()), Some(source));
+        }
+        assert_eq!(Source::of(Token(FIRST_WORKER_TOKEN - 1)), None);
+    }
 }

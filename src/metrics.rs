@@ -20,6 +20,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::lifecycle::{Reason, StateName};
+use crate::sys;
 use crate::worker::Counters;
 
 /// Upper bounds of `hurricane_request_duration_seconds` (Prometheus' defaults), sent to workers.
@@ -78,8 +80,8 @@ impl Totals {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     pub totals: Totals,
-    pub workers_by_state: Vec<(&'static str, usize)>,
-    pub restarts: Vec<(&'static str, u64)>,
+    pub workers_by_state: BTreeMap<StateName, usize>,
+    pub restarts: BTreeMap<Reason, u64>,
     pub reloads_succeeded: u64,
     pub reloads_failed: u64,
     pub in_flight: u64,
@@ -123,26 +125,6 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-/// (current length, maximum) of the listening socket's accept queue, from TCP_INFO: for a socket
-/// in LISTEN state Linux reports the queue in tcpi_unacked and the backlog in tcpi_sacked.
-pub fn listen_queue(fd: RawFd) -> Option<(u32, u32)> {
-    // SAFETY: tcp_info is plain old data; zeroed is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && info.tcpi_state == 10/* TCP_LISTEN */)
-        .then_some((info.tcpi_unacked, info.tcpi_sacked))
-}
-
 /// The OpenMetrics text for a scrape.
 pub fn render(snapshot: &Snapshot, listen_fd: RawFd) -> String {
     let mut registry = Registry::default();
@@ -153,35 +135,19 @@ pub fn render(snapshot: &Snapshot, listen_fd: RawFd) -> String {
     );
 
     let workers = Family::<Labels, Gauge>::default();
-    for state in ["spawned", "booting", "ready", "draining"] {
-        let n = snapshot
-            .workers_by_state
-            .iter()
-            .find(|(s, _)| *s == state)
-            .map_or(0, |(_, n)| *n);
+    for state in StateName::ALL {
+        let n = snapshot.workers_by_state.get(&state).copied().unwrap_or(0);
         workers
-            .get_or_create(&labels(&[("state", state)]))
+            .get_or_create(&labels(&[("state", state.as_str())]))
             .set(n as i64);
     }
     registry.register("hurricane_workers", "Worker processes by state", workers);
 
     let restarts = Family::<Labels, Counter>::default();
-    for reason in [
-        "crash",
-        "timeout",
-        "max_requests",
-        "max_memory",
-        "reload",
-        "scale",
-        "boot_timeout",
-    ] {
-        let n = snapshot
-            .restarts
-            .iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, n)| *n);
+    for reason in Reason::ALL {
+        let n = snapshot.restarts.get(&reason).copied().unwrap_or(0);
         restarts
-            .get_or_create(&labels(&[("reason", reason)]))
+            .get_or_create(&labels(&[("reason", reason.as_str())]))
             .inc_by(n);
     }
     registry.register(
@@ -244,7 +210,7 @@ pub fn render(snapshot: &Snapshot, listen_fd: RawFd) -> String {
         "Requests being served now",
         gauge(snapshot.in_flight as i64),
     );
-    let (queue, queue_max) = listen_queue(listen_fd).unwrap_or((0, 0));
+    let (queue, queue_max) = sys::listen_queue(listen_fd).unwrap_or((0, 0));
     registry.register(
         "hurricane_listen_queue_length",
         "Connections waiting in the kernel's accept queue (TCP_INFO)",
@@ -265,11 +231,11 @@ pub fn render(snapshot: &Snapshot, listen_fd: RawFd) -> String {
     registry.register(
         "hurricane_master_resident_memory_bytes",
         "Resident memory of the master",
-        gauge(crate::master::resident_bytes(std::process::id() as i32).unwrap_or(0) as i64),
+        gauge(sys::resident_bytes(std::process::id() as i32).unwrap_or(0) as i64),
     );
     let worker_memory = Family::<Labels, Gauge>::default();
     for (slot, pid) in &snapshot.workers {
-        if let Some(bytes) = crate::master::resident_bytes(*pid) {
+        if let Some(bytes) = sys::resident_bytes(*pid) {
             worker_memory
                 .get_or_create(&labels(&[("slot", &slot.to_string())]))
                 .set(bytes as i64);
@@ -314,7 +280,7 @@ mod tests {
     #[test]
     fn renders_every_metric_with_help_and_type() {
         let mut snapshot = Snapshot {
-            workers_by_state: vec![("ready", 2)],
+            workers_by_state: BTreeMap::from([(StateName::Ready, 2)]),
             ..Snapshot::default()
         };
         snapshot

@@ -1,21 +1,33 @@
 //! The worker pool as a pure state machine: events in (a worker spawned, spoke, exited; time
-//! passed; a reload, a scale or a shutdown was asked for), actions out (spawn, signal, exit).
+//! passed; a reload, a scale or a shutdown was asked for), actions out (spawn, signal, log, exit).
 //!
 //! Why pure: every supervision rule (boot failures stop the server instead of looping, crashes back
 //! off, a replacement is ready before its predecessor drains, a drain ends in SIGKILL at its
 //! deadline, shutdown waits for the last worker) lives here and is unit-tested with a fake clock and
-//! fake pids. `master` only carries actions out on real processes.
+//! fake pids. `master` only carries actions out on real processes. Nothing here reads the clock,
+//! the process id or a file, and nothing is printed but through `log` lines and `Action::LogTraceback`.
 //!
-//! Worker lifecycle: `Spawned -> Booting -> Ready -> Draining -> (removed on exit)`.
-//! Pool lifecycle: `Starting -> Running -> Delaying -> Draining`, or `-> Failing` on a fatal error.
+//! A worker has two orthogonal pieces of state, each an enum:
+//! - its process state, `Spawned -> Booting -> Ready -> Draining -> Killed` (removed when reaped);
+//! - its `Plan`, what the pool intends for it: `Serve` its slot, `Succeed` another worker, be
+//!   `ReplacedBy` a successor, or `End` (the pool ended it, so its exit is not a crash).
+//!
+//! Pool lifecycle: `Starting -> Running -> Delaying -> Draining`, or `-> Failing` on a fatal error;
+//! a reload is `Idle`, `Queued` (asked for while starting) or `Rolling` to a generation.
 //!
 //! Replacing a worker (reload, --max-requests, --max-memory) always starts a *successor* in the same
 //! slot first; the old worker is told to drain only once the successor is Ready, so the pool never
 //! has fewer ready workers than its size while it happens. A reload walks the slots one at a time.
+//!
+//! What a slot runs is not assumed: the pool asks its `Rules` (one implementation per kind of
+//! process, in `kind`) where supervision differs.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::lifecycle::{ExitStatus, Reason, Shutdown, StateName};
+use crate::state::Health;
 use crate::worker::{BootFailure, EXIT_BOOT_FAILED, Message};
 
 /// First respawn delay after a quick crash; it doubles up to the maximum.
@@ -32,6 +44,17 @@ pub const HUNG_KILL_GRACE_MS: u64 = 1000;
 
 pub type WorkerId = u64;
 
+/// The supervision rules that differ by the kind of process a slot runs. The defaults are a
+/// pool of interchangeable workers (the HTTP worker's rules).
+pub trait Rules {
+    /// Whether the service ends when a process of this kind exits: false for a pool of workers
+    /// (the pool respawns it), true for a supervised command that *is* the service, whose exit
+    /// code (128+N for signal N) becomes the master's.
+    fn service_ends_with_process(&self) -> bool {
+        false
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     Term,
@@ -43,36 +66,21 @@ pub enum Signal {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// Start a worker for `slot`; answer with `spawned` or `spawn_failed`.
+    /// Start a worker; answer with `spawned` or `spawn_failed`.
     Spawn {
         worker: WorkerId,
-        slot: usize,
         generation: u64,
     },
     Signal {
         pid: i32,
         signal: Signal,
     },
+    /// A boot traceback to write to the log, once however many workers report it.
+    LogTraceback(String),
     /// Every worker is gone: the master exits with this code.
     Exit {
         code: i32,
     },
-}
-
-/// How a process ended, as waitpid reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    Code(i32),
-    Signal(i32),
-}
-
-impl std::fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExitStatus::Code(c) => write!(f, "exit_code={c}"),
-            ExitStatus::Signal(s) => write!(f, "signal={s}"),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -87,62 +95,68 @@ pub enum WorkerState {
     },
     /// Told to stop (SIGTERM or SIGQUIT); SIGKILL at `kill_at`.
     Draining { kill_at: Instant },
+    /// SIGKILL sent (it cannot be caught): only its exit is left to come.
+    Killed,
 }
 
 impl WorkerState {
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> StateName {
         match self {
-            WorkerState::Spawned => "spawned",
-            WorkerState::Booting => "booting",
-            WorkerState::Ready { .. } => "ready",
-            WorkerState::Draining { .. } => "draining",
+            WorkerState::Spawned => StateName::Spawned,
+            WorkerState::Booting => StateName::Booting,
+            WorkerState::Ready { .. } => StateName::Ready,
+            WorkerState::Draining { .. } => StateName::Draining,
+            WorkerState::Killed => StateName::Killed,
         }
+    }
+
+    fn is_booting(&self) -> bool {
+        matches!(self, WorkerState::Spawned | WorkerState::Booting)
+    }
+
+    fn is_ready(&self) -> bool {
+        matches!(self, WorkerState::Ready { .. })
+    }
+
+    /// Draining or killed: on its way out, no longer holding its slot.
+    fn is_stopping(&self) -> bool {
+        matches!(self, WorkerState::Draining { .. } | WorkerState::Killed)
     }
 }
 
-/// Why a worker is being restarted: the `reason` of `hurricane_worker_restarts_total` and of the logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Reason {
-    Crash,
-    Timeout,
-    MaxRequests,
-    MaxMemory,
-    Reload,
-    Scale,
-    BootTimeout,
-}
-
-impl Reason {
-    pub fn name(self) -> &'static str {
-        match self {
-            Reason::Crash => "crash",
-            Reason::Timeout => "timeout",
-            Reason::MaxRequests => "max_requests",
-            Reason::MaxMemory => "max_memory",
-            Reason::Reload => "reload",
-            Reason::Scale => "scale",
-            Reason::BootTimeout => "boot_timeout",
-        }
-    }
+/// What the pool intends for a worker, beside its process state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Holds its slot; nothing planned.
+    Serve,
+    /// Booting to take over `old`'s slot; `old` drains once this one is ready.
+    Succeed { old: WorkerId },
+    /// A successor (`by`) is booting; this one drains once it is ready.
+    ReplacedBy { by: WorkerId, reason: Reason },
+    /// The pool is ending it for `reason`: its exit is not a crash.
+    End(Reason),
 }
 
 #[derive(Debug, Clone)]
 pub struct Worker {
-    pub id: WorkerId,
     pub slot: usize,
     pub pid: Option<i32>,
     pub generation: u64,
     pub state: WorkerState,
-    pub spawned_at: Instant,
-    /// Why the pool killed or is replacing this worker, so its exit is not called a crash.
-    ending: Option<Reason>,
-    /// For a successor: the worker it replaces once ready.
-    replaces: Option<WorkerId>,
-    /// For a worker being replaced: its successor has been started.
-    replaced_by: Option<WorkerId>,
+    spawned_at: Instant,
+    plan: Plan,
     requests: u64,
     /// Recycle after this many requests (--max-requests plus this worker's jitter).
     max_requests: Option<u64>,
+}
+
+impl Worker {
+    /// Whether its slot counts as filled. A draining or killed worker has left it (its
+    /// replacement may start at once), except one killed for its boot timeout: that one keeps it
+    /// until reaped, so its respawn goes through the crash backoff like any failed boot.
+    fn holds_slot(&self) -> bool {
+        !self.state.is_stopping() || self.plan == Plan::End(Reason::BootTimeout)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -160,20 +174,26 @@ enum Phase {
     Delaying {
         until: Instant,
     },
-    /// Workers told to stop; SIGKILL at their own deadlines.
-    Draining,
+    /// Workers told to stop; SIGKILL at their own deadlines; the master exits with `code`.
+    Draining {
+        code: i32,
+    },
     /// A fatal error: every worker is being killed, then the master exits with `code`.
     Failing {
         code: i32,
     },
 }
 
+/// The rolling reload, if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shutdown {
-    /// SIGTERM: finish in-flight requests.
-    Graceful,
-    /// SIGINT, SIGQUIT: stop now.
-    Fast,
+enum Reload {
+    Idle,
+    /// A HUP came before the first full pool was ready: carried out once it is.
+    Queued,
+    /// Replacing every worker older than generation `to`, one slot at a time.
+    Rolling {
+        to: u64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -189,31 +209,20 @@ pub struct PoolConfig {
     pub max_requests: Option<u64>,
     pub max_requests_jitter: u64,
     pub max_memory_bytes: Option<u64>,
-}
-
-/// What the probes (and metrics) need to know, copied out after every event.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Health {
-    pub started: bool,
-    pub stopping: bool,
-    pub size: usize,
-    pub ready: usize,
-    pub booted: usize,
-    pub workers: usize,
-    pub crash_loop: Option<String>,
+    /// Seed of the --max-requests-jitter generator (the master passes its pid: workers of two
+    /// pods then recycle at different moments; tests pass a constant).
+    pub jitter_seed: u64,
 }
 
 pub struct Pool {
     config: PoolConfig,
+    rules: Rc<dyn Rules>,
     phase: Phase,
+    reload: Reload,
     workers: BTreeMap<WorkerId, Worker>,
     slots: Vec<Slot>,
     next_id: WorkerId,
     generation: u64,
-    /// The generation a reload is rolling out, while one is.
-    reload_to: Option<u64>,
-    /// A HUP that came before the first full pool: carried out once started.
-    reload_pending: bool,
     started_at: Instant,
     actions: Vec<Action>,
     /// The first fatal error, for main to print as the last line.
@@ -221,7 +230,6 @@ pub struct Pool {
     last_traceback: Option<String>,
     /// State of the jitter generator (xorshift): worker limits need spread, not cryptography.
     jitter_state: u64,
-    pub requests_total: u64,
     pub restarts: BTreeMap<Reason, u64>,
     pub reloads_succeeded: u64,
     pub reloads_failed: u64,
@@ -230,23 +238,23 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(config: PoolConfig, now: Instant) -> Pool {
+    pub fn new(config: PoolConfig, rules: Rc<dyn Rules>, now: Instant) -> Pool {
         let slots = vec![Slot::default(); config.size];
+        let jitter_state = 0x9E37_79B9_7F4A_7C15 ^ config.jitter_seed;
         let mut pool = Pool {
             config,
+            rules,
             phase: Phase::Starting,
+            reload: Reload::Idle,
             workers: BTreeMap::new(),
             slots,
             next_id: 1,
             generation: 0,
-            reload_to: None,
-            reload_pending: false,
             started_at: now,
             actions: Vec::new(),
             fatal: None,
             last_traceback: None,
-            jitter_state: 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()),
-            requests_total: 0,
+            jitter_state,
             restarts: BTreeMap::new(),
             reloads_succeeded: 0,
             reloads_failed: 0,
@@ -265,7 +273,7 @@ impl Pool {
         self.fatal.as_deref()
     }
 
-    /// The last boot traceback printed, for the startup/failed webhook.
+    /// The last boot traceback logged, for the startup/failed webhook.
     pub fn boot_traceback(&self) -> Option<&str> {
         self.last_traceback.as_deref()
     }
@@ -274,18 +282,21 @@ impl Pool {
     pub fn ready_pids(&self) -> Vec<i32> {
         self.workers
             .values()
-            .filter(|w| matches!(w.state, WorkerState::Ready { .. }))
+            .filter(|w| w.state.is_ready())
             .filter_map(|w| w.pid)
             .collect()
     }
 
-    /// Pids of live workers, for the master's memory checks.
+    /// Pids of live workers, for the master's memory checks and signal forwarding.
     pub fn pids(&self) -> Vec<i32> {
         self.workers.values().filter_map(|w| w.pid).collect()
     }
 
-    fn worker_by_pid(&mut self, pid: i32) -> Option<&mut Worker> {
-        self.workers.values_mut().find(|w| w.pid == Some(pid))
+    fn id_of(&self, pid: i32) -> Option<WorkerId> {
+        self.workers
+            .iter()
+            .find(|(_, w)| w.pid == Some(pid))
+            .map(|(id, _)| *id)
     }
 
     fn jitter(&mut self) -> u64 {
@@ -301,90 +312,91 @@ impl Pool {
         }
     }
 
+    fn signal(&mut self, pid: Option<i32>, signal: Signal) {
+        if let Some(pid) = pid {
+            self.actions.push(Action::Signal { pid, signal });
+        }
+    }
+
     pub fn spawned(&mut self, worker: WorkerId, pid: i32) {
         if let Some(w) = self.workers.get_mut(&worker) {
             w.pid = Some(pid);
             log::info!(
-                "event=spawn worker={} slot={} pid={pid} gen={}",
-                w.id,
+                "event=spawn worker={worker} slot={} pid={pid} gen={}",
                 w.slot,
                 w.generation
             );
         }
     }
 
-    /// The interpreter could not be started at all (missing python, fork failure): fatal.
+    /// The process could not be started at all (missing python, fork failure): fatal.
     pub fn spawn_failed(&mut self, worker: WorkerId, error: String, now: Instant) {
         self.workers.remove(&worker);
         self.fail(1, error, now);
     }
 
     pub fn message(&mut self, pid: i32, message: Message, now: Instant) {
-        let failing = matches!(self.phase, Phase::Failing { .. });
-        let timeout = self.config.timeout;
-        let Some(worker) = self.worker_by_pid(pid) else {
+        let Some(id) = self.id_of(pid) else {
             return;
         };
-        // Decisions that need the whole pool are made after the worker's borrow ends.
-        let mut retire = None;
-        let mut hung = false;
-        let mut failure = None;
-        let mut requests_seen = 0;
         match message {
             Message::Boot => {
-                if worker.state == WorkerState::Spawned {
-                    worker.state = WorkerState::Booting;
+                let w = self.workers.get_mut(&id).expect("found above");
+                if w.state == WorkerState::Spawned {
+                    w.state = WorkerState::Booting;
                 }
             }
-            Message::Ready { boot_ms, .. } => {
-                if matches!(worker.state, WorkerState::Spawned | WorkerState::Booting) {
-                    worker.state = WorkerState::Ready {
-                        since: now,
-                        last_heartbeat: now,
-                    };
-                    log::info!(
-                        "event=ready worker={} slot={} pid={pid} gen={} boot_ms={boot_ms}",
-                        worker.id,
-                        worker.slot,
-                        worker.generation
-                    );
-                    retire = worker.replaces.take();
-                }
-            }
+            Message::Ready { boot_ms, .. } => self.became_ready(id, boot_ms, now),
             Message::Heartbeat { requests, busy, .. } => {
-                worker.requests += requests;
-                requests_seen = requests;
-                if let WorkerState::Ready { last_heartbeat, .. } = &mut worker.state {
+                let timeout = self.config.timeout;
+                let w = self.workers.get_mut(&id).expect("found above");
+                w.requests += requests;
+                if let WorkerState::Ready { last_heartbeat, .. } = &mut w.state {
                     *last_heartbeat = now;
                 }
-                if let (Some(busy), Some(limit)) = (busy, timeout)
-                    && busy.elapsed >= limit
-                    && worker.ending.is_none()
-                {
+                let overdue = match (busy, timeout) {
+                    (Some(busy), Some(limit)) if busy.elapsed >= limit => Some(busy),
+                    _ => None,
+                };
+                if let Some(busy) = overdue.filter(|_| !matches!(w.plan, Plan::End(_))) {
                     log::error!(
-                        "event=timeout worker={} pid={pid} method={} path={:?} elapsed_s={:.1}",
-                        worker.id,
+                        "event=timeout worker={id} pid={pid} method={} path={:?} elapsed_s={:.1}",
                         busy.method,
                         busy.path,
                         busy.elapsed.as_secs_f64()
                     );
-                    hung = true;
+                    self.kill_hung(id, now);
                 }
             }
-            Message::Failed(f) => failure = Some(f).filter(|_| !failing),
+            Message::Failed(failure) => {
+                if !matches!(self.phase, Phase::Failing { .. }) {
+                    self.boot_failed(failure, now);
+                }
+            }
             Message::Checked(_) => {} // the master's business: it answers the probes
         }
-        self.requests_total += requests_seen;
-        if let Some(old) = retire {
+        self.tick(now);
+    }
+
+    fn became_ready(&mut self, id: WorkerId, boot_ms: u64, now: Instant) {
+        let w = self.workers.get_mut(&id).expect("a known worker");
+        if !w.state.is_booting() {
+            return;
+        }
+        w.state = WorkerState::Ready {
+            since: now,
+            last_heartbeat: now,
+        };
+        log::info!(
+            "event=ready worker={id} slot={} pid={} gen={} boot_ms={boot_ms}",
+            w.slot,
+            w.pid.unwrap_or(0),
+            w.generation
+        );
+        if let Plan::Succeed { old } = w.plan {
+            w.plan = Plan::Serve;
             self.retire(old, now);
         }
-        if hung {
-            self.kill_hung(pid, Reason::Timeout, now);
-        }
-        if let Some(failure) = failure {
-            self.boot_failed(failure, now);
-        }
-        self.tick(now);
     }
 
     /// The successor of `old` is ready: `old` drains (new up before old goes).
@@ -393,40 +405,41 @@ impl Pool {
         let Some(w) = self.workers.get_mut(&old) else {
             return;
         };
-        let reason = w.ending.unwrap_or(Reason::Reload);
-        if let Some(pid) = w.pid {
-            self.actions.push(Action::Signal {
-                pid,
-                signal: Signal::Term,
-            });
-        }
+        let Plan::ReplacedBy { reason, .. } = w.plan else {
+            return; // ended meanwhile (a timeout, say): already on its way out
+        };
+        w.plan = Plan::End(reason);
         w.state = WorkerState::Draining {
             kill_at: now + graceful,
         };
+        let (slot, pid) = (w.slot, w.pid);
+        self.signal(pid, Signal::Term);
         *self.restarts.entry(reason).or_default() += 1;
         log::info!(
-            "event=retire worker={old} slot={} reason={}",
-            w.slot,
-            reason.name()
+            "event=retire worker={old} slot={slot} reason={}",
+            reason.as_str()
         );
     }
 
     /// A request over --timeout or a silent worker: traceback, TERM, then KILL after a short grace.
-    fn kill_hung(&mut self, pid: i32, reason: Reason, now: Instant) {
-        if let Some(w) = self.worker_by_pid(pid) {
-            w.ending = Some(reason);
-            w.state = WorkerState::Draining {
-                kill_at: now + Duration::from_millis(HUNG_KILL_GRACE_MS),
-            };
-            self.actions.push(Action::Signal {
-                pid,
-                signal: Signal::DumpTraceback,
-            });
-            self.actions.push(Action::Signal {
-                pid,
-                signal: Signal::Term,
-            });
+    fn kill_hung(&mut self, id: WorkerId, now: Instant) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if let Plan::ReplacedBy { by, .. } = w.plan {
+            // Its successor now simply takes the slot.
+            if let Some(s) = self.workers.get_mut(&by) {
+                s.plan = Plan::Serve;
+            }
         }
+        let w = self.workers.get_mut(&id).expect("found above");
+        w.plan = Plan::End(Reason::Timeout);
+        w.state = WorkerState::Draining {
+            kill_at: now + Duration::from_millis(HUNG_KILL_GRACE_MS),
+        };
+        let pid = w.pid;
+        self.signal(pid, Signal::DumpTraceback);
+        self.signal(pid, Signal::Term);
     }
 
     /// The master read a worker's resident memory.
@@ -434,51 +447,44 @@ impl Pool {
         let Some(limit) = self.config.max_memory_bytes else {
             return;
         };
-        let id = match self.worker_by_pid(pid) {
-            Some(w)
-                if rss_bytes > limit
-                    && matches!(w.state, WorkerState::Ready { .. })
-                    && w.ending.is_none() =>
-            {
-                log::warn!(
-                    "event=max_memory worker={} pid={pid} rss_mb={}",
-                    w.id,
-                    rss_bytes >> 20
-                );
-                w.id
-            }
-            _ => return,
+        let Some(id) = self.id_of(pid) else {
+            return;
         };
-        self.replace(id, Reason::MaxMemory, now);
+        let w = &self.workers[&id];
+        if rss_bytes > limit && w.state.is_ready() && w.plan == Plan::Serve {
+            log::warn!(
+                "event=max_memory worker={id} pid={pid} rss_mb={}",
+                rss_bytes >> 20
+            );
+            self.replace(id, Reason::MaxMemory, now);
+        }
     }
 
     /// Starts a successor for `old`'s slot; `old` drains when the successor is ready.
     fn replace(&mut self, old: WorkerId, reason: Reason, now: Instant) {
-        let Some(w) = self.workers.get_mut(&old) else {
+        let Some(w) = self.workers.get(&old) else {
             return;
         };
-        if w.replaced_by.is_some() {
+        if w.plan != Plan::Serve {
             return;
         }
-        w.ending = Some(reason);
         let slot = w.slot;
-        let successor = self.start_worker(slot, now);
-        if let Some(w) = self.workers.get_mut(&old) {
-            w.replaced_by = Some(successor);
-        }
-        if let Some(s) = self.workers.get_mut(&successor) {
-            s.replaces = Some(old);
-        }
+        let successor = self.start_worker(slot, Plan::Succeed { old }, now);
+        self.workers.get_mut(&old).expect("checked above").plan = Plan::ReplacedBy {
+            by: successor,
+            reason,
+        };
         log::info!(
             "event=replace worker={old} slot={slot} successor={successor} reason={}",
-            reason.name()
+            reason.as_str()
         );
     }
 
     fn boot_failed(&mut self, failure: BootFailure, now: Instant) {
-        // The traceback is printed once, not once per worker or per respawn.
+        // The traceback is logged once, not once per worker or per respawn.
         if self.last_traceback.as_deref() != Some(failure.traceback.as_str()) {
-            crate::logging::traceback(&failure.traceback);
+            self.actions
+                .push(Action::LogTraceback(failure.traceback.clone()));
             self.last_traceback = Some(failure.traceback.clone());
         }
         if self.phase == Phase::Starting {
@@ -495,102 +501,136 @@ impl Pool {
         }
         self.fatal.get_or_insert(error);
         self.phase = Phase::Failing { code };
-        // tick sends the SIGKILLs: a drain deadline of now.
-        for w in self.workers.values_mut() {
-            w.state = WorkerState::Draining { kill_at: now };
+        self.kill_all(now);
+        self.tick(now);
+    }
+
+    /// A process was reaped: account for it, and decide what follows.
+    pub fn exited(&mut self, pid: i32, status: ExitStatus, now: Instant) {
+        let Some(id) = self.id_of(pid) else {
+            return;
+        };
+        let worker = self.workers.remove(&id).expect("found above");
+        if self.rules.service_ends_with_process() {
+            self.service_ended(id, &worker, status, now);
+        } else if let (Plan::Succeed { old }, true) = (worker.plan, !worker.state.is_ready()) {
+            self.successor_failed(id, &worker, old, status, now);
+        } else if matches!(self.phase, Phase::Failing { .. } | Phase::Draining { .. }) {
+            log_exit(id, &worker, status);
+        } else if let Plan::End(reason) = worker.plan
+            && reason != Reason::BootTimeout
+        {
+            log_exit(id, &worker, status);
+            // Retired and scaled-down workers were counted when the pool ended them; a hung one
+            // counts once it is gone.
+            if reason == Reason::Timeout {
+                *self.restarts.entry(reason).or_default() += 1;
+            }
+        } else if self.phase == Phase::Starting && !worker.state.is_ready() {
+            self.failed_at_startup(id, &worker, status, now);
+        } else {
+            self.crashed(id, &worker, status, now);
         }
         self.tick(now);
     }
 
-    pub fn exited(&mut self, pid: i32, status: ExitStatus, now: Instant) {
-        let Some(id) = self
-            .workers
-            .values()
-            .find(|w| w.pid == Some(pid))
-            .map(|w| w.id)
-        else {
-            return;
+    /// The process that is the service exited: the master follows with its code.
+    fn service_ended(&mut self, id: WorkerId, worker: &Worker, status: ExitStatus, now: Instant) {
+        log_exit(id, worker, status);
+        if !matches!(self.phase, Phase::Failing { .. }) {
+            self.phase = Phase::Draining {
+                code: status.as_code(),
+            };
+            let graceful = now + self.config.graceful_timeout;
+            self.drain_all(Signal::Term, graceful);
+        }
+    }
+
+    /// A successor died before it was ready: its predecessor keeps serving.
+    fn successor_failed(
+        &mut self,
+        id: WorkerId,
+        worker: &Worker,
+        old: WorkerId,
+        status: ExitStatus,
+        now: Instant,
+    ) {
+        if let Some(w) = self.workers.get_mut(&old)
+            && matches!(w.plan, Plan::ReplacedBy { by, .. } if by == id)
+        {
+            w.plan = Plan::Serve; // a limit that still holds replaces it again after the backoff
+        }
+        let slot = &mut self.slots[worker.slot];
+        slot.crashes += 1;
+        slot.respawn_at = Some(now + backoff(slot.crashes.max(2)));
+        log::error!(
+            "event=replace_failed worker={id} slot={} pid={} {status}",
+            worker.slot,
+            worker.pid.unwrap_or(0)
+        );
+        if let Reload::Rolling { to } = self.reload {
+            self.reload = Reload::Idle;
+            self.reloads_failed += 1;
+            log::error!(
+                "event=reload result=failed gen={to} reason=\"new workers did not boot; old workers keep serving\""
+            );
+        }
+    }
+
+    /// A worker of the first pool died while loading the app: the app cannot start.
+    fn failed_at_startup(
+        &mut self,
+        id: WorkerId,
+        worker: &Worker,
+        status: ExitStatus,
+        now: Instant,
+    ) {
+        let error = match (worker.plan, status) {
+            (Plan::End(Reason::BootTimeout), _) => format!(
+                "worker did not boot within {}s; raise --boot-timeout or find what the import waits on",
+                self.config.boot_timeout.as_secs_f64()
+            ),
+            (_, ExitStatus::Code(EXIT_BOOT_FAILED)) => "the app failed to load".to_string(),
+            (_, status) => format!("worker died while loading the app ({status})"),
         };
-        let worker = self.workers.remove(&id).expect("found above");
-        let slot = worker.slot;
-        let booting = matches!(worker.state, WorkerState::Spawned | WorkerState::Booting);
-        if let Some(old) = worker.replaces.filter(|_| booting) {
-            // A successor died before it was ready: its predecessor keeps serving.
-            if let Some(w) = self.workers.get_mut(&old) {
-                w.replaced_by = None;
-                if w.ending != Some(Reason::Reload) {
-                    w.ending = None; // the limit still holds: replaced again after the backoff
-                }
-            }
-            let slot_state = &mut self.slots[slot];
-            slot_state.crashes += 1;
-            slot_state.respawn_at = Some(now + backoff(slot_state.crashes.max(2)));
-            log::error!("event=replace_failed worker={id} slot={slot} pid={pid} {status}");
-            if self.reload_to.take().is_some() {
-                self.reloads_failed += 1;
-                log::error!(
-                    "event=reload result=failed gen={} reason=\"new workers did not boot; old workers keep serving\"",
-                    self.generation
-                );
-            }
-            self.tick(now);
-            return;
+        log::error!(
+            "event=boot_failed worker={id} slot={} pid={} {status}",
+            worker.slot,
+            worker.pid.unwrap_or(0)
+        );
+        self.fail(EXIT_BOOT_FAILED, error, now);
+    }
+
+    /// A worker died on its own (or its boot timed out after startup): respawn with backoff.
+    fn crashed(&mut self, id: WorkerId, worker: &Worker, status: ExitStatus, now: Instant) {
+        let stable = matches!(worker.state, WorkerState::Ready { since, .. }
+            if now.duration_since(since) >= Duration::from_secs(STABLE_AFTER_S));
+        let reason = match worker.plan {
+            Plan::End(reason) => reason,
+            _ => Reason::Crash,
+        };
+        *self.restarts.entry(reason).or_default() += 1;
+        let slot = &mut self.slots[worker.slot];
+        if stable {
+            slot.crashes = 0;
         }
-        match (&self.phase, &worker.state) {
-            (Phase::Failing { .. } | Phase::Draining, _) => {
-                log::info!(
-                    "event=exit worker={id} slot={slot} pid={pid} {status} requests={}",
-                    worker.requests
-                );
-            }
-            (_, WorkerState::Draining { .. }) => {
-                log::info!(
-                    "event=exit worker={id} slot={slot} pid={pid} {status} requests={}",
-                    worker.requests
-                );
-                if let Some(reason @ (Reason::Timeout | Reason::Crash)) = worker.ending {
-                    *self.restarts.entry(reason).or_default() += 1;
-                }
-            }
-            (Phase::Starting, WorkerState::Spawned | WorkerState::Booting) => {
-                let error = match (worker.ending, status) {
-                    (Some(Reason::BootTimeout), _) => format!(
-                        "worker did not boot within {}s; raise --boot-timeout or find what the import waits on",
-                        self.config.boot_timeout.as_secs_f64()
-                    ),
-                    (_, ExitStatus::Code(EXIT_BOOT_FAILED)) => "the app failed to load".to_string(),
-                    (_, status) => format!("worker died while loading the app ({status})"),
-                };
-                log::error!("event=boot_failed worker={id} slot={slot} pid={pid} {status}");
-                self.fail(EXIT_BOOT_FAILED, error, now);
-            }
-            (_, state) => {
-                let stable = matches!(state, WorkerState::Ready { since, .. }
-                    if now.duration_since(*since) >= Duration::from_secs(STABLE_AFTER_S));
-                let reason = worker.ending.unwrap_or(Reason::Crash);
-                *self.restarts.entry(reason).or_default() += 1;
-                let slot_state = &mut self.slots[slot];
-                if stable {
-                    slot_state.crashes = 0;
-                }
-                slot_state.crashes += 1;
-                let delay = backoff(slot_state.crashes);
-                slot_state.respawn_at = Some(now + delay);
-                log::warn!(
-                    "event=worker_died worker={id} slot={slot} pid={pid} {status} reason={} crashes={} respawn_in_ms={}",
-                    reason.name(),
-                    slot_state.crashes,
-                    delay.as_millis()
-                );
-                // Its successor, if one was booting, now simply fills the slot.
-                if let Some(successor) = worker.replaced_by
-                    && let Some(s) = self.workers.get_mut(&successor)
-                {
-                    s.replaces = None;
-                }
-            }
+        slot.crashes += 1;
+        let delay = backoff(slot.crashes);
+        slot.respawn_at = Some(now + delay);
+        log::warn!(
+            "event=worker_died worker={id} slot={} pid={} {status} reason={} crashes={} respawn_in_ms={}",
+            worker.slot,
+            worker.pid.unwrap_or(0),
+            reason.as_str(),
+            slot.crashes,
+            delay.as_millis()
+        );
+        // Its successor, if one was booting, now simply fills the slot.
+        if let Plan::ReplacedBy { by, .. } = worker.plan
+            && let Some(s) = self.workers.get_mut(&by)
+        {
+            s.plan = Plan::Serve;
         }
-        self.tick(now);
     }
 
     /// SIGHUP: roll out a new generation, slot by slot; a HUP during a reload restarts it.
@@ -598,39 +638,43 @@ impl Pool {
         match self.phase {
             Phase::Starting => {
                 log::info!("event=reload_deferred reason=starting");
-                self.reload_pending = true;
+                self.reload = Reload::Queued;
             }
             Phase::Running => {
                 self.generation += 1;
                 log::info!("event=reload gen={}", self.generation);
-                // Successors of an older reload are stale: stop them; their slots are redone.
-                let stale: Vec<WorkerId> = self
-                    .workers
-                    .values()
-                    .filter(|w| w.replaces.is_some() && w.generation < self.generation)
-                    .map(|w| w.id)
-                    .collect();
-                for id in stale {
-                    let w = self.workers.get_mut(&id).expect("listed above");
-                    let old = w.replaces.take();
-                    if let Some(pid) = w.pid {
-                        self.actions.push(Action::Signal {
-                            pid,
-                            signal: Signal::Kill,
-                        });
-                    }
-                    w.state = WorkerState::Draining {
-                        kill_at: now + Duration::from_secs(u32::MAX as u64),
-                    };
-                    if let Some(old) = old.and_then(|o| self.workers.get_mut(&o)) {
-                        old.replaced_by = None;
-                    }
-                }
-                self.reload_to = Some(self.generation);
+                self.kill_stale_successors();
+                self.reload = Reload::Rolling {
+                    to: self.generation,
+                };
             }
             _ => log::info!("event=reload_ignored reason=stopping"),
         }
         self.tick(now);
+    }
+
+    /// Successors of an older reload would serve old code: kill them; their slots are redone.
+    fn kill_stale_successors(&mut self) {
+        let generation = self.generation;
+        let stale: Vec<(WorkerId, WorkerId)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.generation < generation)
+            .filter_map(|(id, w)| match w.plan {
+                Plan::Succeed { old } => Some((*id, old)),
+                _ => None,
+            })
+            .collect();
+        for (id, old) in stale {
+            let w = self.workers.get_mut(&id).expect("listed above");
+            w.plan = Plan::End(Reason::Reload);
+            w.state = WorkerState::Killed;
+            let pid = w.pid;
+            self.signal(pid, Signal::Kill);
+            if let Some(old) = self.workers.get_mut(&old) {
+                old.plan = Plan::Serve;
+            }
+        }
     }
 
     /// SIGTTIN (+1) / SIGTTOU (-1): change the pool size, never below one.
@@ -645,21 +689,19 @@ impl Pool {
             self.config.size -= 1;
             self.slots.pop();
             let gone = self.config.size;
-            let graceful = self.config.graceful_timeout;
-            for w in self.workers.values_mut().filter(|w| w.slot == gone) {
-                if matches!(w.state, WorkerState::Draining { .. }) {
-                    continue;
-                }
-                if let Some(pid) = w.pid {
-                    self.actions.push(Action::Signal {
-                        pid,
-                        signal: Signal::Term,
-                    });
-                }
-                w.ending = Some(Reason::Scale);
-                w.state = WorkerState::Draining {
-                    kill_at: now + graceful,
-                };
+            let kill_at = now + self.config.graceful_timeout;
+            let leaving: Vec<WorkerId> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.slot == gone && !w.state.is_stopping())
+                .map(|(id, _)| *id)
+                .collect();
+            for id in leaving {
+                let w = self.workers.get_mut(&id).expect("listed above");
+                w.plan = Plan::End(Reason::Scale);
+                w.state = WorkerState::Draining { kill_at };
+                let pid = w.pid;
+                self.signal(pid, Signal::Term);
                 *self.restarts.entry(Reason::Scale).or_default() += 1;
             }
         } else {
@@ -674,10 +716,12 @@ impl Pool {
     pub fn shutdown(&mut self, kind: Shutdown, now: Instant) {
         match self.phase {
             Phase::Failing { .. } => {}
-            Phase::Delaying { .. } | Phase::Draining => {
+            Phase::Delaying { .. } | Phase::Draining { .. } => {
                 log::warn!("event=shutdown_escalated");
-                self.phase = Phase::Draining;
-                self.drain_all(Signal::Kill, now, now);
+                if let Phase::Delaying { .. } = self.phase {
+                    self.phase = Phase::Draining { code: 0 };
+                }
+                self.kill_all(now);
             }
             Phase::Starting | Phase::Running => match kind {
                 Shutdown::Graceful if !self.config.shutdown_delay.is_zero() => {
@@ -691,17 +735,14 @@ impl Pool {
                 }
                 Shutdown::Graceful => {
                     log::info!("event=shutdown kind=graceful");
-                    self.phase = Phase::Draining;
-                    self.drain_all(Signal::Term, now, now + self.config.graceful_timeout);
+                    self.phase = Phase::Draining { code: 0 };
+                    self.drain_all(Signal::Term, now + self.config.graceful_timeout);
                 }
                 Shutdown::Fast => {
                     log::info!("event=shutdown kind=fast");
-                    self.phase = Phase::Draining;
-                    self.drain_all(
-                        Signal::Quit,
-                        now,
-                        now + Duration::from_millis(FAST_SHUTDOWN_GRACE_MS),
-                    );
+                    self.phase = Phase::Draining { code: 0 };
+                    let grace = Duration::from_millis(FAST_SHUTDOWN_GRACE_MS);
+                    self.drain_all(Signal::Quit, now + grace);
                 }
             },
         }
@@ -709,62 +750,89 @@ impl Pool {
     }
 
     /// Tells every worker to stop with `signal`; SIGKILL follows at `kill_at` (sent by tick).
-    fn drain_all(&mut self, signal: Signal, now: Instant, kill_at: Instant) {
+    fn drain_all(&mut self, signal: Signal, kill_at: Instant) {
+        let mut told = Vec::new();
         for w in self.workers.values_mut() {
-            if signal == Signal::Kill {
-                w.state = WorkerState::Draining { kill_at: now };
-                continue;
-            }
-            if matches!(w.state, WorkerState::Draining { kill_at: k } if k <= kill_at) {
+            let earlier = match w.state {
+                WorkerState::Draining { kill_at: k } => k <= kill_at,
+                WorkerState::Killed => true,
+                _ => false,
+            };
+            if earlier {
                 continue; // already stopping, on an earlier deadline
             }
-            if let Some(pid) = w.pid {
-                self.actions.push(Action::Signal { pid, signal });
-            }
+            told.push(w.pid);
             w.state = WorkerState::Draining { kill_at };
+        }
+        for pid in told {
+            self.signal(pid, signal);
         }
     }
 
-    /// Time passed: respawn, enforce deadlines, move between phases. Call after every event.
+    /// Every worker not killed yet gets its SIGKILL on the next tick.
+    fn kill_all(&mut self, now: Instant) {
+        for w in self.workers.values_mut() {
+            if w.state != WorkerState::Killed {
+                w.state = WorkerState::Draining { kill_at: now };
+            }
+        }
+    }
+
+    /// Time passed: enforce deadlines, respawn, move between phases. Call after every event.
     pub fn tick(&mut self, now: Instant) {
+        self.end_shutdown_delay(now);
+        self.enforce_deadlines(now);
+        match self.phase {
+            Phase::Starting | Phase::Running | Phase::Delaying { .. } => {
+                self.fill_slots(now);
+                if self.phase == Phase::Running {
+                    self.recycle(now);
+                    self.roll_reload(now);
+                }
+            }
+            Phase::Draining { code } | Phase::Failing { code } => {
+                if self.workers.is_empty() {
+                    self.actions.push(Action::Exit { code });
+                }
+            }
+        }
+        self.mark_started(now);
+    }
+
+    /// --shutdown-delay is over: start draining.
+    fn end_shutdown_delay(&mut self, now: Instant) {
         if let Phase::Delaying { until } = self.phase
             && now >= until
         {
             log::info!("event=drain workers={}", self.workers.len());
-            self.phase = Phase::Draining;
-            self.drain_all(Signal::Term, now, now + self.config.graceful_timeout);
+            self.phase = Phase::Draining { code: 0 };
+            self.drain_all(Signal::Term, now + self.config.graceful_timeout);
         }
+    }
 
-        // Deadlines: boot timeouts, silent workers and drain deadlines.
+    /// Boot timeouts, drain deadlines, silent workers; and a slot whose worker stayed up is healthy.
+    fn enforce_deadlines(&mut self, now: Instant) {
         let mut hung = Vec::new();
-        for w in self.workers.values_mut() {
+        let mut kills = Vec::new();
+        for (id, w) in self.workers.iter_mut() {
             let Some(pid) = w.pid else { continue };
             match w.state {
                 WorkerState::Spawned | WorkerState::Booting
-                    if w.ending.is_none()
-                        && now.duration_since(w.spawned_at) >= self.config.boot_timeout =>
+                    if now.duration_since(w.spawned_at) >= self.config.boot_timeout =>
                 {
-                    log::error!(
-                        "event=boot_timeout worker={} slot={} pid={pid}",
-                        w.id,
-                        w.slot
-                    );
-                    w.ending = Some(Reason::BootTimeout);
-                    self.actions.push(Action::Signal {
-                        pid,
-                        signal: Signal::Kill,
-                    });
+                    log::error!("event=boot_timeout worker={id} slot={} pid={pid}", w.slot);
+                    if let Plan::Succeed { .. } = w.plan {
+                        // Its predecessor learns of the failure when this one's exit is reaped.
+                    } else {
+                        w.plan = Plan::End(Reason::BootTimeout);
+                    }
+                    w.state = WorkerState::Killed;
+                    kills.push(pid);
                 }
                 WorkerState::Draining { kill_at } if now >= kill_at => {
-                    log::warn!("event=kill worker={} pid={pid}", w.id);
-                    self.actions.push(Action::Signal {
-                        pid,
-                        signal: Signal::Kill,
-                    });
-                    // Once is enough: the pid stays ours (a zombie) until reaped, and SIGKILL cannot be caught.
-                    w.state = WorkerState::Draining {
-                        kill_at: now + Duration::from_secs(u32::MAX as u64),
-                    };
+                    log::warn!("event=kill worker={id} pid={pid}");
+                    w.state = WorkerState::Killed;
+                    kills.push(pid);
                 }
                 WorkerState::Ready {
                     since,
@@ -777,51 +845,39 @@ impl Pool {
                         && now.duration_since(last_heartbeat) >= limit
                     {
                         log::error!(
-                            "event=heartbeat_timeout worker={} pid={pid} silent_s={:.1}",
-                            w.id,
+                            "event=heartbeat_timeout worker={id} pid={pid} silent_s={:.1}",
                             now.duration_since(last_heartbeat).as_secs_f64()
                         );
-                        hung.push(pid);
+                        hung.push(*id);
                     }
                 }
                 _ => {}
             }
         }
-        for pid in hung {
-            self.kill_hung(pid, Reason::Timeout, now);
+        for pid in kills {
+            self.signal(Some(pid), Signal::Kill);
         }
-
-        match self.phase {
-            Phase::Starting | Phase::Running | Phase::Delaying { .. } => {
-                self.fill_slots(now);
-                if matches!(self.phase, Phase::Running) {
-                    self.recycle(now);
-                    self.roll_reload(now);
-                }
-            }
-            Phase::Draining => {
-                if self.workers.is_empty() {
-                    self.actions.push(Action::Exit { code: 0 });
-                }
-            }
-            Phase::Failing { code } => {
-                if self.workers.is_empty() {
-                    self.actions.push(Action::Exit { code });
-                }
-            }
+        for id in hung {
+            self.kill_hung(id, now);
         }
+    }
 
-        if self.phase == Phase::Starting && self.ready_slots() == self.config.size {
-            self.phase = Phase::Running;
-            self.startup_duration = Some(now.duration_since(self.started_at));
-            log::info!(
-                "event=started workers={} startup_ms={}",
-                self.config.size,
-                now.duration_since(self.started_at).as_millis()
-            );
-            if std::mem::take(&mut self.reload_pending) {
-                self.reload(now);
-            }
+    /// The first full pool is ready: the server has started (and a queued reload may begin).
+    fn mark_started(&mut self, now: Instant) {
+        if self.phase != Phase::Starting || self.ready_slots() != self.config.size {
+            return;
+        }
+        self.phase = Phase::Running;
+        let took = now.duration_since(self.started_at);
+        self.startup_duration = Some(took);
+        log::info!(
+            "event=started workers={} startup_ms={}",
+            self.config.size,
+            took.as_millis()
+        );
+        if self.reload == Reload::Queued {
+            self.reload = Reload::Idle;
+            self.reload(now);
         }
     }
 
@@ -829,17 +885,17 @@ impl Pool {
     fn recycle(&mut self, now: Instant) {
         let due: Vec<WorkerId> = self
             .workers
-            .values()
-            .filter(|w| {
-                matches!(w.state, WorkerState::Ready { .. })
-                    && w.ending.is_none()
+            .iter()
+            .filter(|(_, w)| {
+                w.state.is_ready()
+                    && w.plan == Plan::Serve
                     && w.max_requests.is_some_and(|limit| w.requests >= limit)
                     && self
                         .slots
                         .get(w.slot)
                         .is_some_and(|s| s.respawn_at.is_none_or(|at| now >= at))
             })
-            .map(|w| w.id)
+            .map(|(id, _)| *id)
             .collect();
         for id in due {
             log::info!("event=max_requests worker={id}");
@@ -849,69 +905,61 @@ impl Pool {
 
     /// One slot at a time: replace the first worker of an older generation, once nothing is booting.
     fn roll_reload(&mut self, now: Instant) {
-        let Some(target) = self.reload_to else { return };
-        if self.workers.values().any(|w| w.replaces.is_some()) {
+        let Reload::Rolling { to } = self.reload else {
+            return;
+        };
+        if self
+            .workers
+            .values()
+            .any(|w| matches!(w.plan, Plan::Succeed { .. }))
+        {
             return; // a successor is still booting
         }
         let next = self
             .workers
-            .values()
-            .filter(|w| {
-                w.generation < target
-                    && matches!(w.state, WorkerState::Ready { .. })
-                    && w.slot < self.config.size
-            })
-            .map(|w| w.id)
-            .next();
+            .iter()
+            .find(|(_, w)| w.generation < to && w.state.is_ready() && w.slot < self.config.size)
+            .map(|(id, _)| *id);
         match next {
             Some(id) => self.replace(id, Reason::Reload, now),
-            None => {
-                let booting = self
-                    .workers
-                    .values()
-                    .any(|w| matches!(w.state, WorkerState::Spawned | WorkerState::Booting));
-                if !booting {
-                    self.reload_to = None;
-                    self.reloads_succeeded += 1;
-                    log::info!("event=reload result=succeeded gen={target}");
-                }
+            None if !self.workers.values().any(|w| w.state.is_booting()) => {
+                self.reload = Reload::Idle;
+                self.reloads_succeeded += 1;
+                log::info!("event=reload result=succeeded gen={to}");
             }
+            None => {}
         }
     }
 
     fn ready_slots(&self) -> usize {
         let mut ready = vec![false; self.config.size];
         for w in self.workers.values() {
-            if matches!(w.state, WorkerState::Ready { .. }) && w.slot < ready.len() {
+            if w.state.is_ready() && w.slot < ready.len() {
                 ready[w.slot] = true;
             }
         }
         ready.into_iter().filter(|r| *r).count()
     }
 
-    fn start_worker(&mut self, slot: usize, now: Instant) -> WorkerId {
+    fn start_worker(&mut self, slot: usize, plan: Plan, now: Instant) -> WorkerId {
         let id = self.next_id;
         self.next_id += 1;
         let max_requests = self.config.max_requests.map(|n| n + self.jitter());
         self.workers.insert(
             id,
             Worker {
-                id,
                 slot,
                 pid: None,
                 generation: self.generation,
                 state: WorkerState::Spawned,
                 spawned_at: now,
-                ending: None,
-                replaces: None,
-                replaced_by: None,
+                plan,
                 requests: 0,
                 max_requests,
             },
         );
         self.actions.push(Action::Spawn {
             worker: id,
-            slot,
             generation: self.generation,
         });
         id
@@ -922,7 +970,7 @@ impl Pool {
             let occupied = self
                 .workers
                 .values()
-                .any(|w| w.slot == slot && !matches!(w.state, WorkerState::Draining { .. }));
+                .any(|w| w.slot == slot && w.holds_slot());
             if occupied {
                 continue;
             }
@@ -931,7 +979,7 @@ impl Pool {
                 continue;
             }
             state.respawn_at = None;
-            self.start_worker(slot, now);
+            self.start_worker(slot, Plan::Serve, now);
         }
     }
 
@@ -944,7 +992,7 @@ impl Pool {
         }
         for w in self.workers.values() {
             match w.state {
-                WorkerState::Spawned | WorkerState::Booting if w.ending.is_none() => {
+                WorkerState::Spawned | WorkerState::Booting => {
                     consider(w.spawned_at + self.config.boot_timeout)
                 }
                 WorkerState::Draining { kill_at } => consider(kill_at),
@@ -959,7 +1007,7 @@ impl Pool {
                         consider(last_heartbeat + limit);
                     }
                 }
-                _ => {}
+                WorkerState::Killed => {}
             }
         }
         if matches!(
@@ -977,29 +1025,23 @@ impl Pool {
 
     /// The pool's part of /metrics.
     pub fn fill_metrics(&self, snapshot: &mut crate::metrics::Snapshot) {
-        let mut states: BTreeMap<&'static str, usize> = BTreeMap::new();
+        snapshot.workers_by_state.clear();
         for w in self.workers.values() {
-            *states.entry(w.state.name()).or_default() += 1;
+            *snapshot.workers_by_state.entry(w.state.name()).or_default() += 1;
         }
-        snapshot.workers_by_state = states.into_iter().collect();
-        snapshot.restarts = self.restarts.iter().map(|(r, n)| (r.name(), *n)).collect();
+        snapshot.restarts = self.restarts.clone();
         snapshot.reloads_succeeded = self.reloads_succeeded;
         snapshot.reloads_failed = self.reloads_failed;
         snapshot.startup_seconds = self.startup_duration.map(|d| d.as_secs_f64());
         snapshot.workers = self
             .workers
             .values()
-            .filter(|w| !matches!(w.state, WorkerState::Draining { .. }))
+            .filter(|w| !w.state.is_stopping())
             .filter_map(|w| Some((w.slot, w.pid?)))
             .collect();
     }
 
     pub fn health(&self) -> Health {
-        let ready = self
-            .workers
-            .values()
-            .filter(|w| matches!(w.state, WorkerState::Ready { .. }))
-            .count();
         let crash_loop = self
             .slots
             .iter()
@@ -1012,20 +1054,26 @@ impl Pool {
                 )
             });
         Health {
-            // Started means the first full pool was ready, not merely "no longer starting":
-            // a pool failing at startup never was.
             started: self.startup_duration.is_some(),
             stopping: matches!(
                 self.phase,
-                Phase::Delaying { .. } | Phase::Draining | Phase::Failing { .. }
+                Phase::Delaying { .. } | Phase::Draining { .. } | Phase::Failing { .. }
             ),
             size: self.config.size,
-            ready,
+            ready: self.ready_pids().len(),
             booted: self.ready_slots(),
-            workers: self.workers.len(),
             crash_loop,
         }
     }
+}
+
+fn log_exit(id: WorkerId, worker: &Worker, status: ExitStatus) {
+    log::info!(
+        "event=exit worker={id} slot={} pid={} {status} requests={}",
+        worker.slot,
+        worker.pid.unwrap_or(0),
+        worker.requests
+    );
 }
 
 /// Respawn delay after the n-th quick crash in a row: the first is immediate, then doubling.
@@ -1041,6 +1089,33 @@ fn backoff(crashes: u32) -> Duration {
 mod tests {
     use super::*;
 
+    /// The rules of a pool of interchangeable workers (the HTTP worker's): every default.
+    struct Workers;
+    impl Rules for Workers {}
+
+    /// A second kind: a supervised command that is the service (as `hurricane celery` will be).
+    struct Command;
+    impl Rules for Command {
+        fn service_ends_with_process(&self) -> bool {
+            true
+        }
+    }
+
+    fn config(size: usize) -> PoolConfig {
+        PoolConfig {
+            size,
+            boot_timeout: Duration::from_secs(60),
+            graceful_timeout: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
+            timeout: None,
+            heartbeat_timeout: None,
+            max_requests: None,
+            max_requests_jitter: 0,
+            max_memory_bytes: None,
+            jitter_seed: 42,
+        }
+    }
+
     /// A fake clock and fake process table around a Pool: spawns get pids 100, 101, ...
     struct Harness {
         pool: Pool,
@@ -1048,29 +1123,24 @@ mod tests {
         next_pid: i32,
         alive: Vec<i32>,
         signals: Vec<(i32, Signal)>,
+        tracebacks: Vec<String>,
         exit: Option<i32>,
     }
 
     impl Harness {
         fn new(size: usize) -> Harness {
+            Harness::of(size, Rc::new(Workers))
+        }
+
+        fn of(size: usize, rules: Rc<dyn Rules>) -> Harness {
             let now = Instant::now();
-            let config = PoolConfig {
-                size,
-                boot_timeout: Duration::from_secs(60),
-                graceful_timeout: Duration::from_secs(30),
-                shutdown_delay: Duration::ZERO,
-                timeout: None,
-                heartbeat_timeout: None,
-                max_requests: None,
-                max_requests_jitter: 0,
-                max_memory_bytes: None,
-            };
             let mut h = Harness {
-                pool: Pool::new(config, now),
+                pool: Pool::new(config(size), rules, now),
                 now,
                 next_pid: 100,
                 alive: vec![],
                 signals: vec![],
+                tracebacks: vec![],
                 exit: None,
             };
             h.run();
@@ -1097,6 +1167,7 @@ mod tests {
                             self.pool.spawned(worker, pid);
                         }
                         Action::Signal { pid, signal } => self.signals.push((pid, signal)),
+                        Action::LogTraceback(text) => self.tracebacks.push(text),
                         Action::Exit { code } => self.exit = Some(code),
                     }
                 }
@@ -1313,18 +1384,7 @@ mod tests {
     #[test]
     fn missing_interpreter_is_fatal_with_code_1() {
         let now = Instant::now();
-        let config = PoolConfig {
-            size: 2,
-            boot_timeout: Duration::from_secs(1),
-            graceful_timeout: Duration::from_secs(1),
-            shutdown_delay: Duration::ZERO,
-            timeout: None,
-            heartbeat_timeout: None,
-            max_requests: None,
-            max_requests_jitter: 0,
-            max_memory_bytes: None,
-        };
-        let mut pool = Pool::new(config, now);
+        let mut pool = Pool::new(config(2), Rc::new(Workers), now);
         let actions = pool.take_actions();
         let Action::Spawn { worker, .. } = actions[0] else {
             panic!()
@@ -1535,5 +1595,112 @@ mod tests {
         h.run();
         assert_eq!(h.pool.health().size, 1, "never below one");
         assert_eq!(h.alive, vec![100]);
+    }
+
+    #[test]
+    fn a_boot_traceback_is_logged_once_however_many_workers_report_it() {
+        let mut h = Harness::new(2);
+        let with_traceback = || BootFailure {
+            traceback: "Traceback (most recent call last): ...".into(),
+            ..failure()
+        };
+        h.say(100, Message::Failed(with_traceback()));
+        h.say(101, Message::Failed(with_traceback()));
+        assert_eq!(h.tracebacks.len(), 1);
+        assert_eq!(h.pool.boot_traceback(), Some(h.tracebacks[0].as_str()));
+    }
+
+    #[test]
+    fn a_killed_worker_is_a_state_not_a_far_deadline() {
+        let mut h = Harness::new(1);
+        h.ready_all();
+        h.pool.shutdown(Shutdown::Graceful, h.now);
+        h.advance(Duration::from_secs(30));
+        assert_eq!(h.pool.workers[&1].state, WorkerState::Killed);
+        assert_eq!(h.pool.next_deadline(), None, "nothing left to time");
+        let mut snapshot = crate::metrics::Snapshot::default();
+        h.pool.fill_metrics(&mut snapshot);
+        assert_eq!(snapshot.workers_by_state.get(&StateName::Killed), Some(&1));
+        assert!(snapshot.workers.is_empty(), "a killed worker holds no slot");
+    }
+
+    #[test]
+    fn the_jitter_comes_from_the_configured_seed() {
+        let draw = |seed| {
+            let mut c = config(1);
+            c.max_requests_jitter = 1000;
+            c.jitter_seed = seed;
+            let mut pool = Pool::new(c, Rc::new(Workers), Instant::now());
+            (0..4).map(|_| pool.jitter()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7), "same seed, same limits");
+        assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn a_worker_that_hangs_while_being_replaced_leaves_the_slot_to_its_successor() {
+        let mut h = Harness::new(1).with(|c| {
+            c.timeout = Some(Duration::from_secs(30));
+            c.max_memory_bytes = Some(100 << 20);
+        });
+        h.ready_all();
+        h.pool.memory(100, 200 << 20, h.now);
+        h.run();
+        assert_eq!(h.alive, vec![100, 101], "successor booting");
+        heartbeat(&mut h, 100, 0, Some(30));
+        assert_eq!(
+            h.signals,
+            vec![(100, Signal::DumpTraceback), (100, Signal::Term)]
+        );
+        ready(&mut h, 101);
+        assert_eq!(h.signals.len(), 2, "no second TERM for the hung worker");
+        h.exit(100, ExitStatus::Signal(15));
+        assert_eq!(h.alive, vec![101], "no respawn: the successor has the slot");
+        assert_eq!(h.pool.restarts.get(&Reason::Timeout), Some(&1));
+        assert_eq!(h.pool.restarts.get(&Reason::MaxMemory), None);
+    }
+
+    /// The seam for kinds of process: the same pool runs a supervised command that is the service
+    /// (`hurricane celery`), ending with its exit code instead of respawning it.
+    #[test]
+    fn a_command_kind_ends_the_service_with_its_exit_code() {
+        let mut h = Harness::of(1, Rc::new(Command));
+        ready(&mut h, 100);
+        assert!(h.pool.health().started);
+        h.exit(100, ExitStatus::Code(7));
+        assert_eq!(h.exit, Some(7), "the command's code is the master's");
+        assert_eq!(h.alive, Vec::<i32>::new(), "never respawned");
+
+        let mut h = Harness::of(1, Rc::new(Command));
+        ready(&mut h, 100);
+        h.pool.shutdown(Shutdown::Graceful, h.now);
+        h.run();
+        assert_eq!(h.signals, vec![(100, Signal::Term)]);
+        h.exit(100, ExitStatus::Signal(9));
+        assert_eq!(h.exit, Some(137), "128 + the signal, as a shell reports it");
+    }
+
+    #[test]
+    fn a_boot_timeout_after_startup_keeps_the_slot_until_reaped_then_backs_off() {
+        let mut h = Harness::new(1).with(|c| c.boot_timeout = Duration::from_secs(5));
+        h.ready_all();
+        h.exit(100, ExitStatus::Code(1));
+        assert_eq!(h.alive, vec![101], "first crash: immediate respawn");
+        h.advance(Duration::from_secs(5));
+        assert_eq!(h.signals, vec![(101, Signal::Kill)]);
+        assert_eq!(
+            h.alive,
+            vec![101],
+            "no second worker while the first is unreaped"
+        );
+        h.exit(101, ExitStatus::Signal(9));
+        assert_eq!(h.pool.restarts.get(&Reason::BootTimeout), Some(&1));
+        assert!(
+            h.alive.is_empty(),
+            "second failure in a row waits for the backoff"
+        );
+        h.advance(Duration::from_millis(RESPAWN_BACKOFF_MIN_MS));
+        assert_eq!(h.alive, vec![102]);
+        assert_eq!(h.exit, None, "after startup a slow boot is not fatal");
     }
 }

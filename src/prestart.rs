@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use signal_hook_mio::v1_0::Signals;
 
-use crate::probe::Shared;
 use crate::signals::{self, Event};
+use crate::spawn::SOCKET_ACTIVATION_VARS;
+use crate::state::Shared;
 
 /// How often the migrations gate asks again.
 pub const MIGRATIONS_POLL_S: u64 = 2;
@@ -103,6 +104,9 @@ impl Prestart {
             .args(args)
             .stdin(Stdio::null())
             .stderr(Stdio::piped());
+        for var in SOCKET_ACTIVATION_VARS {
+            cmd.env_remove(var);
+        }
         cmd.stdout(if stream {
             Stdio::inherit()
         } else {

@@ -8,17 +8,16 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use crate::metrics::{self, Snapshot};
-use crate::pool::Health;
+use crate::metrics;
+use crate::state::{Health, Shared};
+use crate::sys;
 use crate::worker::{CheckResult, Verdict};
 
-/// A probe waits at most this long for a busy worker to run the app's checks.
-const CHECK_WAIT_MS: u64 = 1000;
 /// Longest a probe client may take to send its request or read the answer.
 const PROBE_IO_TIMEOUT_MS: u64 = 2000;
 /// Connections served at once; more are closed at once rather than queued behind slow ones.
@@ -26,105 +25,6 @@ const PROBE_MAX_CONNECTIONS: usize = 64;
 const PROBE_MAX_REQUEST_BYTES: usize = 8192;
 /// The master loop ticks at least once a second; this much silence means it is stuck.
 pub const LOOP_STALL_LIMIT_MS: u64 = 10_000;
-
-/// What the master shares with the probe thread.
-/// The app's own checks (Django), as the probes see them.
-#[derive(Default)]
-pub struct Checks {
-    /// The app is a Django project (a worker said so when ready).
-    pub django: bool,
-    pub result: Option<(Instant, CheckResult)>,
-    /// A probe found the result stale: the master should ask a worker.
-    pub wanted: bool,
-}
-
-pub struct Shared {
-    pub health: Mutex<Health>,
-    pub metrics: Mutex<Snapshot>,
-    pub checks: Mutex<Checks>,
-    checks_changed: Condvar,
-    /// Wakes the master loop (set once the loop exists).
-    pub waker: OnceLock<Arc<mio::Waker>>,
-    /// Unix milliseconds of the master loop's last iteration.
-    pub loop_tick_ms: AtomicU64,
-}
-
-impl Shared {
-    pub fn new() -> Shared {
-        Shared {
-            health: Mutex::new(Health::default()),
-            metrics: Mutex::new(Snapshot::default()),
-            checks: Mutex::new(Checks::default()),
-            checks_changed: Condvar::new(),
-            waker: OnceLock::new(),
-            loop_tick_ms: AtomicU64::new(unix_ms()),
-        }
-    }
-
-    /// A worker answered a check request.
-    pub fn store_checks(&self, result: CheckResult) {
-        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
-        checks.result = Some((Instant::now(), result));
-        checks.wanted = false;
-        self.checks_changed.notify_all();
-    }
-
-    /// The master asks: does a probe want a fresh check? (Clears the flag.)
-    pub fn take_check_wanted(&self) -> bool {
-        std::mem::take(&mut self.checks.lock().unwrap_or_else(|e| e.into_inner()).wanted)
-    }
-
-    /// The last check result, refreshed first if older than `interval`: the probe waits at most
-    /// CHECK_WAIT_MS for a worker, then answers from what it has.
-    fn fresh_checks(&self, interval: Duration) -> Option<CheckResult> {
-        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
-        if !checks.django {
-            return None;
-        }
-        let asked = Instant::now();
-        if checks
-            .result
-            .as_ref()
-            .is_some_and(|(at, _)| asked.duration_since(*at) < interval)
-        {
-            return checks.result.as_ref().map(|(_, r)| r.clone());
-        }
-        checks.wanted = true;
-        if let Some(waker) = self.waker.get() {
-            let _ = waker.wake();
-        }
-        let deadline = asked + Duration::from_millis(CHECK_WAIT_MS);
-        while checks.result.as_ref().is_none_or(|(at, _)| *at < asked) {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            checks = self
-                .checks_changed
-                .wait_timeout(checks, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        checks.result.as_ref().map(|(_, r)| r.clone())
-    }
-
-    /// The master loop is alive even when nothing changed.
-    pub fn loop_tick(&self) {
-        self.loop_tick_ms.store(unix_ms(), Ordering::Relaxed);
-    }
-
-    pub fn publish(&self, health: Health, metrics: Snapshot) {
-        self.loop_tick_ms.store(unix_ms(), Ordering::Relaxed);
-        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = health;
-        *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = metrics;
-    }
-}
-
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// What the probe server answers, and where.
 #[derive(Debug, Clone)]
@@ -280,23 +180,15 @@ fn serve_connection(
     let mut content_type = "text/plain; charset=utf-8";
     let (code, body) = match method {
         "GET" | "HEAD" if config.metrics.as_deref() == Some(path) => {
-            let snapshot = shared
-                .metrics
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let snapshot = shared.metrics();
             content_type = metrics::CONTENT_TYPE;
             (200, metrics::render(&snapshot, config.listen_fd))
         }
         "GET" | "HEAD" => {
-            let health = shared
-                .health
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            let silent = unix_ms().saturating_sub(shared.loop_tick_ms.load(Ordering::Relaxed));
+            let health = shared.health();
+            let silent = shared.loop_silent_ms();
             let queue = config.req_queue_len.and_then(|limit| {
-                metrics::listen_queue(config.listen_fd).map(|(waiting, _)| (waiting, limit))
+                sys::listen_queue(config.listen_fd).map(|(waiting, _)| (waiting, limit))
             });
             let (code, body) = answer(&config.paths, path, &health, silent, queue);
             // Only a probe that would pass asks the app (a failing one needs no second opinion).

@@ -8,14 +8,14 @@
 
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use notify::{EventKind, RecursiveMode, Watcher as _};
+
+use crate::state::Doorbell;
 
 /// A burst of saves ends after this much quiet...
 pub const DEBOUNCE_QUIET_MS: u64 = 300;
@@ -120,7 +120,7 @@ enum Msg {
     Fs(notify::Result<notify::Event>),
 }
 
-/// The master's handle: tell the watcher about directories; it sets `pending` and wakes the master.
+/// The master's handle: tell the watcher about directories; it rings the master's doorbell on a change.
 pub struct Watcher {
     tx: Sender<Msg>,
 }
@@ -136,11 +136,7 @@ impl Watcher {
     }
 }
 
-pub fn spawn(
-    filter: Filter,
-    pending: Arc<AtomicBool>,
-    wake: Arc<mio::Waker>,
-) -> Result<Watcher, String> {
+pub fn spawn(filter: Filter, bell: Doorbell) -> Result<Watcher, String> {
     let (tx, rx) = mpsc::channel::<Msg>();
     let events = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event| {
@@ -187,8 +183,7 @@ pub fn spawn(
                 }
                 if debounce.fire(Instant::now()) {
                     log::info!("event=autoreload");
-                    pending.store(true, Ordering::Release);
-                    let _ = wake.wake();
+                    bell.ring();
                 }
             }
         })

@@ -8,7 +8,7 @@ use signal_hook::consts::signal::{
     SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1,
 };
 
-use crate::pool::Shutdown;
+use crate::lifecycle::Shutdown;
 
 /// Every signal the master registers a handler for.
 pub const HANDLED: &[i32] = &[

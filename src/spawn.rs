@@ -1,4 +1,4 @@
-//! Starting one worker process: the only place that forks.
+//! Starting one supervised process, of whatever kind: the only place that forks.
 //!
 //! Why its own module: between fork and exec only async-signal-safe calls are allowed (the master
 //! has threads, and another thread may hold the allocator's lock), so this code is kept small
@@ -8,20 +8,34 @@
 //! The child's fds: 0-2 as the master's (stdin from /dev/null), 3 the listening socket, 4 the
 //! status pipe (worker -> master), 5 the control pipe (master -> worker). Nothing else survives exec.
 
+use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::worker::STAGE_ONE;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::unistd::pipe2;
 
 /// The fds the child gets, in order, starting at 3.
 const CHILD_FDS: usize = 3;
 /// Pipe capacity asked for the control pipe, so the whole bootstrap fits without waiting.
 const CONTROL_PIPE_BYTES: i32 = 1 << 20;
+/// Variables of socket activation meant for the master alone; a child that saw them would think
+/// the sockets were its own.
+pub const SOCKET_ACTIVATION_VARS: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
 
-/// A started worker: its pid and the master's ends of its two pipes (non-blocking).
+/// How to start one process of a kind (see `kind`): the program, its arguments, and the first
+/// bytes written to its control pipe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub bootstrap: Vec<u8>,
+}
+
+/// A started process: its pid and the master's ends of its two pipes (non-blocking).
 pub struct Spawned {
     pub pid: i32,
     pub status: OwnedFd,
@@ -29,23 +43,12 @@ pub struct Spawned {
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid two-int array; pipe2 fills it with two new fds on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(pipe2(OFlag::O_CLOEXEC)?)
 }
 
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd we own, with integer arguments only.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
+    let flags = OFlag::from_bits_retain(fcntl(fd.as_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
@@ -109,31 +112,21 @@ fn in_child(sources: [RawFd; CHILD_FDS]) -> io::Result<()> {
     Ok(())
 }
 
-/// Forks and execs `python -c STAGE_ONE` with the listening socket and fresh pipes.
-pub fn spawn_worker(python: &Path, listener: RawFd, worker: u64) -> io::Result<Spawned> {
+/// Forks and execs `launch` with the listening socket and fresh pipes.
+pub fn spawn(launch: &Launch, listener: RawFd) -> io::Result<Spawned> {
     let (status_r, status_w) = pipe()?;
     let (control_r, control_w) = pipe()?;
-    // SAFETY: fcntl on a pipe fd we own; failure only means a smaller buffer and a few more writes.
-    unsafe {
-        libc::fcntl(
-            control_w.as_raw_fd(),
-            libc::F_SETPIPE_SZ,
-            CONTROL_PIPE_BYTES,
-        )
-    };
-    set_nonblocking(status_r.as_raw_fd())?;
-    set_nonblocking(control_w.as_raw_fd())?;
+    // Failure only means a smaller buffer and a few more writes.
+    let _ = fcntl(&control_w, FcntlArg::F_SETPIPE_SZ(CONTROL_PIPE_BYTES));
+    set_nonblocking(&status_r)?;
+    set_nonblocking(&control_w)?;
 
     let sources = [listener, status_w.as_raw_fd(), control_r.as_raw_fd()];
-    let mut command = Command::new(python);
-    command
-        .arg("-c")
-        .arg(STAGE_ONE)
-        .arg(format!("hurricane-worker-{worker}"))
-        .stdin(Stdio::null())
-        .env_remove("LISTEN_FDS")
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDNAMES");
+    let mut command = Command::new(&launch.program);
+    command.args(&launch.args).stdin(Stdio::null());
+    for var in SOCKET_ACTIVATION_VARS {
+        command.env_remove(var);
+    }
     // SAFETY: in_child only makes async-signal-safe calls and does not allocate.
     unsafe { command.pre_exec(move || in_child(sources)) };
     let child = command.spawn()?;

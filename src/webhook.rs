@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use crate::metrics::Snapshot;
-use crate::pool::Health;
+use crate::state::Health;
 
 /// Each POST may take this long, connection included.
 pub const WEBHOOK_TIMEOUT_S: u64 = 5;
@@ -34,6 +34,15 @@ pub struct Event {
 }
 
 impl Event {
+    /// The startup failed before the first full pool was ready: why, and the traceback or the
+    /// failing command's output when there is one.
+    pub fn startup_failed(error: &str, traceback: Option<&str>) -> Event {
+        Event {
+            traceback: Some(traceback.unwrap_or(error).to_string()),
+            ..Event::new("startup", false, format!("Startup failed: {error}"))
+        }
+    }
+
     fn new(kind: &'static str, ok: bool, info: impl Into<String>) -> Event {
         Event {
             kind,
@@ -85,17 +94,12 @@ pub fn changes(before: &(Health, Snapshot), after: &(Health, Snapshot)) -> Vec<E
         ));
     }
     for (reason, n) in &m1.restarts {
-        let before = m0
-            .restarts
-            .iter()
-            .find(|(r, _)| r == reason)
-            .map_or(0, |(_, n)| *n);
+        let before = m0.restarts.get(reason).copied().unwrap_or(0);
         for _ in before..*n {
-            let ok = matches!(*reason, "max_requests" | "max_memory" | "reload" | "scale");
             events.push(Event::new(
                 "worker",
-                ok,
-                format!("Worker replaced: {reason}"),
+                reason.is_planned(),
+                format!("Worker replaced: {}", reason.as_str()),
             ));
         }
     }
@@ -242,6 +246,7 @@ pub fn spawn(urls: Vec<String>) -> std::io::Result<Webhooks> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::Reason;
 
     fn state(started: bool, stopping: bool, ready: usize) -> (Health, Snapshot) {
         (
@@ -283,7 +288,7 @@ mod tests {
         let before = state(true, false, 2);
         let mut after = before.clone();
         after.1.reloads_succeeded = 1;
-        after.1.restarts = vec![("crash", 1), ("reload", 2)];
+        after.1.restarts = [(Reason::Crash, 1), (Reason::Reload, 2)].into();
         after.0.crash_loop = Some("crash loop: slot 0".into());
         let events: Vec<_> = changes(&before, &after)
             .iter()
@@ -299,6 +304,18 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[test]
+    fn a_failed_startup_carries_the_traceback_or_else_the_error() {
+        let event = Event::startup_failed("cannot import 'x'", Some("Traceback ..."));
+        assert_eq!(
+            (event.kind, event.status, event.info.as_str()),
+            ("startup", "failed", "Startup failed: cannot import 'x'")
+        );
+        assert_eq!(event.traceback.as_deref(), Some("Traceback ..."));
+        let event = Event::startup_failed("no python", None);
+        assert_eq!(event.traceback.as_deref(), Some("no python"));
     }
 
     #[test]

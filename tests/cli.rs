@@ -138,3 +138,63 @@ fn prestart_commands_need_a_django_settings_module() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("set DJANGO_SETTINGS_MODULE"), "{err}");
 }
+
+/// Issue 10: `--workers 100000` spun the master at 100 % CPU, never listening, deaf to SIGINT.
+#[test]
+fn absurd_or_negative_worker_counts_are_one_line_usage_errors() {
+    for (count, says) in [
+        (
+            "100000",
+            "100000 workers is more than hurricane runs (1024 at most)",
+        ),
+        ("50000", "50000 workers is more than hurricane runs"),
+        ("-1", "'-1' is not a worker count"),
+        ("0", "'0' is not a worker count"),
+    ] {
+        let (code, err) = run(&["-w", "app", "--port", "0", "--workers", count]);
+        assert_eq!(code, 2, "--workers {count}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: invalid value") && first.contains(says),
+            "--workers {count}: {err}"
+        );
+    }
+}
+
+/// Issue 10: a pool the process limit cannot hold is refused before anything starts.
+#[test]
+fn more_workers_than_the_process_limit_allows_is_refused() {
+    let out = Command::new("prlimit")
+        .args([
+            "--nproc=40:40",
+            BIN,
+            "-w",
+            "app",
+            "--port",
+            "0",
+            "--workers",
+            "30",
+        ])
+        .env_remove("HURRICANE_PORT")
+        .output()
+        .expect("prlimit (util-linux) is installed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(
+        err.trim(),
+        "error: --workers 30 needs more processes than the limit allows (ulimit -u is 40); \
+         give fewer workers or raise the limit"
+    );
+}
+
+/// Issue 10: `--bind not-an-ip` exited 1 with a garbled resolver message.
+#[test]
+fn a_bind_address_that_is_not_an_ip_is_a_usage_error() {
+    let (code, err) = run(&["-w", "app", "--port", "0", "--bind", "not-an-ip"]);
+    assert_eq!(code, 2, "{err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("'not-an-ip' is not an IP address: give one such as 0.0.0.0"),
+        "{err}"
+    );
+}

@@ -435,8 +435,16 @@ fn threads_run_requests_concurrently_in_one_worker_and_keep_pipelines_in_order()
         (server.probe("/ready").status == 200).then_some(())
     })
     .unwrap();
-    let slow = std::thread::spawn(move || get(addr, "/sleep?s=1"));
-    std::thread::sleep(Duration::from_millis(300));
+    let dir = TempDir::new("threads-term");
+    let mark = dir.path("inflight");
+    let slow = std::thread::spawn({
+        let mark = mark.clone();
+        move || get(addr, &format!("/sleep?s=1&mark={mark}"))
+    });
+    wait_for(Duration::from_secs(5), || {
+        std::path::Path::new(&mark).exists().then_some(())
+    })
+    .expect("the request is in flight");
     server.signal(libc::SIGTERM);
     assert_eq!(
         slow.join().unwrap().unwrap().text(),

@@ -68,7 +68,13 @@ fn probes_are_logged_only_with_log_probes_and_access_log_is_off_by_default() {
         line.contains("path=\"/alive\"") && line.contains("status=200"),
         "{line}"
     );
-    std::thread::sleep(Duration::from_millis(200));
+    // The worker writes its lines in order: once a later request's error line is in, an access
+    // line for the first request would be too.
+    assert_eq!(server.get("/error").status, 500);
+    server
+        .log
+        .wait_for("event=app_error", Duration::from_secs(5))
+        .expect("the app error is logged");
     assert_eq!(
         server.log.count("event=access"),
         0,

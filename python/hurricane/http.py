@@ -33,9 +33,8 @@ from stat import S_ISREG
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
-from hurricane import __version__
+from hurricane import LISTEN_FD, __version__
 
-LISTEN_FD = 3
 RECV_SIZE = 65536
 # A client that stalls mid-body or mid-response for this long is dropped.
 CLIENT_IO_TIMEOUT_S = 30.0
@@ -893,13 +892,15 @@ def _parse_field(line: bytes) -> Tuple[Optional[str], str, bytes]:
 
 
 _log_second = [0, ""]
-# Where access and error lines go: stderr, or --log-file (reopened on SIGUSR1).
+# Where access and error lines go: stderr, or --log-file (reopened on SIGUSR1); and in which format.
 _LOG_FD = [2]
 _LOG_PATH = [""]
+_LOG_JSON = [False]
 
 
-def open_log(path: str) -> None:
+def open_log(path: str, as_json: bool = False) -> None:
     """Point the worker's log lines at `path`, appending; again on SIGUSR1 after a rotation."""
+    _LOG_JSON[0] = as_json
     if not path:
         return
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -911,9 +912,9 @@ def open_log(path: str) -> None:
 def reopen_log() -> None:
     if _LOG_PATH[0]:
         try:
-            open_log(_LOG_PATH[0])
-        except OSError as exc:
-            os.write(2, f"hurricane worker pid={os.getpid()} event=reopen_log_failed error={exc}\n".encode())
+            open_log(_LOG_PATH[0], _LOG_JSON[0])
+        except OSError as exc:  # the old file stays in use
+            _log_line("ERROR", "reopen_log_failed", {"pid": os.getpid(), "error": str(exc)}, _LOG_JSON[0])
 
 
 def _log_value(key: str, value: Any) -> str:
@@ -1135,7 +1136,7 @@ class Server:
             return
         except OSError as exc:
             # EMFILE/ENFILE/ECONNABORTED: the connection stays queued or is gone; not our crash.
-            print(f"hurricane worker pid={os.getpid()} event=accept_error error={exc}", file=sys.stderr)
+            _log_line("ERROR", "accept_error", {"pid": os.getpid(), "error": str(exc)}, self.log_json)
             return
         sock.setblocking(False)
         if self.rotate_accept:

@@ -6,7 +6,7 @@ runs per request. Keeping them apart keeps the hot path free of supervision code
 
 The master talks to us over two inherited pipes (see DESIGN.md):
   fd 4, status, worker -> master: one JSON object per line (boot, ready, hb, fail).
-  fd 5, control, master -> worker: the bootstrap, then one JSON object per line (stop).
+  fd 5, control, master -> worker: the bootstrap, then one JSON object per line (check).
 EOF on fd 5 means the master is gone: we drain briefly and exit, so no worker outlives its master.
 """
 
@@ -24,11 +24,9 @@ import time
 import traceback
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
-LISTEN_FD = 3
-STATUS_FD = 4
-CONTROL_FD = 5
+from hurricane import CONTROL_FD, LISTEN_FD, STATUS_FD
 
-# Exit codes the master understands; keep in sync with src/pool.rs.
+# Exit codes the master understands; keep in sync with EXIT_BOOT_FAILED in src/worker.rs.
 EXIT_BOOT_FAILED = 3
 
 # After the master disappears, in-flight work gets this long before the process ends anyway.
@@ -195,9 +193,7 @@ def _control_loop(control: IO[bytes], on_stop: Callable[[], None], status: "Stat
             message = json.loads(line)
         except ValueError:
             continue
-        if message.get("t") == "stop":
-            on_stop()
-        elif message.get("t") == "check":
+        if message.get("t") == "check":
             from hurricane import checks
 
             status.send(t="check", **checks.run())
@@ -255,7 +251,8 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
     # Import the server before the app: our own import errors are bugs, not the user's.
     from hurricane import http
 
-    http.open_log((config.get("http") or {}).get("log_file") or "")
+    http_config = config.get("http") or {}
+    http.open_log(http_config.get("log_file") or "", http_config.get("log_format") == "json")
 
     metrics = config.get("metrics") or {}
     server = http.Server(config, Activity(metrics.get("duration_buckets", []), metrics.get("size_buckets", [])))

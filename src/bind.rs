@@ -1,0 +1,81 @@
+//! The app's listening socket: bound here, or taken over from systemd-style socket activation
+//! (`LISTEN_FDS`/`LISTEN_PID`).
+//!
+//! Why apart from the master: it runs once, before anything else, and every way it can fail is a
+//! message for the user (address in use, a port that needs privileges, an inherited fd that is not
+//! a listening socket), so it reads best as one small function with its errors.
+
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use anyhow::bail;
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::sys::socket::{Backlog, getsockopt, listen as listen_on, sockopt};
+
+/// The first fd systemd passes (SD_LISTEN_FDS_START).
+const LISTEN_FDS_START: i32 = 3;
+
+/// True when socket activation hands this very process its socket.
+fn activated() -> bool {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    pid.and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id())
+        && fds.and_then(|n| n.parse::<u32>().ok()).unwrap_or(0) >= 1
+}
+
+/// Binds the app socket, or takes it from socket activation; `bind` is an IP address (main checked).
+pub fn listen(bind: IpAddr, port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
+    if activated() {
+        // SAFETY: socket activation hands fd 3 to this very process (LISTEN_PID is ours), which
+        // owns it from now on; nothing else in the process has touched it.
+        let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) };
+        if getsockopt(&fd, sockopt::AcceptConn) != Ok(true) {
+            std::mem::forget(fd); // not ours to close: whatever it is, leave it be
+            bail!(
+                "LISTEN_FDS is set but fd 3 is not a listening socket; unset LISTEN_FDS/LISTEN_PID or fix the socket unit"
+            );
+        }
+        // Children get the socket as an explicit fd, never by inheritance.
+        fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+        return Ok(TcpListener::from(fd));
+    }
+    let addr = SocketAddr::new(bind, port);
+    let listener = TcpListener::bind(addr).map_err(|e| match e.kind() {
+        ErrorKind::AddrInUse => anyhow::anyhow!(
+            "cannot listen on {addr}: address already in use; stop the other server or pick another --port"
+        ),
+        ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "cannot listen on {addr}: permission denied; ports below 1024 need privileges, pick another --port"
+        ),
+        ErrorKind::AddrNotAvailable => anyhow::anyhow!(
+            "cannot listen on {addr}: no such address on this machine; use 0.0.0.0, :: or one of its own addresses"
+        ),
+        _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
+    })?;
+    defer_accept(&listener);
+    // std listens with its own backlog; listen(2) again on a listening socket just resizes the
+    // queue. The kernel caps it at net.core.somaxconn anyway.
+    let backlog = Backlog::new(backlog.clamp(1, libc::SOMAXCONN))?;
+    if let Err(e) = listen_on(&listener, backlog) {
+        bail!("cannot set --backlog: {e}");
+    }
+    Ok(listener)
+}
+
+/// Wake a worker only once the request's first bytes are here: the worker that accepts is then
+/// busy at once, and the next connection's wakeup goes to an idle sibling. Best effort.
+fn defer_accept(listener: &TcpListener) {
+    let defer_s: libc::c_int = 1;
+    // nix has no TCP_DEFER_ACCEPT option.
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a pointer to a local int.
+    unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&defer_s as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+}

@@ -1,0 +1,85 @@
+//! Kinds of supervised process: what a slot runs, and what differs from one kind to the next.
+//!
+//! Why a trait and not an assumption: the pool's state machine (spawn, boot, ready, drain, respawn,
+//! reload) is the same whether a slot runs our HTTP worker, an AMQP handler worker or a user's own
+//! command (Celery); what differs is a value. Each kind says
+//! - how one process is started (`launch`: program, arguments, the bootstrap on its control pipe);
+//! - which supervision rules apply (`pool::Rules`: e.g. whether the service ends with the process);
+//! - what "ready" and the heartbeat mean, which is the worker protocol's `Ready` and `Heartbeat`
+//!   messages as that kind's bootstrap sends them (for HTTP: the app imported; idle/busy and
+//!   request counters).
+//!
+//! Only the HTTP worker exists so far; `pool`'s tests drive the pool with a second, fake kind.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::pool::{Rules, WorkerId};
+use crate::spawn::Launch;
+use crate::worker::{self, WorkerConfig};
+
+/// A kind of process the master can supervise.
+pub trait Kind: Rules {
+    /// For logs: `kind=http`.
+    fn name(&self) -> &'static str;
+    /// How to start worker `worker` of generation `generation`.
+    fn launch(&self, worker: WorkerId, generation: u64) -> Launch;
+}
+
+/// `hurricane serve`: our embedded HTTP worker, in the user's interpreter, on the shared socket.
+pub struct Http {
+    pub python: PathBuf,
+    pub config: WorkerConfig,
+}
+
+/// A pool of interchangeable workers: every default rule.
+impl Rules for Http {}
+
+impl Kind for Http {
+    fn name(&self) -> &'static str {
+        "http"
+    }
+
+    fn launch(&self, worker: WorkerId, generation: u64) -> Launch {
+        Launch {
+            program: self.python.clone(),
+            // The last argument is only for `ps`: it names the worker.
+            args: vec![
+                OsString::from("-c"),
+                OsString::from(worker::STAGE_ONE),
+                OsString::from(format!("hurricane-worker-{worker}")),
+            ],
+            bootstrap: worker::bootstrap(&self.config, worker, generation),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn an_http_worker_runs_stage_one_in_the_users_python_and_is_named_for_ps() {
+        let http = Http {
+            python: PathBuf::from("/venv/bin/python"),
+            config: WorkerConfig {
+                app: "mysite.wsgi".into(),
+                pythonpath: vec![],
+                keep_alive: Duration::from_secs(5),
+                graceful_timeout: Duration::from_secs(30),
+                heartbeat: Duration::from_secs(1),
+                autoreload: false,
+                workers: 2,
+                http: serde_json::json!({}),
+            },
+        };
+        let launch = http.launch(7, 2);
+        assert_eq!(launch.program, PathBuf::from("/venv/bin/python"));
+        assert_eq!(launch.args[1], OsString::from(worker::STAGE_ONE));
+        assert_eq!(launch.args[2], OsString::from("hurricane-worker-7"));
+        assert_eq!(launch.bootstrap, worker::bootstrap(&http.config, 7, 2));
+        assert!(!http.service_ends_with_process());
+        assert_eq!(http.name(), "http");
+    }
+}
