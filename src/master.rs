@@ -355,10 +355,16 @@ impl Master {
                 continue;
             };
             match &message {
-                worker::Message::Ready { django, dirs, .. } => {
+                worker::Message::Ready {
+                    django,
+                    dirs,
+                    reject_reasons,
+                    ..
+                } => {
                     if *django {
                         self.shared.set_django();
                     }
+                    self.totals.know_rejections(reject_reasons);
                     if let Some(watcher) = &self.watcher {
                         for dir in dirs {
                             watcher.watch(PathBuf::from(dir), false);
@@ -370,11 +376,15 @@ impl Master {
                     self.shared.store_checks(result.clone());
                 }
                 worker::Message::Heartbeat {
-                    counters, inflight, ..
+                    counters,
+                    inflight,
+                    rejects,
+                    ..
                 } => {
                     if let Some(counters) = counters {
                         self.totals.add(counters);
                     }
+                    self.totals.add_rejects(rejects);
                     proc_.inflight = *inflight;
                 }
                 worker::Message::Boot | worker::Message::Failed(_) => {}

@@ -31,8 +31,43 @@ pub const DURATION_BUCKETS_S: [f64; 11] = [
 /// Upper bounds of `hurricane_response_size_bytes`, sent to workers.
 pub const SIZE_BUCKETS_BYTES: [f64; 7] = [100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
 
-/// The Content-Type of what `render` returns.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Methods and status classes whose `hurricane_requests_total` series exist from the start, at 0:
+/// a fresh pod's `rate()` and alerts then see a series, not an absence (Prometheus' instrumentation
+/// guidance). Other methods appear when first served.
+const COMMON_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The two text formats a scraper may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0, for a scraper whose Accept asks for it (Prometheus does).
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4, for everyone else (agents, curl), as the official
+    /// client libraries answer.
+    Classic,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a)
+                if a.to_ascii_lowercase()
+                    .contains("application/openmetrics-text") =>
+            {
+                Format::OpenMetrics
+            }
+            _ => Format::Classic,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
 
 /// Request metrics summed over every worker that ever reported.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +78,8 @@ pub struct Totals {
     pub duration_sum: f64,
     pub size: Vec<u64>,
     pub size_sum: f64,
+    /// Rejection name -> requests refused; every name a worker knows, from its ready message.
+    pub rejected: BTreeMap<String, u64>,
 }
 
 impl Default for Totals {
@@ -53,6 +90,7 @@ impl Default for Totals {
             duration_sum: 0.0,
             size: vec![0; SIZE_BUCKETS_BYTES.len() + 1],
             size_sum: 0.0,
+            rejected: BTreeMap::new(),
         }
     }
 }
@@ -73,6 +111,19 @@ impl Totals {
         }
         self.duration_sum += counters.duration_sum;
         self.size_sum += counters.size_sum;
+    }
+
+    /// A worker's rejection names: each gets a series at 0.
+    pub fn know_rejections(&mut self, reasons: &[String]) {
+        for reason in reasons {
+            self.rejected.entry(reason.clone()).or_insert(0);
+        }
+    }
+
+    pub fn add_rejects(&mut self, rejects: &[(String, u64)]) {
+        for (reason, n) in rejects {
+            *self.rejected.entry(reason.clone()).or_default() += n;
+        }
     }
 }
 
@@ -125,8 +176,47 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// The text of a scrape, in the format asked for.
+pub fn render(snapshot: &Snapshot, listen_fd: RawFd, format: Format) -> String {
+    let text = render_openmetrics(snapshot, listen_fd);
+    match format {
+        Format::OpenMetrics => text,
+        Format::Classic => to_classic(&text),
+    }
+}
+
+/// Rewrites OpenMetrics text as the classic format 0.0.4: counters and info metrics are named by
+/// their samples (`x_total`, `x_info`; info becomes a gauge), and `# UNIT`/`# EOF` go. The sample
+/// lines themselves are the same in both.
+fn to_classic(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest); // written with its TYPE, which decides the name
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "unknown" => (name.to_string(), "untyped"),
+                other => (name.to_string(), other),
+            };
+            if let Some(text) = help.take().and_then(|h| h.split_once(' ')).map(|(_, t)| t) {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The OpenMetrics text for a scrape.
-pub fn render(snapshot: &Snapshot, listen_fd: RawFd) -> String {
+fn render_openmetrics(snapshot: &Snapshot, listen_fd: RawFd) -> String {
     let mut registry = Registry::default();
     registry.register(
         "hurricane",
@@ -170,6 +260,13 @@ pub fn render(snapshot: &Snapshot, listen_fd: RawFd) -> String {
     );
 
     let requests = Family::<Labels, Counter>::default();
+    for method in COMMON_METHODS {
+        for status in STATUS_CLASSES {
+            requests
+                .get_or_create(&labels(&[("method", method), ("status", status)]))
+                .inc_by(0);
+        }
+    }
     for ((method, status), n) in &snapshot.totals.requests {
         requests
             .get_or_create(&labels(&[("method", method), ("status", status)]))
@@ -179,6 +276,18 @@ pub fn render(snapshot: &Snapshot, listen_fd: RawFd) -> String {
         "hurricane_requests",
         "HTTP requests served, by method and status class",
         requests,
+    );
+
+    let rejected = Family::<Labels, Counter>::default();
+    for (reason, n) in &snapshot.totals.rejected {
+        rejected
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc_by(*n);
+    }
+    registry.register(
+        "hurricane_requests_rejected",
+        "Requests refused before the app ran (malformed, hostile, too large, too slow), by reason",
+        rejected,
     );
 
     registry.register(
@@ -288,7 +397,11 @@ mod tests {
             .requests
             .insert(("GET".into(), "2xx".into()), 7);
         snapshot.totals.duration[3] = 7;
-        let text = render(&snapshot, -1);
+        snapshot.totals.know_rejections(&["bare_lf".to_string()]);
+        snapshot
+            .totals
+            .add_rejects(&[("cl_te_conflict".to_string(), 2)]);
+        let text = render(&snapshot, -1, Format::OpenMetrics);
         for needle in [
             "# TYPE hurricane info",
             "hurricane_info{version=\"",
@@ -296,6 +409,9 @@ mod tests {
             "hurricane_worker_restarts_total{reason=\"crash\"} 0",
             "hurricane_reloads_total{result=\"failed\"} 0",
             "hurricane_requests_total{method=\"GET\",status=\"2xx\"} 7",
+            "hurricane_requests_total{method=\"POST\",status=\"5xx\"} 0",
+            "hurricane_requests_rejected_total{reason=\"bare_lf\"} 0",
+            "hurricane_requests_rejected_total{reason=\"cl_te_conflict\"} 2",
             "hurricane_request_duration_seconds_bucket{le=\"0.025\"} 0",
             "hurricane_request_duration_seconds_bucket{le=\"0.05\"} 7",
             "hurricane_request_duration_seconds_count 7",
@@ -310,5 +426,33 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn the_classic_format_names_families_by_their_samples_and_has_no_eof() {
+        let text = render(&Snapshot::default(), -1, Format::Classic);
+        for needle in [
+            "# TYPE hurricane_info gauge",
+            "hurricane_info{version=",
+            "# HELP hurricane_requests_total HTTP requests served",
+            "# TYPE hurricane_requests_total counter",
+            "hurricane_requests_total{method=\"GET\",status=\"2xx\"} 0",
+            "# TYPE hurricane_request_duration_seconds histogram",
+            "# TYPE hurricane_workers gauge",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert_eq!(Format::negotiate(None), Format::Classic);
+        assert_eq!(Format::negotiate(Some("text/plain")), Format::Classic);
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+            )),
+            Format::OpenMetrics
+        );
     }
 }

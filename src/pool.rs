@@ -1193,6 +1193,7 @@ mod tests {
                         boot_ms: 1,
                         dirs: vec![],
                         django: false,
+                        reject_reasons: vec![],
                     },
                 );
             }
@@ -1228,6 +1229,7 @@ mod tests {
                 boot_ms: 5,
                 dirs: vec![],
                 django: false,
+                reject_reasons: vec![],
             },
         );
         assert_eq!(h.pool.health().ready, 1);
@@ -1284,6 +1286,7 @@ mod tests {
                 boot_ms: 1,
                 dirs: vec![],
                 django: false,
+                reject_reasons: vec![],
             },
         );
         h.exit(101, ExitStatus::Code(1));
@@ -1406,6 +1409,7 @@ mod tests {
                 boot_ms: 1,
                 dirs: vec![],
                 django: false,
+                reject_reasons: vec![],
             },
         );
     }
@@ -1423,6 +1427,7 @@ mod tests {
                 busy,
                 inflight: 0,
                 counters: None,
+                rejects: vec![],
             },
         );
     }

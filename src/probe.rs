@@ -163,6 +163,19 @@ fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// A header's value from a request head (the first, by case-insensitive name).
+fn header(head: &[u8], name: &str) -> Option<String> {
+    String::from_utf8_lossy(head)
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_string())
+        })
+}
+
 fn serve_connection(
     mut stream: TcpStream,
     config: &ProbeConfig,
@@ -180,9 +193,12 @@ fn serve_connection(
     let mut content_type = "text/plain; charset=utf-8";
     let (code, body) = match method {
         "GET" | "HEAD" if config.metrics.as_deref() == Some(path) => {
-            let snapshot = shared.metrics();
-            content_type = metrics::CONTENT_TYPE;
-            (200, metrics::render(&snapshot, config.listen_fd))
+            let format = metrics::Format::negotiate(header(&head, "accept").as_deref());
+            content_type = format.content_type();
+            (
+                200,
+                metrics::render(&shared.metrics(), config.listen_fd, format),
+            )
         }
         "GET" | "HEAD" => {
             let health = shared.health();

@@ -198,6 +198,8 @@ pub enum Message {
         dirs: Vec<String>,
         /// The app is a Django project: the probes may ask for its checks.
         django: bool,
+        /// The names of the worker's request rejections, so /metrics shows each at 0 from the start.
+        reject_reasons: Vec<String>,
     },
     /// The answer to a `check` request: Django's checks for /alive and /ready.
     Checked(CheckResult),
@@ -208,6 +210,8 @@ pub enum Message {
         inflight: u64,
         /// What the requests since the last heartbeat added to the metrics.
         counters: Option<Counters>,
+        /// Requests refused since the last heartbeat, by rejection name.
+        rejects: Vec<(String, u64)>,
     },
     Failed(BootFailure),
 }
@@ -242,6 +246,7 @@ pub fn parse_message(line: &[u8]) -> Option<Message> {
                 .get("django")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            reject_reasons: strings("reject_reasons"),
         }),
         "check" => Some(Message::Checked(CheckResult {
             alive: verdict(value.get("alive")),
@@ -251,6 +256,15 @@ pub fn parse_message(line: &[u8]) -> Option<Message> {
             requests: value.get("requests").and_then(Value::as_u64).unwrap_or(0),
             inflight: value.get("inflight").and_then(Value::as_u64).unwrap_or(0),
             counters: counters(&value),
+            rejects: value
+                .get("rejects")
+                .and_then(Value::as_object)
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, n)| Some((k.clone(), n.as_u64()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
             busy: value
                 .get("busy_s")
                 .and_then(Value::as_f64)
@@ -339,7 +353,8 @@ mod tests {
             Some(Message::Ready {
                 boot_ms: 12,
                 dirs: vec!["/app".into()],
-                django: false
+                django: false,
+                reject_reasons: vec![],
             })
         );
         let hb =
@@ -355,9 +370,15 @@ mod tests {
                 requests: 4,
                 busy: Some(busy),
                 inflight: 0,
-                counters: None
+                counters: None,
+                rejects: vec![],
             })
         );
+        let hb = parse_message(br#"{"t":"hb","requests":0,"rejects":{"bare_lf":2}}"#);
+        let Some(Message::Heartbeat { rejects, .. }) = hb else {
+            panic!("{hb:?}")
+        };
+        assert_eq!(rejects, vec![("bare_lf".to_string(), 2)]);
         let hb = parse_message(
             br#"{"t":"hb","requests":3,"inflight":1,"counts":{"GET 2":2,"POST 5":1},"dur":[1,2,0],"dur_sum":0.5,"size":[3,0],"size_sum":42}"#,
         );

@@ -54,48 +54,67 @@ fn hostile_requests_get_their_status_a_closed_connection_and_never_reach_the_app
         "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;{}\r\nhello\r\n0\r\n\r\n",
         "a".repeat(5000)
     );
-    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
-        ("request line over the limit", long_target.into_bytes(), 414),
-        ("more than 100 fields", many_fields.into_bytes(), 431),
-        ("a field over the limit", long_field.into_bytes(), 431),
-        ("body over --max-body-size", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n".to_vec(), 413),
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("request line over the limit", long_target.into_bytes(), 414, "request_line_too_long"),
+        ("more than 100 fields", many_fields.into_bytes(), 431, "too_many_headers"),
+        ("a field over the limit", long_field.into_bytes(), 431, "header_too_large"),
+        ("body over --max-body-size", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n".to_vec(), 413, "body_too_large"),
         ("chunked body over the limit",
-            format!("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{}\r\n0\r\n\r\n", "a".repeat(2000)).into_bytes(), 413),
-        ("two different Content-Length", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(), 400),
-        ("Content-Length list", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello!".to_vec(), 400),
-        ("signed Content-Length", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello".to_vec(), 400),
+            format!("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n{}\r\n0\r\n\r\n", "a".repeat(2000)).into_bytes(), 413, "body_too_large"),
+        ("two different Content-Length", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(), 400, "cl_conflict"),
+        ("Content-Length list", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\nhello!".to_vec(), 400, "bad_content_length"),
+        ("signed Content-Length", b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello".to_vec(), 400, "bad_content_length"),
         ("Content-Length and Transfer-Encoding",
-            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
-        ("unknown transfer coding", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 501),
-        ("chunked not last", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n".to_vec(), 501),
-        ("Transfer-Encoding in HTTP/1.0", b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
-        ("invalid chunk size", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec(), 400),
-        ("0x chunk size", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n".to_vec(), 400),
-        ("chunk longer than its size", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n".to_vec(), 400),
-        ("chunk extension abuse", long_ext.into_bytes(), 400),
-        ("bad chunk extension", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;=x\r\nhello\r\n0\r\n\r\n".to_vec(), 400),
-        ("bare LF", b"GET / HTTP/1.1\nHost: x\n\n".to_vec(), 400),
-        ("bare LF inside a CRLF head", b"GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n".to_vec(), 400),
-        ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n".to_vec(), 400),
-        ("whitespace before the colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n".to_vec(), 400),
-        ("non-token header name", b"GET / HTTP/1.1\r\nHost: x\r\nX@Y: z\r\n\r\n".to_vec(), 400),
-        ("NUL in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n".to_vec(), 400),
-        ("bare CR in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n".to_vec(), 400),
-        ("no Host in HTTP/1.1", b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n".to_vec(), 400),
-        ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
-        ("HTTP/2.0", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n".to_vec(), 505),
-        ("not HTTP", b"GET / HTPT/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
-        ("malformed request line", b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
-        ("unknown expectation", b"GET / HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n".to_vec(), 417),
-        ("relative target", b"GET index.html HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400, "cl_te_conflict"),
+        ("unknown transfer coding", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 501, "unsupported_transfer_coding"),
+        ("chunked not last", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n".to_vec(), 501, "unsupported_transfer_coding"),
+        ("Transfer-Encoding in HTTP/1.0", b"POST /echo HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400, "te_in_http10"),
+        ("invalid chunk size", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n".to_vec(), 400, "bad_chunk_size"),
+        ("0x chunk size", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n".to_vec(), 400, "bad_chunk_size"),
+        ("chunk longer than its size", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n".to_vec(), 400, "chunk_longer_than_size"),
+        ("chunk extension abuse", long_ext.into_bytes(), 400, "chunk_line_too_long"),
+        ("bad chunk extension", b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;=x\r\nhello\r\n0\r\n\r\n".to_vec(), 400, "bad_chunk_extension"),
+        ("bare LF", b"GET / HTTP/1.1\nHost: x\n\n".to_vec(), 400, "bare_lf"),
+        ("bare LF inside a CRLF head", b"GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n".to_vec(), 400, "bare_lf"),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n".to_vec(), 400, "obs_fold"),
+        ("whitespace before the colon", b"GET / HTTP/1.1\r\nHost : x\r\n\r\n".to_vec(), 400, "space_before_colon"),
+        ("non-token header name", b"GET / HTTP/1.1\r\nHost: x\r\nX@Y: z\r\n\r\n".to_vec(), 400, "bad_header_name"),
+        ("NUL in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n".to_vec(), 400, "bad_header_value"),
+        ("bare CR in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n".to_vec(), 400, "bare_lf"),
+        ("no Host in HTTP/1.1", b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n".to_vec(), 400, "missing_host"),
+        ("two Hosts", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400, "missing_host"),
+        ("HTTP/2.0", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n".to_vec(), 505, "unsupported_version"),
+        ("not HTTP", b"GET / HTPT/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "bad_request_line"),
+        ("malformed request line", b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "bad_request_line"),
+        ("unknown expectation", b"GET / HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n".to_vec(), 417, "unsupported_expectation"),
+        ("relative target", b"GET index.html HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400, "bad_target"),
     ];
-    for (name, raw, status) in cases {
+    let mut expected: std::collections::BTreeMap<&str, f64> = Default::default();
+    for (i, (name, raw, status, reason)) in cases.into_iter().enumerate() {
+        if i > 0 && i % 9 == 0 {
+            // The worker logs at most 10 rejections a second: pausing over a second boundary
+            // every 9 keeps each one's line (the flood test checks the limit itself).
+            std::thread::sleep(Duration::from_millis(1050));
+        }
         let before = calls(&server);
         let answer = exchange(&server, &raw);
         assert!(
             answer.starts_with(&format!("HTTP/1.1 {status} ")),
             "{name}: {answer:?}"
         );
+        // Issue 11, point 2: the reason is named in the answer, the log and the counter.
+        assert!(
+            answer.ends_with(&format!(": {reason}\n")),
+            "{name}: {answer:?}"
+        );
+        server
+            .log
+            .wait_for(
+                &format!("event=reject status={status} reason={reason} remote=127.0.0.1"),
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|| panic!("{name}: no reject line; log:\n{}", server.log.text()));
+        *expected.entry(reason).or_default() += 1.0;
         assert!(
             answer.contains("Connection: close\r\n"),
             "{name}: {answer:?}"
@@ -108,6 +127,67 @@ fn hostile_requests_get_their_status_a_closed_connection_and_never_reach_the_app
         assert_eq!(calls(&server), before + 1, "{name}: the app ran");
     }
     assert_eq!(server.worker_pids().len(), 1);
+    let counted = wait_for(Duration::from_secs(5), || {
+        let samples = parse_classic(&server.probe("/metrics").text());
+        let all = expected.iter().all(|(reason, n)| {
+            samples.iter().any(|(name, labels, value)| {
+                name == "hurricane_requests_rejected_total"
+                    && labels.get("reason").map(String::as_str) == Some(*reason)
+                    && value == n
+            })
+        });
+        all.then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "counters {expected:?}:\n{}",
+        server.probe("/metrics").text()
+    );
+}
+
+/// Issue 11, point 2: an attack's rejections cannot flood the log.
+#[test]
+fn ten_thousand_bad_requests_leave_a_bounded_log() {
+    let server = strict_server();
+    let started = Instant::now();
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                for _ in 0..2500 {
+                    let mut stream = TcpStream::connect(addr).unwrap();
+                    let _ = stream.write_all(b"GET / HTTP/1.1\nHost: x\n\n");
+                    let _ = stream.read_to_end(&mut Vec::new());
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    let seconds = started.elapsed().as_secs() + 2;
+    let rejected = wait_for(Duration::from_secs(5), || {
+        let samples = parse_classic(&server.probe("/metrics").text());
+        samples
+            .iter()
+            .find(|(name, labels, _)| {
+                name == "hurricane_requests_rejected_total"
+                    && labels.get("reason").map(String::as_str) == Some("bare_lf")
+            })
+            .map(|s| s.2)
+            .filter(|n| *n == 10_000.0)
+    });
+    assert_eq!(rejected, Some(10_000.0), "every rejection counted");
+    // At most 10 lines a second (the seconds this took, rounded up), plus one summary a second.
+    let lines = server.log.count("event=reject ");
+    assert!(
+        lines as u64 <= 10 * (seconds + 1),
+        "{lines} reject lines in about {seconds} s"
+    );
+    server
+        .log
+        .wait_for("event=reject_suppressed count=", Duration::from_secs(5))
+        .expect("the left-out lines are summed up");
 }
 
 #[test]

@@ -20,8 +20,13 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
         .map(|s| s.2)
 }
 
+/// /metrics as Prometheus asks for it (Accept: OpenMetrics), parsed by prometheus_client.
 fn scrape(server: &Server) -> Vec<Sample> {
-    let response = server.probe("/metrics");
+    let response = request(
+        server.probe.unwrap(),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text; version=1.0.0,text/plain;q=0.5\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(response.status, 200);
     assert!(
         response
@@ -30,6 +35,75 @@ fn scrape(server: &Server) -> Vec<Sample> {
             .starts_with("application/openmetrics-text")
     );
     parse_openmetrics(&response.text())
+}
+
+/// Issue 11, point 3: series exist at 0 before the first request, and a scraper that does not ask
+/// for OpenMetrics (an agent, curl) gets the classic format, which the classic parser reads.
+#[test]
+fn before_any_request_the_series_exist_at_zero_in_both_formats() {
+    let server = Server::start("app", &["--workers", "1"]);
+    let classic = server.probe("/metrics");
+    assert_eq!(
+        classic.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = classic.text();
+    assert!(!text.contains("# EOF"), "{text}");
+    let samples = parse_classic(&text);
+    for (method, status) in [("GET", "2xx"), ("POST", "5xx"), ("DELETE", "4xx")] {
+        assert_eq!(
+            value(
+                &samples,
+                "hurricane_requests_total",
+                &[("method", method), ("status", status)]
+            ),
+            Some(0.0),
+            "{method} {status}:\n{text}"
+        );
+    }
+    for reason in [
+        "bare_lf",
+        "cl_te_conflict",
+        "header_too_large",
+        "head_timeout",
+    ] {
+        assert_eq!(
+            value(
+                &samples,
+                "hurricane_requests_rejected_total",
+                &[("reason", reason)]
+            ),
+            Some(0.0),
+            "{reason}:\n{text}"
+        );
+    }
+    assert_eq!(
+        value(&samples, "hurricane_workers", &[("state", "ready")]),
+        Some(1.0)
+    );
+    let om = scrape(&server);
+    assert_eq!(
+        value(
+            &om,
+            "hurricane_requests_total",
+            &[("method", "GET"), ("status", "2xx")]
+        ),
+        Some(0.0)
+    );
+    // Counters keep their values in the classic format too.
+    for _ in 0..3 {
+        assert_eq!(server.get("/").status, 200);
+    }
+    let counted = wait_for(Duration::from_secs(5), || {
+        let samples = parse_classic(&server.probe("/metrics").text());
+        let n = value(
+            &samples,
+            "hurricane_requests_total",
+            &[("method", "GET"), ("status", "2xx")],
+        )?;
+        (n == 3.0).then_some(n)
+    });
+    assert_eq!(counted, Some(3.0));
 }
 
 #[test]

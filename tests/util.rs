@@ -610,17 +610,31 @@ fn python_for_venv() -> String {
 pub fn parse_openmetrics(
     text: &str,
 ) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
-    let script = r#"
+    parse_with("prometheus_client.openmetrics.parser", text)
+}
+
+/// Parses the classic text format (0.0.4) with prometheus_client's classic parser.
+pub fn parse_classic(text: &str) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    parse_with("prometheus_client.parser", text)
+}
+
+fn parse_with(
+    parser: &str,
+    text: &str,
+) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    let script = format!(
+        r#"
 import json, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from {parser} import text_string_to_metric_families
 out = []
 for family in text_string_to_metric_families(sys.stdin.read()):
     for s in family.samples:
         out.append([s.name, s.labels, s.value])
 print(json.dumps(out))
-"#;
+"#
+    );
     let mut child = Command::new(test_venv_python())
-        .args(["-c", script])
+        .args(["-c", &script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

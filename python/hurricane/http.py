@@ -85,12 +85,56 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 HANDED_OFF: Any = 2
 
 
-class HTTPError(Exception):
-    """A request we refuse: the status is sent with ``Connection: close`` and the app never runs."""
+# Every way a request is refused, by a stable name: the status it is answered with. The name is
+# logged (`event=reject reason=NAME`, rate-limited), counted (hurricane_requests_rejected_total)
+# and sent as the body, so an operator can tell a smuggling attempt from a broken client. The
+# master learns the names from the ready message and exports each at 0 from the start.
+REJECTIONS: Dict[str, str] = {
+    # Request line (RFC 9112 3)
+    "bad_request_line": "400 Bad Request",
+    "bad_method": "400 Bad Request",
+    "bad_target": "400 Bad Request",
+    "fragment_in_target": "400 Bad Request",
+    "request_line_too_long": "414 URI Too Long",
+    "unsupported_version": "505 HTTP Version Not Supported",
+    # Header fields (RFC 9112 5, RFC 9110 5)
+    "bare_lf": "400 Bad Request",
+    "obs_fold": "400 Bad Request",
+    "space_before_colon": "400 Bad Request",
+    "bad_header_name": "400 Bad Request",
+    "header_without_colon": "400 Bad Request",
+    "bad_header_value": "400 Bad Request",
+    "missing_host": "400 Bad Request",
+    "too_many_headers": "431 Request Header Fields Too Large",
+    "header_too_large": "431 Request Header Fields Too Large",
+    "unsupported_expectation": "417 Expectation Failed",
+    # Body framing (RFC 9112 6, 7)
+    "cl_conflict": "400 Bad Request",
+    "bad_content_length": "400 Bad Request",
+    "cl_te_conflict": "400 Bad Request",
+    "te_in_http10": "400 Bad Request",
+    "unsupported_transfer_coding": "501 Not Implemented",
+    "body_too_large": "413 Content Too Large",
+    "bad_chunk_size": "400 Bad Request",
+    "bad_chunk_extension": "400 Bad Request",
+    "chunk_line_too_long": "400 Bad Request",
+    "bare_lf_in_chunk": "400 Bad Request",
+    "chunk_longer_than_size": "400 Bad Request",
+    # Time (the client stalled mid-request past --keep-alive)
+    "head_timeout": "408 Request Timeout",
+}
 
-    def __init__(self, status: str, reason: str) -> None:
+
+class HTTPError(Exception):
+    """A request we refuse: the status is sent with ``Connection: close`` and the app never runs.
+
+    ``reason`` is a key of REJECTIONS, which decides the status.
+    """
+
+    def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.status = status
+        self.reason = reason
+        self.status = REJECTIONS[reason]
 
 
 class ClientGone(Exception):
@@ -367,14 +411,14 @@ class BodyReader:
         while True:
             end = conn.buf.find(b"\r\n")
             if end > MAX_CHUNK_LINE_BYTES:
-                raise HTTPError("400 Bad Request", "chunk header line too long")
+                raise HTTPError("chunk_line_too_long")
             if end >= 0:
                 line, conn.buf = conn.buf[:end], conn.buf[end + 2 :]
                 if b"\n" in line or b"\r" in line:
-                    raise HTTPError("400 Bad Request", "bare CR or LF in chunked framing")
+                    raise HTTPError("bare_lf_in_chunk")
                 return line
             if len(conn.buf) > MAX_CHUNK_LINE_BYTES:
-                raise HTTPError("400 Bad Request", "chunk header line too long")
+                raise HTTPError("chunk_line_too_long")
             conn.buf += self._recv()
 
     def _next_chunk_size(self) -> int:
@@ -382,12 +426,12 @@ class BodyReader:
         size, _, ext = line.partition(b";")
         # RFC 9112 7.1: chunk-size is 1*HEXDIG; no sign, no spaces, no 0x prefix.
         if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
-            raise HTTPError("400 Bad Request", "invalid chunk size")
+            raise HTTPError("bad_chunk_size")
         if ext and not re.fullmatch(rb"(?:[ \t]*;[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
                                     rb"(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
                                     rb"|\"(?:[^\"\\\x00-\x08\x0a-\x1f\x7f]|\\.)*\"))?)*[ \t]*",
                                     b";" + ext):
-            raise HTTPError("400 Bad Request", "invalid chunk extension")
+            raise HTTPError("bad_chunk_extension")
         return int(size, 16)
 
     def _fill(self) -> bool:
@@ -413,11 +457,11 @@ class BodyReader:
         self._remaining -= len(data)
         self._total += len(data)
         if self._total > self._max_body:
-            raise HTTPError("413 Content Too Large", "request body exceeds --max-body-size")
+            raise HTTPError("body_too_large")
         if self._remaining == 0:
             if self._chunked:
                 if self._raw_line() != b"":
-                    raise HTTPError("400 Bad Request", "chunk data longer than its size")
+                    raise HTTPError("chunk_longer_than_size")
             else:
                 self._done = True
         self._pending += data
@@ -847,7 +891,7 @@ def _environ_key(name: bytes) -> Optional[str]:
     key = _ENV_KEYS.get(name)
     if key is None and name not in _ENV_KEYS:
         if not _TOKEN.fullmatch(name):
-            raise HTTPError("400 Bad Request", "invalid header name")
+            raise HTTPError("bad_header_name")
         upper = name.decode("latin-1").upper()
         if "_" in upper:
             # HTTP_X_USER would be spoofable through "X_User"; gunicorn and nginx drop these too.
@@ -877,12 +921,16 @@ _LINE_CACHE_MAX = 1024
 
 
 def _parse_field(line: bytes) -> Tuple[Optional[str], str, bytes]:
+    if line[:1] in (b" ", b"\t"):
+        raise HTTPError("obs_fold")  # RFC 9112 5.2: a server rejects line folding in requests
     name, sep, value = line.partition(b":")
     if not sep:
-        raise HTTPError("400 Bad Request", "header line without a colon")
+        raise HTTPError("header_without_colon")
+    if name[-1:] in (b" ", b"\t"):
+        raise HTTPError("space_before_colon")  # RFC 9112 5.1: a smuggling vector
     value = value.strip(b" \t")
     if value and not _FIELD_VALUE.fullmatch(value):
-        raise HTTPError("400 Bad Request", "invalid character in header value")
+        raise HTTPError("bad_header_value")
     key = _environ_key(name)  # raises for obs-fold, whitespace before the colon, non-tokens
     parsed = (key, value.decode("latin-1"), value)
     if len(_LINE_CACHE) >= _LINE_CACHE_MAX:
@@ -950,8 +998,42 @@ def _log_line(level: str, event: str, fields: Dict[str, Any], as_json: bool) -> 
             return
 
 
-def _error_response(status: str) -> bytes:
-    body = status.encode("latin-1") + b"\n"
+# An attack sends thousands of bad requests a second; the log gets at most this many lines a second
+# per worker, then one line with the count of those it left out.
+REJECT_LOG_PER_S = 10
+
+
+class RejectLog:
+    """`event=reject` lines, rate-limited per wall-clock second (any thread may call `note`)."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.second = 0
+        self.logged = 0
+        self.suppressed = 0
+
+    def note(self, status: str, reason: str, remote: str) -> None:
+        self.tick()
+        if self.logged < REJECT_LOG_PER_S:
+            self.logged += 1
+            fields = {"status": status[:3], "reason": reason, "remote": remote or "-"}
+            _log_line("WARN", "reject", fields, self.as_json)
+        else:
+            self.suppressed += 1
+
+    def tick(self) -> None:
+        """A new second: say how many lines the last one left out, and start counting again."""
+        second = int(time.monotonic())
+        if second == self.second:
+            return
+        self.second = second
+        if self.suppressed:
+            _log_line("WARN", "reject_suppressed", {"count": self.suppressed}, self.as_json)
+        self.logged = self.suppressed = 0
+
+
+def _error_response(status: str, reason: str = "") -> bytes:
+    body = (f"{status}: {reason}\n" if reason else f"{status}\n").encode("latin-1")
     return (
         b"HTTP/1.1 %b\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n"
         b"%bServer: hurricane\r\n\r\n%b"
@@ -964,6 +1046,7 @@ class Server:
 
     def __init__(self, config: Dict[str, Any], activity: Any) -> None:
         self.activity = activity
+        self.reject_log = RejectLog((config.get("http") or {}).get("log_format") == "json")
         self.keep_alive_s = float(config.get("keep_alive", 5))
         self.graceful_timeout_s = float(config.get("graceful_timeout", 30))
         http = config.get("http") or {}
@@ -1211,12 +1294,9 @@ class Server:
                 # close under it (the client would see its request go unanswered).
                 continue
             if conn.buf:
-                try:
-                    flush_conn(conn)
-                    conn.sock.send(_error_response("408 Request Timeout"))
-                except OSError:
-                    pass
+                self._reject(conn, "head_timeout")
             self._close(conn, epoll)
+        self.reject_log.tick()
 
     def _on_readable(self, conn: Conn, app: Callable, epoll: Any, now: float) -> None:
         try:
@@ -1247,21 +1327,21 @@ class Server:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > self.max_head:
-                    self._reject(conn, "431 Request Header Fields Too Large")
+                    self._reject(conn, "header_too_large")
                     return False
                 limit = self.limit_line + 2
                 if len(buf) > limit and buf.find(b"\n", 0, limit) < 0:
-                    self._reject(conn, "414 URI Too Long")
+                    self._reject(conn, "request_line_too_long")
                     return False
                 if buf.count(b"\n") != buf.count(b"\r\n"):
                     # A bare LF head would never end in CRLFCRLF: refuse it now, not at the timeout.
-                    self._reject(conn, "400 Bad Request")
+                    self._reject(conn, "bare_lf")
                     return False
                 if buf[:2] == b"\r\n" and len(buf) >= 2:
                     conn.buf = buf.lstrip(b"\r\n")  # RFC 9112 2.2: ignore CRLF before a request
                 return True
             if end > self.max_head:
-                self._reject(conn, "431 Request Header Fields Too Large")
+                self._reject(conn, "header_too_large")
                 return False
             if end == 0 or buf[0] in b"\r\n":
                 stripped = buf.lstrip(b"\r\n")
@@ -1272,7 +1352,7 @@ class Server:
             try:
                 keep = self._handle(conn, buf[:end], end + 4, app)
             except HTTPError as exc:
-                self._reject(conn, exc.status)
+                self._reject(conn, exc.reason)
                 return False
             except ClientGone:
                 return False
@@ -1285,10 +1365,14 @@ class Server:
             if not conn.buf:
                 return True
 
-    def _reject(self, conn: Conn, status: str) -> None:
+    def _reject(self, conn: Conn, reason: str) -> None:
+        """Answer a refused request with its status and its reason's name; logged and counted."""
+        status = REJECTIONS[reason]
+        self.activity.reject(reason)
+        self.reject_log.note(status, reason, conn.addr)
         try:
             flush_conn(conn)
-            conn.sock.send(_error_response(status))
+            conn.sock.send(_error_response(status, reason))
         except OSError:
             pass
 
@@ -1301,31 +1385,31 @@ class Server:
         lines = head.split(b"\r\n")
         # Every LF and CR in the head must belong to a CRLF we split on (no bare LF/CR, RFC 9112 2.2).
         if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
-            raise HTTPError("400 Bad Request", "bare CR or LF")
+            raise HTTPError("bare_lf")
         request_line = lines[0]
         if len(request_line) > self.limit_line:
-            raise HTTPError("414 URI Too Long", "request line exceeds --limit-request-line")
+            raise HTTPError("request_line_too_long")
         if len(lines) - 1 > self.limit_fields:
-            raise HTTPError("431 Request Header Fields Too Large", "more fields than --limit-request-fields")
+            raise HTTPError("too_many_headers")
         # Only a head longer than the field limit can hold a field over it: one length check saves a loop.
         if len(head) > self.limit_field_size and max(map(len, lines[1:]), default=0) > self.limit_field_size:
-            raise HTTPError("431 Request Header Fields Too Large", "a field exceeds --limit-request-field-size")
+            raise HTTPError("header_too_large")
         parts = request_line.split(b" ")
         if len(parts) != 3:
-            raise HTTPError("400 Bad Request", "malformed request line")
+            raise HTTPError("bad_request_line")
         method_b, target, version = parts
         if version == b"HTTP/1.1":
             version11 = True
         elif version == b"HTTP/1.0":
             version11 = False
         elif _VERSION.fullmatch(version):
-            raise HTTPError("505 HTTP Version Not Supported", "unsupported version")
+            raise HTTPError("unsupported_version")
         else:
-            raise HTTPError("400 Bad Request", "malformed request line")
+            raise HTTPError("bad_request_line")
         method = _METHODS.get(method_b)
         if method is None:
             if not _TOKEN.fullmatch(method_b):
-                raise HTTPError("400 Bad Request", "invalid method")
+                raise HTTPError("bad_method")
             method = method_b.decode("ascii")
 
         env = self.base_environ.copy()
@@ -1347,7 +1431,7 @@ class Server:
             if key in _FRAMING_KEYS:
                 if key == "CONTENT_LENGTH":
                     if content_length is not None and content_length != value:
-                        raise HTTPError("400 Bad Request", "conflicting Content-Length")
+                        raise HTTPError("cl_conflict")
                     content_length = value
                 elif key == "HTTP_TRANSFER_ENCODING":
                     transfer_encoding = value if transfer_encoding is None else transfer_encoding + b"," + value
@@ -1362,7 +1446,7 @@ class Server:
             else:
                 env[key] = decoded
         if version11 and hosts != 1:
-            raise HTTPError("400 Bad Request", "HTTP/1.1 needs exactly one Host header")
+            raise HTTPError("missing_host")
 
         if version11:
             keep_alive = connection != b"close" and b"close" not in connection.split(b",")
@@ -1374,24 +1458,24 @@ class Server:
         length = 0
         if transfer_encoding is not None:
             if content_length is not None:
-                raise HTTPError("400 Bad Request", "both Content-Length and Transfer-Encoding")
+                raise HTTPError("cl_te_conflict")
             if not version11:
-                raise HTTPError("400 Bad Request", "Transfer-Encoding in an HTTP/1.0 request")
+                raise HTTPError("te_in_http10")
             codings = [c.strip().lower() for c in transfer_encoding.split(b",")]
             if codings[-1] != b"chunked":
-                raise HTTPError("501 Not Implemented", "unsupported transfer coding")
+                raise HTTPError("unsupported_transfer_coding")
             if len(codings) > 1:
-                raise HTTPError("501 Not Implemented", "only a single 'chunked' coding is supported")
+                raise HTTPError("unsupported_transfer_coding")
             env.pop("CONTENT_LENGTH", None)
             chunked = True
         elif content_length is not None:
             if not content_length.isdigit() or len(content_length) > 18:
-                raise HTTPError("400 Bad Request", "invalid Content-Length")
+                raise HTTPError("bad_content_length")
             length = int(content_length)
             if length > self.max_body:
-                raise HTTPError("413 Content Too Large", "body exceeds --max-body-size")
+                raise HTTPError("body_too_large")
         if expect and expect != b"100-continue":
-            raise HTTPError("417 Expectation Failed", "unsupported expectation")
+            raise HTTPError("unsupported_expectation")
         expect_continue = version11 and expect == b"100-continue"
 
         # Request target, RFC 9112 3.2: origin-form, absolute-form (proxies), asterisk for OPTIONS.
@@ -1402,12 +1486,12 @@ class Server:
                 slash = target.find(b"/", target.find(b"//") + 2)
                 target = target[slash:] if slash >= 0 else b"/"
             else:
-                raise HTTPError("400 Bad Request", "invalid request target")
+                raise HTTPError("bad_target")
         path, _, query = target.partition(b"?")
         if b"%" in path:
             path = unquote_to_bytes(path)
         if b"#" in target:
-            raise HTTPError("400 Bad Request", "fragment in request target")
+            raise HTTPError("fragment_in_target")
         env["REQUEST_METHOD"] = method
         env["PATH_INFO"] = path.decode("latin-1")
         env["QUERY_STRING"] = query.decode("latin-1")
@@ -1475,7 +1559,7 @@ class Server:
         try:
             keep = self._run_app(conn, app, env, method, version11, keep_alive, body)
         except HTTPError as exc:
-            self._reject(conn, exc.status)
+            self._reject(conn, exc.reason)
         except ClientGone:
             pass
         except BaseException:  # noqa: BLE001 - a thread must always hand its connection back

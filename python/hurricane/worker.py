@@ -60,7 +60,7 @@ class Activity:
     """
 
     __slots__ = ("current", "inflight", "requests", "counts", "dur_bounds", "dur", "dur_sum",
-                 "size_bounds", "size", "size_sum")
+                 "size_bounds", "size", "size_sum", "rejects")
 
     def __init__(self, dur_bounds: List[float], size_bounds: List[float]) -> None:
         self.current: Optional[tuple] = None  # (started, by time.monotonic(), method, path) while busy
@@ -74,6 +74,11 @@ class Activity:
         self.size_bounds = size_bounds
         self.size = [0] * (len(size_bounds) + 1)
         self.size_sum = 0.0
+        self.rejects: Dict[str, int] = {}  # rejection name (http.REJECTIONS) -> requests refused
+
+    def reject(self, reason: str) -> None:
+        """One refused request (the app never ran): counted apart from served requests."""
+        self.rejects[reason] = self.rejects.get(reason, 0) + 1
 
     def record(self, method: str, code: int, seconds: float, size: int) -> None:
         """One finished request: a dict increment and two bisects (about 0.3 us)."""
@@ -145,6 +150,7 @@ class Heartbeat:
         self._sent_dur_sum = 0.0
         self._sent_size = list(activity.size)
         self._sent_size_sum = 0.0
+        self._sent_rejects: Dict[str, int] = {}
 
     def beat(self) -> None:
         with self._lock:
@@ -174,6 +180,14 @@ class Heartbeat:
                 message["size_sum"] = size_sum - self._sent_size_sum
                 self._sent_counts, self._sent_dur, self._sent_size = counts, dur, size
                 self._sent_dur_sum, self._sent_size_sum = dur_sum, size_sum
+            rejects = dict(activity.rejects)
+            if rejects != self._sent_rejects:
+                message["rejects"] = {
+                    reason: n - self._sent_rejects.get(reason, 0)
+                    for reason, n in rejects.items()
+                    if n != self._sent_rejects.get(reason, 0)
+                }
+                self._sent_rejects = rejects
             if current is not None:
                 message["busy_s"] = round(time.monotonic() - current[0], 3)
                 message["method"] = current[1]
@@ -292,7 +306,13 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
     dirs = source_dirs([os.getcwd()] + [os.path.abspath(p) for p in extra_paths]) if config.get("autoreload") else []
     from hurricane import checks
 
-    status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000), dirs=dirs, django=checks.is_django())
+    status.send(
+        t="ready",
+        boot_ms=int((time.monotonic() - booted) * 1000),
+        dirs=dirs,
+        django=checks.is_django(),
+        reject_reasons=sorted(http.REJECTIONS),
+    )
     code = server.serve(app)
     heartbeat.beat()  # the last counters, so nothing served goes uncounted
     sys.stdout.flush()
