@@ -31,16 +31,270 @@ pub struct Cli {
 pub enum Command {
     /// Serve a WSGI app on N prefork workers (the default command)
     Serve(ServeArgs),
+    /// Consume an AMQP queue with N handler workers running a TopicHandler class
+    Consume(ConsumeArgs),
+}
+
+/// What to run, once parsed.
+pub enum Run {
+    Serve(ServeArgs),
+    Consume(ConsumeArgs),
 }
 
 impl Cli {
-    /// The serve options, whether given as `hurricane serve ...` or `hurricane ...`.
-    pub fn into_serve(self) -> ServeArgs {
+    /// The command, whether serve is given as `hurricane serve ...` or `hurricane ...`.
+    pub fn into_run(self) -> Run {
         match self.command {
-            Some(Command::Serve(args)) => args,
-            None => self.serve,
+            Some(Command::Serve(args)) => Run::Serve(args),
+            Some(Command::Consume(args)) => Run::Consume(args),
+            None => Run::Serve(self.serve),
         }
     }
+
+    /// The serve options (tests and the settings layer of `serve`).
+    #[cfg(test)]
+    pub fn into_serve(self) -> ServeArgs {
+        match self.into_run() {
+            Run::Serve(args) => args,
+            Run::Consume(_) => panic!("not serve"),
+        }
+    }
+}
+
+impl Run {
+    pub fn log_level(&self) -> &str {
+        match self {
+            Run::Serve(a) => &a.log_level,
+            Run::Consume(a) => &a.log_level,
+        }
+    }
+
+    pub fn log_json(&self) -> bool {
+        match self {
+            Run::Serve(a) => a.log_format == "json",
+            Run::Consume(a) => a.log_format == "json",
+        }
+    }
+
+    pub fn log_file(&self) -> Option<&std::path::Path> {
+        match self {
+            Run::Serve(a) => a.log_file.as_deref(),
+            Run::Consume(a) => a.log_file.as_deref(),
+        }
+    }
+}
+
+fn amqp_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{s}' is not a port (1 to 65535)")),
+    }
+}
+
+fn amqp_url(s: &str) -> Result<String, String> {
+    if s.starts_with("amqp://") && s.len() > "amqp://".len() {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "'{s}' is not an amqp:// URL (amqp://USER:PASSWORD@HOST:PORT/VHOST)"
+        ))
+    }
+}
+
+fn prefetch(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("'{s}' is not a prefetch count (1 to 65535)")),
+    }
+}
+
+fn name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 255 {
+        Err(format!(
+            "'{s}' is not a queue or exchange name (1 to 255 bytes)"
+        ))
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+/// `hurricane consume HANDLER`: django-hurricane's `manage.py consume` options, and serve's own
+/// for the workers, probes, webhooks and logs. The broker settings also come from the Django
+/// settings (AMQP_HOST, ...) and the environment (AMQP_*), in that order after the command line.
+#[derive(Debug, Clone, Args)]
+pub struct ConsumeArgs {
+    /// The handler class: a subclass of hurricane.amqp.basehandler.TopicHandler (package.module.Class)
+    #[arg(value_name = "HANDLER")]
+    pub handler: String,
+
+    /// The queue to consume (declared if missing)
+    #[arg(long, env = "HURRICANE_QUEUE", value_name = "NAME", value_parser = name)]
+    pub queue: String,
+
+    /// The topic exchange the queue is bound to (declared if missing)
+    #[arg(long, env = "HURRICANE_EXCHANGE", value_name = "NAME", value_parser = name)]
+    pub exchange: String,
+
+    /// Broker host [settings: AMQP_HOST]
+    #[arg(long, env = "AMQP_HOST", value_name = "HOST")]
+    pub amqp_host: Option<String>,
+
+    /// Broker port [settings: AMQP_PORT]
+    #[arg(long, env = "AMQP_PORT", value_name = "PORT", default_value = "5672", value_parser = amqp_port)]
+    pub amqp_port: u16,
+
+    /// Broker virtual host [settings: AMQP_VHOST]
+    #[arg(long, env = "AMQP_VHOST", value_name = "VHOST", default_value = "/")]
+    pub amqp_vhost: String,
+
+    /// Broker user [settings: AMQP_USER] [default: guest]
+    #[arg(long, env = "AMQP_USER", value_name = "USER")]
+    pub amqp_user: Option<String>,
+
+    /// Broker password [settings: AMQP_PASSWORD] [default: guest]; never logged
+    #[arg(
+        long,
+        env = "AMQP_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub amqp_password: Option<String>,
+
+    /// The broker as one URL, instead of the --amqp-* options
+    #[arg(long, env = "AMQP_URL", value_name = "URL", value_parser = amqp_url, hide_env_values = true)]
+    pub amqp_url: Option<String>,
+
+    /// Bind the queue with this routing key (repeatable) [default: the handler's
+    /// get_routing_keys(queue), else the queue's name]
+    #[arg(
+        long,
+        env = "HURRICANE_ROUTING_KEY",
+        value_name = "KEY",
+        value_delimiter = ','
+    )]
+    pub routing_key: Vec<String>,
+
+    /// Declare the exchange and the queue durable
+    #[arg(long, env = "HURRICANE_DURABLE", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub durable: bool,
+
+    /// Deliveries the broker sends ahead of acks (basic.qos); they are spread over the workers
+    #[arg(long, env = "HURRICANE_PREFETCH", value_name = "N", default_value = "200", value_parser = prefetch)]
+    pub prefetch: u16,
+
+    /// Reconnect with backoff (0.5 s doubling to 30 s) when the broker connection or channel is lost
+    #[arg(long, env = "HURRICANE_RECONNECT", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub reconnect: bool,
+
+    /// With --reconnect, /alive fails once the broker has been lost this many seconds (0: never;
+    /// a restart does not fix a broker outage)
+    #[arg(long, env = "HURRICANE_RECONNECT_TIMEOUT", value_name = "S", default_value = "0", value_parser = seconds)]
+    pub reconnect_timeout: Duration,
+
+    /// Number of handler processes [default: the CPUs this process may use]
+    #[arg(long, env = "HURRICANE_WORKERS", value_name = "N", value_parser = workers, allow_negative_numbers = true)]
+    pub workers: Option<usize>,
+
+    /// Python interpreter for the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH]
+    #[arg(long, env = "HURRICANE_PYTHON", value_name = "PATH")]
+    pub python: Option<PathBuf>,
+
+    /// Change to this directory before loading the handler
+    #[arg(long, env = "HURRICANE_CHDIR", value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Directory to put first on the workers' sys.path (repeatable)
+    #[arg(
+        long,
+        env = "HURRICANE_PYTHONPATH",
+        value_name = "DIR",
+        value_delimiter = ':'
+    )]
+    pub pythonpath: Vec<PathBuf>,
+
+    /// Address of the probe server
+    #[arg(long, env = "HURRICANE_BIND", value_name = "ADDR", default_value = "0.0.0.0", value_parser = ip_address)]
+    pub bind: std::net::IpAddr,
+
+    /// Port of the probe server
+    #[arg(
+        long,
+        env = "HURRICANE_PROBE_PORT",
+        value_name = "PORT",
+        default_value_t = 8001
+    )]
+    pub probe_port: u16,
+
+    /// Path of the startup probe
+    #[arg(long, env = "HURRICANE_STARTUP_PROBE", value_name = "PATH", default_value = "/startup", value_parser = probe_path)]
+    pub startup_probe: String,
+
+    /// Path of the readiness probe
+    #[arg(long, env = "HURRICANE_READINESS_PROBE", value_name = "PATH", default_value = "/ready", value_parser = probe_path)]
+    pub readiness_probe: String,
+
+    /// Path of the liveness probe (`--probe` is the same option)
+    #[arg(long, alias = "probe", env = "HURRICANE_LIVENESS_PROBE", value_name = "PATH", default_value = "/alive", value_parser = probe_path)]
+    pub liveness_probe: String,
+
+    /// Path of the Prometheus metrics on the probe port
+    #[arg(long, env = "HURRICANE_METRICS", value_name = "PATH", default_value = "/metrics", value_parser = probe_path)]
+    pub metrics: String,
+
+    /// Do not serve metrics
+    #[arg(long, env = "HURRICANE_NO_METRICS", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub no_metrics: bool,
+
+    /// Do not run the probe server
+    #[arg(long, env = "HURRICANE_NO_PROBE", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub no_probe: bool,
+
+    /// Seconds a Django check result answers probes before the next probe asks for a fresh one
+    #[arg(long, env = "HURRICANE_CHECK_INTERVAL", value_name = "S", default_value = "5", value_parser = seconds)]
+    pub check_interval: Duration,
+
+    /// Show failing checks' messages in probe answers
+    #[arg(long, env = "HURRICANE_DEBUG", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub debug: bool,
+
+    /// Seconds a stopping worker gets to finish its message before it is killed
+    #[arg(long, env = "HURRICANE_GRACEFUL_TIMEOUT", value_name = "S", default_value = "30", value_parser = seconds)]
+    pub graceful_timeout: Duration,
+
+    /// Seconds a worker may take to import the handler and report ready
+    #[arg(long, env = "HURRICANE_BOOT_TIMEOUT", value_name = "S", default_value = "60", value_parser = seconds)]
+    pub boot_timeout: Duration,
+
+    /// Seconds a handler may run on one message before its worker is killed (0: no limit); the
+    /// message is requeued
+    #[arg(long, env = "HURRICANE_TIMEOUT", value_name = "S", default_value = "0", value_parser = seconds)]
+    pub timeout: Duration,
+
+    /// Reload when a source file of the handler changes (development)
+    #[arg(long, env = "HURRICANE_AUTORELOAD", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub autoreload: bool,
+
+    /// POST a JSON event here on startup, readiness/liveness changes, reloads, shutdown and worker
+    /// restarts (repeatable)
+    #[arg(long, env = "HURRICANE_WEBHOOK_URL", value_name = "URL", value_delimiter = ',', value_parser = webhook_url)]
+    pub webhook_url: Vec<String>,
+
+    /// Log format: text (key=value) or json (one object per line)
+    #[arg(long, env = "HURRICANE_LOG_FORMAT", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Write the master's and the workers' log lines to this file (SIGUSR1 reopens it)
+    #[arg(long, env = "HURRICANE_LOG_FILE", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// Log probe requests too
+    #[arg(long, env = "HURRICANE_LOG_PROBES", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub log_probes: bool,
+
+    /// Log level: error, warn, info, debug or trace
+    #[arg(long, env = "HURRICANE_LOG_LEVEL", value_name = "LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {

@@ -9,7 +9,8 @@
 //!   messages as that kind's bootstrap sends them (for HTTP: the app imported; idle/busy and
 //!   request counters).
 //!
-//! Only the HTTP worker exists so far; `pool`'s tests drive the pool with a second, fake kind.
+//! Two kinds exist: the HTTP worker (`serve`) and the AMQP handler worker (`consume`); `pool`'s
+//! tests also drive the pool with a fake supervised-command kind.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -54,6 +55,35 @@ impl Kind for Http {
     }
 }
 
+/// `hurricane consume`: our embedded handler worker, in the user's interpreter, with no socket;
+/// deliveries come down its control pipe.
+pub struct AmqpHandler {
+    pub python: PathBuf,
+    /// The worker's settings (`mode: amqp`, the handler, the broker's names for its constructor).
+    pub config: WorkerConfig,
+}
+
+/// A pool of interchangeable handler workers: every default rule.
+impl Rules for AmqpHandler {}
+
+impl Kind for AmqpHandler {
+    fn name(&self) -> &'static str {
+        "amqp"
+    }
+
+    fn launch(&self, worker: WorkerId, generation: u64) -> Launch {
+        Launch {
+            program: self.python.clone(),
+            args: vec![
+                OsString::from("-c"),
+                OsString::from(worker::STAGE_ONE),
+                OsString::from(format!("hurricane-worker-{worker}")),
+            ],
+            bootstrap: worker::bootstrap(&self.config, worker, generation),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +102,7 @@ mod tests {
                 autoreload: false,
                 workers: 2,
                 http: serde_json::json!({}),
+                amqp: None,
             },
         };
         let launch = http.launch(7, 2);

@@ -4,6 +4,7 @@
 //! directory, the worker count), and maps every outcome to an exit code:
 //! 0 clean shutdown, 1 fatal error, 2 bad usage, 3 the app failed to boot.
 
+mod amqp;
 mod bind;
 mod cli;
 mod kind;
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
-use crate::cli::{Cli, ServeArgs};
+use crate::cli::{Cli, ConsumeArgs, Run, ServeArgs};
 use crate::pool::PoolConfig;
 use crate::probe::{Paths, ProbeConfig};
 use crate::worker::WorkerConfig;
@@ -40,6 +41,8 @@ const EXIT_USAGE: u8 = 2;
 /// Processes and threads besides the workers that count against RLIMIT_NPROC (the master's
 /// threads, the probe connections, pre-start commands).
 const PROCESS_MARGIN: u64 = 16;
+/// consume: a handler worker silent this long (frozen) is killed; its messages are requeued.
+const HEARTBEAT_TIMEOUT_S: u64 = 30;
 /// How often a worker reports in (DESIGN.md: heartbeat every second).
 const HEARTBEAT_INTERVAL_MS: u64 = 1000;
 
@@ -56,8 +59,13 @@ fn on_path(name: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn python(args: &ServeArgs) -> PathBuf {
-    if let Some(python) = &args.python {
+/// The workers' interpreter; a relative path is taken from where hurricane was started, before
+/// --chdir.
+fn python(explicit: &Option<PathBuf>) -> PathBuf {
+    if let Some(python) = explicit {
+        if python.components().count() > 1 {
+            return std::path::absolute(python).unwrap_or_else(|_| python.clone());
+        }
         return python.clone();
     }
     match std::env::var_os("VIRTUAL_ENV") {
@@ -101,6 +109,7 @@ fn check_process_limit(workers: usize) -> Result<(), Usage> {
 }
 
 fn config(args: ServeArgs) -> Result<master::Config, Usage> {
+    let python = python(&args.python);
     if let Some(dir) = &args.chdir {
         std::env::set_current_dir(dir)
             .map_err(|e| Usage(format!("--chdir '{}': {e}", dir.display())))?;
@@ -116,7 +125,6 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             "-w '{app}' is not MODULE[:ATTR]: give a dotted module path such as mysite.wsgi, not a file name"
         )));
     }
-    let python = python(&args);
     let prestart = prestart::Prestart {
         commands: args
             .command
@@ -181,11 +189,16 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             "static": mount(args.r#static, &args.static_url, &args.static_root, "/static/"),
             "media": mount(args.media, &args.media_url, &args.media_root, "/media/"),
         }),
+        amqp: None,
     };
     Ok(master::Config {
-        bind: args.bind,
-        port: args.port,
-        backlog: args.backlog,
+        listen: Some(master::Listen {
+            bind: args.bind,
+            port: args.port,
+            backlog: args.backlog,
+        }),
+        probe_bind: args.bind,
+        consume: None,
         kind: Rc::new(kind::Http {
             python: python.clone(),
             config: worker,
@@ -225,56 +238,226 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
     })
 }
 
-/// The command line, with HURRICANE_* Django settings in between it and the environment.
-fn parse_args() -> (ServeArgs, Vec<String>) {
+/// The command line, with Django settings (HURRICANE_*, and for consume AMQP_*) in between it and
+/// the environment.
+fn parse_args() -> (Run, Vec<String>) {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let matches = Cli::command().get_matches_from(&argv);
     let first = Cli::from_arg_matches(&matches)
         .unwrap_or_else(|e| e.exit())
-        .into_serve();
-    let cwd = match &first.chdir {
+        .into_run();
+    let (chdir, pythonpath, explicit_python, subcommand, prefixes) = match &first {
+        Run::Serve(a) => (
+            &a.chdir,
+            &a.pythonpath,
+            &a.python,
+            "serve",
+            &["HURRICANE_"][..],
+        ),
+        Run::Consume(a) => (
+            &a.chdir,
+            &a.pythonpath,
+            &a.python,
+            "consume",
+            &["HURRICANE_", "AMQP_"][..],
+        ),
+    };
+    let cwd = match chdir {
         Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
         None => PathBuf::from("."),
     };
-    let pythonpath: Vec<String> = first
-        .pythonpath
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let Some(found) = settings::read(&python(&first), &cwd, &pythonpath).filter(|s| !s.is_empty())
+    let pythonpath: Vec<String> = pythonpath.iter().map(|p| p.display().to_string()).collect();
+    let Some(found) = settings::read(&python(explicit_python), &cwd, &pythonpath, prefixes)
+        .filter(|s| !s.is_empty())
     else {
         return (first, Vec::new());
     };
-    let (extra, warnings) = settings::as_args(&found, &matches);
+    let (extra, warnings) = settings::as_args(&found, &matches, subcommand);
     if extra.is_empty() {
         return (first, warnings);
     }
     let mut all = argv;
     all.extend(extra.into_iter().map(std::ffi::OsString::from));
     match Cli::try_parse_from(all) {
-        Ok(cli) => (cli.into_serve(), warnings),
+        Ok(cli) => (cli.into_run(), warnings),
         Err(e) => {
-            eprintln!("error: a HURRICANE_* setting in the Django settings is not valid:");
+            let names: Vec<String> = prefixes.iter().map(|p| format!("{p}*")).collect();
+            eprintln!(
+                "error: a {} setting in the Django settings is not valid:",
+                names.join(" or ")
+            );
             e.exit()
         }
     }
 }
 
+/// The broker's address and credentials: --amqp-url, else the --amqp-* options (guest/guest as
+/// pika's defaults); a missing host is a usage error.
+fn broker_uri(args: &ConsumeArgs) -> Result<lapin::uri::AMQPUri, Usage> {
+    if let Some(url) = &args.amqp_url {
+        return url.parse().map_err(|e| {
+            Usage(format!(
+                "--amqp-url is not a broker URL ({e}); give amqp://USER:PASSWORD@HOST:PORT/VHOST"
+            ))
+        });
+    }
+    let Some(host) = args.amqp_host.clone().filter(|h| !h.trim().is_empty()) else {
+        return Err(Usage(
+            "no broker host: pass --amqp-host HOST (or set AMQP_HOST in the Django settings or the environment), or --amqp-url".into(),
+        ));
+    };
+    let mut uri = lapin::uri::AMQPUri::default();
+    uri.authority.host = host;
+    uri.authority.port = args.amqp_port;
+    uri.vhost = args.amqp_vhost.clone();
+    if let Some(user) = &args.amqp_user {
+        uri.authority.userinfo.username = user.clone();
+    }
+    if let Some(password) = &args.amqp_password {
+        uri.authority.userinfo.password = password.clone();
+    }
+    Ok(uri)
+}
+
+fn consume_config(args: ConsumeArgs) -> Result<master::Config, Usage> {
+    let python = python(&args.python);
+    if let Some(dir) = &args.chdir {
+        std::env::set_current_dir(dir)
+            .map_err(|e| Usage(format!("--chdir '{}': {e}", dir.display())))?;
+    }
+    let handler = args.handler.clone();
+    let (module, class) = handler
+        .split_once(':')
+        .or_else(|| handler.rsplit_once('.'))
+        .unwrap_or(("", ""));
+    let dotted = |s: &str| {
+        !s.is_empty()
+            && s.split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_'))
+    };
+    if !dotted(module) || !dotted(class) {
+        return Err(Usage(format!(
+            "HANDLER '{handler}' is not a dotted path to a class, such as myapp.consumer.MyHandler"
+        )));
+    }
+    let uri = broker_uri(&args)?;
+    let display = amqp::broker::Settings::describe(&uri);
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    check_process_limit(workers)?;
+    let autoreload = if args.autoreload {
+        let filter =
+            reload::Filter::new(&[], &[]).map_err(|e| Usage(format!("--autoreload: {e}")))?;
+        Some((filter, Vec::new()))
+    } else {
+        None
+    };
+    let worker = WorkerConfig {
+        app: handler.clone(),
+        pythonpath: args
+            .pythonpath
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        keep_alive: Duration::ZERO,
+        graceful_timeout: args.graceful_timeout,
+        heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
+        autoreload: args.autoreload,
+        workers,
+        http: serde_json::json!({
+            "log_format": args.log_format,
+            "log_file": args.log_file.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        }),
+        // What a TopicHandler's constructor is given, as in django-hurricane.
+        amqp: Some(serde_json::json!({
+            "queue": args.queue,
+            "exchange": args.exchange,
+            "host": uri.authority.host,
+            "port": uri.authority.port,
+            "vhost": uri.vhost,
+            "user": uri.authority.userinfo.username,
+            "password": uri.authority.userinfo.password,
+        })),
+    };
+    let prefetch = usize::from(args.prefetch);
+    Ok(master::Config {
+        listen: None,
+        probe_bind: args.bind,
+        consume: Some(amqp::Config {
+            broker: amqp::broker::Settings {
+                uri,
+                display,
+                queue: args.queue.clone(),
+                exchange: args.exchange.clone(),
+                durable: args.durable,
+                prefetch: args.prefetch,
+                reconnect: args.reconnect,
+                connection_name: format!("hurricane-{}", std::process::id()),
+            },
+            routing_keys: args.routing_key.clone(),
+            reconnect_timeout: Some(args.reconnect_timeout)
+                .filter(|t| !t.is_zero() && args.reconnect),
+            // Enough per worker that none waits on the master between messages, and every
+            // prefetched delivery has a place.
+            window: prefetch.div_ceil(workers).max(2),
+        }),
+        kind: Rc::new(kind::AmqpHandler {
+            python: python.clone(),
+            config: worker,
+        }),
+        app: handler,
+        probe: (!args.no_probe).then_some(ProbeConfig {
+            port: Some(args.probe_port),
+            paths: Paths {
+                startup: args.startup_probe,
+                ready: args.readiness_probe,
+                alive: args.liveness_probe,
+            },
+            metrics: (!args.no_metrics).then_some(args.metrics),
+            log_probes: args.log_probes,
+            check_interval: args.check_interval,
+            debug: args.debug,
+            req_queue_len: None,
+            listen_fd: -1,
+        }),
+        pool: PoolConfig {
+            size: workers,
+            boot_timeout: args.boot_timeout,
+            graceful_timeout: args.graceful_timeout,
+            shutdown_delay: Duration::ZERO,
+            timeout: Some(args.timeout).filter(|t| !t.is_zero()),
+            heartbeat_timeout: Some(Duration::from_secs(HEARTBEAT_TIMEOUT_S)),
+            max_requests: None,
+            max_requests_jitter: 0,
+            max_memory_bytes: None,
+            jitter_seed: u64::from(std::process::id()),
+        },
+        autoreload,
+        webhook_urls: args.webhook_url.clone(),
+        prestart: prestart::Prestart {
+            python: python.clone(),
+            ..prestart::Prestart::default()
+        },
+        python,
+    })
+}
+
 fn main() -> ExitCode {
-    let (args, warnings) = parse_args();
-    if let Err(e) = logging::init(
-        &args.log_level,
-        args.log_format == "json",
-        args.log_file.as_deref(),
-    ) {
-        let path = args.log_file.as_deref().unwrap_or(Path::new("")).display();
+    let (run, warnings) = parse_args();
+    if let Err(e) = logging::init(run.log_level(), run.log_json(), run.log_file()) {
+        let path = run.log_file().unwrap_or(Path::new("")).display();
         eprintln!("error: cannot open --log-file '{path}': {e}");
         return ExitCode::from(EXIT_USAGE);
     }
     for warning in warnings {
         log::warn!("{warning}");
     }
-    let config = match config(args) {
+    let config = match run {
+        Run::Serve(args) => config(args),
+        Run::Consume(args) => consume_config(args),
+    };
+    let config = match config {
         Ok(config) => config,
         Err(Usage(message)) => {
             eprintln!("error: {message}");

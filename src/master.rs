@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
-use std::net::{IpAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -25,6 +25,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use signal_hook_mio::v1_0::Signals;
 
+use crate::amqp::{self, Consume};
 use crate::bind;
 use crate::kind::Kind;
 use crate::lifecycle::ExitStatus;
@@ -45,10 +46,20 @@ const LOOP_TICK_MS: u64 = 1000;
 /// A check request unanswered this long (its worker died or hangs) no longer blocks the next.
 const CHECK_TIMEOUT_S: u64 = 5;
 
-pub struct Config {
+/// Where `serve` listens.
+pub struct Listen {
     pub bind: IpAddr,
     pub port: u16,
     pub backlog: i32,
+}
+
+pub struct Config {
+    /// serve: the app's socket; None for consume, whose workers listen on nothing.
+    pub listen: Option<Listen>,
+    /// Where the probe server binds when there is no app socket to sit beside.
+    pub probe_bind: IpAddr,
+    /// consume: the broker, and how deliveries are spread.
+    pub consume: Option<amqp::Config>,
     /// What each slot runs.
     pub kind: Rc<dyn Kind>,
     /// The probe server; None with --no-probe.
@@ -72,6 +83,8 @@ enum Source {
     Autoreload,
     /// A probe wants fresh app checks.
     CheckWanted,
+    /// The broker thread has events (consume).
+    Broker,
     /// A worker's status pipe has lines to read.
     Status(WorkerId),
     /// A worker's control pipe has room for pending bytes.
@@ -87,6 +100,7 @@ impl Source {
             Source::Signals => 0,
             Source::Autoreload => 1,
             Source::CheckWanted => 2,
+            Source::Broker => 3,
             Source::Status(id) => FIRST_WORKER_TOKEN + id as usize * 2,
             Source::Control(id) => FIRST_WORKER_TOKEN + id as usize * 2 + 1,
         })
@@ -97,6 +111,7 @@ impl Source {
             0 => Some(Source::Signals),
             1 => Some(Source::Autoreload),
             2 => Some(Source::CheckWanted),
+            3 => Some(Source::Broker),
             t if t >= FIRST_WORKER_TOKEN => {
                 let id = ((t - FIRST_WORKER_TOKEN) / 2) as WorkerId;
                 Some(if (t - FIRST_WORKER_TOKEN).is_multiple_of(2) {
@@ -193,7 +208,10 @@ fn flush_control(poll: &Poll, id: WorkerId, proc_: &mut Proc) {
 
 struct Master {
     config: Config,
-    listener: TcpListener,
+    listener: Option<TcpListener>,
+    /// consume: the broker link and the dispatch of deliveries.
+    consume: Option<Consume>,
+    broker_rx: Option<Receiver>,
     poll: Poll,
     pool: Pool,
     procs: HashMap<WorkerId, Proc>,
@@ -225,9 +243,21 @@ impl Master {
             for action in actions {
                 match action {
                     Action::Spawn { worker, generation } => self.spawn(worker, generation),
-                    Action::Signal { pid, signal } => send_signal(pid, signal),
+                    Action::Signal { pid, signal } => {
+                        if signal != Signal::DumpTraceback
+                            && let Some(consume) = &mut self.consume
+                        {
+                            consume.worker_leaving(pid);
+                        }
+                        send_signal(pid, signal)
+                    }
                     Action::LogTraceback(text) => crate::logging::traceback(&text),
-                    Action::Exit { code } => return Some(code),
+                    Action::Exit { code } => {
+                        if let Some(consume) = &mut self.consume {
+                            consume.close();
+                        }
+                        return Some(code);
+                    }
                 }
             }
         }
@@ -235,7 +265,7 @@ impl Master {
 
     fn spawn(&mut self, id: WorkerId, generation: u64) {
         let launch = self.config.kind.launch(id, generation);
-        match spawn::spawn(&launch, self.listener.as_raw_fd()) {
+        match spawn::spawn(&launch, self.listener.as_ref().map(|l| l.as_raw_fd())) {
             Ok(spawned) => {
                 let status_raw = spawned.status.as_raw_fd();
                 if let Err(e) = self.poll.registry().register(
@@ -332,6 +362,9 @@ impl Master {
                     // The worker's last words (a boot failure, say) are still in its pipe: read them first.
                     let mut proc_ = self.procs.remove(&id).expect("found above");
                     self.deliver_messages(&mut proc_);
+                    if let Some(consume) = &mut self.consume {
+                        consume.worker_gone(pid);
+                    }
                     self.pool.exited(pid, exit, Instant::now());
                     let raw = proc_.control.as_raw_fd();
                     if !proc_.control_out.is_empty() {
@@ -359,12 +392,16 @@ impl Master {
                     django,
                     dirs,
                     reject_reasons,
+                    routing_keys,
                     ..
                 } => {
                     if *django {
                         self.shared.set_django();
                     }
                     self.totals.know_rejections(reject_reasons);
+                    if let Some(consume) = &mut self.consume {
+                        consume.worker_ready(proc_.pid, routing_keys);
+                    }
                     if let Some(watcher) = &self.watcher {
                         for dir in dirs {
                             watcher.watch(PathBuf::from(dir), false);
@@ -386,6 +423,16 @@ impl Master {
                     }
                     self.totals.add_rejects(rejects);
                     proc_.inflight = *inflight;
+                }
+                worker::Message::Settle {
+                    id,
+                    ack,
+                    requeue,
+                    ms,
+                } => {
+                    if let Some(consume) = &mut self.consume {
+                        consume.settled(proc_.pid, *id, *ack, *requeue, *ms);
+                    }
                 }
                 worker::Message::Boot | worker::Message::Failed(_) => {}
             }
@@ -414,10 +461,11 @@ impl Master {
             self.publish();
             let now = Instant::now();
             let tick = Duration::from_millis(LOOP_TICK_MS);
-            let timeout = self
-                .pool
-                .next_deadline()
-                .map_or(tick, |d| d.saturating_duration_since(now).min(tick));
+            let deadline = match self.consume.as_ref().and_then(Consume::next_deadline) {
+                Some(at) => Some(self.pool.next_deadline().map_or(at, |d| d.min(at))),
+                None => self.pool.next_deadline(),
+            };
+            let timeout = deadline.map_or(tick, |d| d.saturating_duration_since(now).min(tick));
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     log::error!("event=poll_failed error={e}");
@@ -431,6 +479,14 @@ impl Master {
                         if self.autoreload_rx.as_mut().is_some_and(state::answer) =>
                     {
                         self.pool.reload(Instant::now())
+                    }
+                    Some(Source::Broker) => {
+                        if let Some(rx) = &mut self.broker_rx {
+                            state::answer(rx);
+                        }
+                        if let Some(consume) = &mut self.consume {
+                            consume.take_events();
+                        }
                     }
                     Some(Source::CheckWanted) => {
                         state::answer(&mut self.check_rx);
@@ -446,6 +502,26 @@ impl Master {
             }
             self.check_memory();
             self.pool.tick(Instant::now());
+            self.pump_deliveries();
+        }
+    }
+
+    /// consume: stop on a lost broker, cancel on shutdown, and hand deliveries to workers.
+    fn pump_deliveries(&mut self) {
+        let Some(consume) = &mut self.consume else {
+            return;
+        };
+        if let Some(error) = consume.take_fatal() {
+            self.pool.abort(1, error, Instant::now());
+        }
+        if self.pool.health().stopping {
+            consume.stop();
+        }
+        for (pid, frame) in consume.assign() {
+            if let Some((&id, proc_)) = self.procs.iter_mut().find(|(_, p)| p.pid == pid) {
+                proc_.control_out.extend_from_slice(&frame);
+                flush_control(&self.poll, id, proc_);
+            }
         }
     }
 
@@ -474,7 +550,11 @@ impl Master {
 
     /// Hands the current state to the probe thread, and its changes to the webhooks.
     fn publish(&mut self) {
-        let now = (self.pool.health(), self.metrics());
+        let mut health = self.pool.health();
+        if let Some(consume) = &self.consume {
+            consume.judge(&mut health);
+        }
+        let now = (health, self.metrics());
         if now == self.published {
             self.shared.loop_tick();
             return;
@@ -495,6 +575,7 @@ impl Master {
             ..Snapshot::default()
         };
         self.pool.fill_metrics(&mut snapshot);
+        snapshot.amqp = self.consume.as_ref().map(Consume::snapshot);
         snapshot
     }
 
@@ -514,35 +595,40 @@ impl Master {
     }
 }
 
-/// Binds the probe port (the app's port + 1 unless given) and starts the probe thread.
+/// Binds the probe port (beside the app's: its port + 1 unless given) and starts the probe thread.
 fn start_probes(
     config: &ProbeConfig,
-    app: &TcpListener,
-    app_port: u16,
+    app: Option<(&TcpListener, u16)>,
+    bind: IpAddr,
     shared: Arc<Shared>,
 ) -> anyhow::Result<String> {
-    let addr = app.local_addr()?;
-    let port = match config.port {
-        Some(port) => port,
-        None if app_port == 0 => 0, // a free port for the app, so a free one for probes too
-        None => addr
-            .port()
-            .checked_add(1)
-            .context("no port above 65535 for probes; set --probe-port")?,
+    let (ip, port) = match (app, config.port) {
+        (Some((listener, _)), Some(port)) => (listener.local_addr()?.ip(), port),
+        // A free port for the app, so a free one for probes too.
+        (Some((listener, 0)), None) => (listener.local_addr()?.ip(), 0),
+        (Some((listener, _)), None) => {
+            let addr = listener.local_addr()?;
+            let port = addr
+                .port()
+                .checked_add(1)
+                .context("no port above 65535 for probes; set --probe-port")?;
+            (addr.ip(), port)
+        }
+        (None, port) => (bind, port.unwrap_or(0)),
     };
-    let listener = TcpListener::bind((addr.ip(), port)).map_err(|e| {
+    let addr = SocketAddr::new(ip, port);
+    let listener = TcpListener::bind(addr).map_err(|e| {
         if e.kind() == ErrorKind::AddrInUse {
             anyhow::anyhow!(
-                "cannot listen for probes on {}:{port}: address already in use; pick another --probe-port",
-                addr.ip()
+                "cannot listen for probes on {addr}: address already in use; pick another --probe-port"
             )
         } else {
-            anyhow::anyhow!("cannot listen for probes on {}:{port}: {e}", addr.ip())
+            anyhow::anyhow!("cannot listen for probes on {addr}: {e}")
         }
     })?;
     let probe_addr = listener.local_addr()?.to_string();
     let config = ProbeConfig {
-        listen_fd: app.as_raw_fd(),
+        listen_fd: app.map_or(-1, |(l, _)| l.as_raw_fd()),
         ..config.clone()
     };
     probe::spawn(listener, config, shared)?;
@@ -551,15 +637,24 @@ fn start_probes(
 
 /// Runs the server until it shuts down; the exit code, or an error for main to print.
 pub fn run(mut config: Config) -> anyhow::Result<i32> {
-    let listener = bind::listen(config.bind, config.port, config.backlog)?;
-    let addr = listener.local_addr()?;
+    let listener = match &config.listen {
+        Some(l) => Some(bind::listen(l.bind, l.port, l.backlog)?),
+        None => None,
+    };
+    let addr = match &listener {
+        Some(l) => l.local_addr()?.to_string(),
+        None => "none".to_string(),
+    };
     let shared = Arc::new(Shared::new());
     // The pool decides its first spawns now; they are carried out in the loop. Publishing its health
     // before the probe thread starts means no probe ever sees an empty, sizeless pool.
     let pool = Pool::new(config.pool.clone(), config.kind.clone(), Instant::now());
     shared.publish(pool.health(), Snapshot::default());
+    let app = listener
+        .as_ref()
+        .zip(config.listen.as_ref().map(|l| l.port));
     let probe_addr = match &config.probe {
-        Some(probe) => start_probes(probe, &listener, config.port, shared.clone())?,
+        Some(probe) => start_probes(probe, app, config.probe_bind, shared.clone())?,
         None => String::from("off"),
     };
     become_subreaper();
@@ -621,9 +716,19 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
         watcher = Some(w);
         autoreload_rx = Some(rx);
     }
+    let (mut consume, mut broker_rx) = (None, None);
+    if let Some(amqp) = config.consume.take() {
+        let (bell, mut rx) = Doorbell::new()?;
+        poll.registry()
+            .register(&mut rx, Source::Broker.token(), Interest::READABLE)?;
+        consume = Some(Consume::start(amqp, bell).context("cannot start the AMQP thread")?);
+        broker_rx = Some(rx);
+    }
     let mut master = Master {
         config,
         listener,
+        consume,
+        broker_rx,
         poll,
         pool,
         procs: HashMap::new(),
@@ -672,6 +777,7 @@ mod tests {
             Source::Signals,
             Source::Autoreload,
             Source::CheckWanted,
+            Source::Broker,
             Source::Status(1),
             Source::Control(1),
             Source::Status(0),

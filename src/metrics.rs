@@ -139,6 +139,25 @@ pub struct Snapshot {
     pub startup_seconds: Option<f64>,
     /// (slot, pid) of each live worker, for its resident memory.
     pub workers: Vec<(usize, i32)>,
+    /// `consume`: the broker link and its messages (then no HTTP request metrics are shown).
+    pub amqp: Option<AmqpSnapshot>,
+}
+
+/// What `/metrics` shows of `consume` (the names FastStream and Dramatiq users know).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AmqpSnapshot {
+    pub connected: bool,
+    pub reconnects: u64,
+    pub acked: u64,
+    pub rejected: u64,
+    pub requeued: u64,
+    pub in_flight: u64,
+    /// Handler durations, per bucket of `DURATION_BUCKETS_S`, then +Inf.
+    pub duration: Vec<u64>,
+    pub duration_sum: f64,
+    /// Message body sizes, per bucket of `SIZE_BUCKETS_BYTES`, then +Inf.
+    pub size: Vec<u64>,
+    pub size_sum: f64,
 }
 
 /// A histogram whose buckets were counted elsewhere (in the workers).
@@ -259,6 +278,50 @@ fn render_openmetrics(snapshot: &Snapshot, listen_fd: RawFd) -> String {
         reloads,
     );
 
+    match &snapshot.amqp {
+        Some(amqp) => register_amqp(&mut registry, amqp),
+        None => register_http(&mut registry, snapshot, listen_fd),
+    }
+    let startup = Gauge::<f64, AtomicU64>::default();
+    startup.set(snapshot.startup_seconds.unwrap_or(0.0));
+    registry.register(
+        "hurricane_startup_duration_seconds",
+        "Time from start to the first full pool being ready (0 until then)",
+        startup,
+    );
+    registry.register(
+        "hurricane_master_resident_memory_bytes",
+        "Resident memory of the master",
+        gauge(sys::resident_bytes(std::process::id() as i32).unwrap_or(0) as i64),
+    );
+    let worker_memory = Family::<Labels, Gauge>::default();
+    for (slot, pid) in &snapshot.workers {
+        if let Some(bytes) = sys::resident_bytes(*pid) {
+            worker_memory
+                .get_or_create(&labels(&[("slot", &slot.to_string())]))
+                .set(bytes as i64);
+        }
+    }
+    registry.register(
+        "hurricane_worker_resident_memory_bytes",
+        "Resident memory of each worker, by slot",
+        worker_memory,
+    );
+
+    let mut out = String::with_capacity(4096);
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+fn gauge(v: i64) -> Gauge {
+    let g = Gauge::<i64>::default();
+    g.set(v);
+    g
+}
+
+/// `serve`: requests, rejections, their histograms and the accept queue.
+fn register_http(registry: &mut Registry, snapshot: &Snapshot, listen_fd: RawFd) {
     let requests = Family::<Labels, Counter>::default();
     for method in COMMON_METHODS {
         for status in STATUS_CLASSES {
@@ -309,11 +372,6 @@ fn render_openmetrics(snapshot: &Snapshot, listen_fd: RawFd) -> String {
         },
     );
 
-    let gauge = |v: i64| {
-        let g = Gauge::<i64>::default();
-        g.set(v);
-        g
-    };
     registry.register(
         "hurricane_requests_in_flight",
         "Requests being served now",
@@ -330,36 +388,60 @@ fn render_openmetrics(snapshot: &Snapshot, listen_fd: RawFd) -> String {
         "The accept queue's capacity (backlog)",
         gauge(i64::from(queue_max)),
     );
-    let startup = Gauge::<f64, AtomicU64>::default();
-    startup.set(snapshot.startup_seconds.unwrap_or(0.0));
-    registry.register(
-        "hurricane_startup_duration_seconds",
-        "Time from start to the first full pool being ready (0 until then)",
-        startup,
-    );
-    registry.register(
-        "hurricane_master_resident_memory_bytes",
-        "Resident memory of the master",
-        gauge(sys::resident_bytes(std::process::id() as i32).unwrap_or(0) as i64),
-    );
-    let worker_memory = Family::<Labels, Gauge>::default();
-    for (slot, pid) in &snapshot.workers {
-        if let Some(bytes) = sys::resident_bytes(*pid) {
-            worker_memory
-                .get_or_create(&labels(&[("slot", &slot.to_string())]))
-                .set(bytes as i64);
-        }
+}
+
+/// `consume`: the broker link and its messages.
+fn register_amqp(registry: &mut Registry, amqp: &AmqpSnapshot) {
+    let messages = Family::<Labels, Counter>::default();
+    for (result, n) in [
+        ("acked", amqp.acked),
+        ("rejected", amqp.rejected),
+        ("requeued", amqp.requeued),
+    ] {
+        messages
+            .get_or_create(&labels(&[("result", result)]))
+            .inc_by(n);
     }
     registry.register(
-        "hurricane_worker_resident_memory_bytes",
-        "Resident memory of each worker, by slot",
-        worker_memory,
+        "hurricane_amqp_messages",
+        "Messages settled on the broker, by result (requeued: a worker went away first, or shutdown)",
+        messages,
     );
-
-    let mut out = String::with_capacity(4096);
-    // Writing to a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-    out
+    registry.register(
+        "hurricane_amqp_message_duration_seconds",
+        "Time a handler took over one message",
+        Counted {
+            bounds: &DURATION_BUCKETS_S,
+            counts: amqp.duration.clone(),
+            sum: amqp.duration_sum,
+        },
+    );
+    registry.register(
+        "hurricane_amqp_message_size_bytes",
+        "Message body sizes",
+        Counted {
+            bounds: &SIZE_BUCKETS_BYTES,
+            counts: amqp.size.clone(),
+            sum: amqp.size_sum,
+        },
+    );
+    registry.register(
+        "hurricane_amqp_messages_in_flight",
+        "Deliveries received and not yet settled",
+        gauge(amqp.in_flight as i64),
+    );
+    registry.register(
+        "hurricane_amqp_connected",
+        "1 while connected and consuming, else 0",
+        gauge(i64::from(amqp.connected)),
+    );
+    let reconnects = Counter::<u64>::default();
+    reconnects.inc_by(amqp.reconnects);
+    registry.register(
+        "hurricane_amqp_reconnects",
+        "Times the consumer was set up again after losing the broker",
+        reconnects,
+    );
 }
 
 #[cfg(test)]

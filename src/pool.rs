@@ -373,7 +373,8 @@ impl Pool {
                     self.boot_failed(failure, now);
                 }
             }
-            Message::Checked(_) => {} // the master's business: it answers the probes
+            // The master's business: it answers the probes, and settles on the broker.
+            Message::Checked(_) | Message::Settle { .. } => {}
         }
         self.tick(now);
     }
@@ -492,6 +493,13 @@ impl Pool {
         } else {
             log::error!("event=boot_failed {}", failure.summary());
         }
+    }
+
+    /// Something outside the pool failed for good (the broker is lost and --reconnect is off):
+    /// stop every worker now and exit with `code`, printing `error`.
+    pub fn abort(&mut self, code: i32, error: String, now: Instant) {
+        log::error!("event=abort {error}");
+        self.fail(code, error, now);
     }
 
     /// A fatal error: kill every worker, exit with `code` once they are gone.
@@ -1063,6 +1071,7 @@ impl Pool {
             ready: self.ready_pids().len(),
             booted: self.ready_slots(),
             crash_loop,
+            ..Health::default()
         }
     }
 }
@@ -1194,6 +1203,7 @@ mod tests {
                         dirs: vec![],
                         django: false,
                         reject_reasons: vec![],
+                        routing_keys: vec![],
                     },
                 );
             }
@@ -1230,6 +1240,7 @@ mod tests {
                 dirs: vec![],
                 django: false,
                 reject_reasons: vec![],
+                routing_keys: vec![],
             },
         );
         assert_eq!(h.pool.health().ready, 1);
@@ -1287,6 +1298,7 @@ mod tests {
                 dirs: vec![],
                 django: false,
                 reject_reasons: vec![],
+                routing_keys: vec![],
             },
         );
         h.exit(101, ExitStatus::Code(1));
@@ -1410,6 +1422,7 @@ mod tests {
                 dirs: vec![],
                 django: false,
                 reject_reasons: vec![],
+                routing_keys: vec![],
             },
         );
     }

@@ -62,8 +62,10 @@ pub fn answer(
     queue: Option<(u32, u32)>,
 ) -> (u16, String) {
     if path == paths.startup {
-        if health.started {
+        if health.is_started() {
             (200, "started\n".into())
+        } else if let (true, Some(why)) = (health.started, &health.not_started) {
+            (503, format!("starting: {why}\n"))
         } else {
             (
                 503,
@@ -86,6 +88,8 @@ pub fn answer(
             )
         } else if health.ready == 0 {
             (503, format!("not ready: 0/{} workers ready\n", health.size))
+        } else if let Some(why) = health.not_ready.as_ref().or(health.not_started.as_ref()) {
+            (503, format!("not ready: {why}\n"))
         } else if let Some((waiting, limit)) = queue.filter(|(waiting, limit)| waiting >= limit) {
             (
                 503,
@@ -103,7 +107,7 @@ pub fn answer(
                 500,
                 format!("not alive: master loop silent for {loop_silent_ms} ms\n"),
             )
-        } else if let Some(reason) = &health.crash_loop {
+        } else if let Some(reason) = health.crash_loop.as_ref().or(health.not_alive.as_ref()) {
             (500, format!("not alive: {reason}\n"))
         } else {
             (200, "alive\n".into())

@@ -18,18 +18,25 @@ use crate::cli::Cli;
 
 /// Reads every HURRICANE_* Django setting with a short-lived `python`; None when not a Django
 /// project or Django cannot load (the workers will say why, with a traceback).
-pub fn read(python: &Path, cwd: &Path, pythonpath: &[String]) -> Option<BTreeMap<String, Value>> {
+pub fn read(
+    python: &Path,
+    cwd: &Path,
+    pythonpath: &[String],
+    prefixes: &[&str],
+) -> Option<BTreeMap<String, Value>> {
     std::env::var_os("DJANGO_SETTINGS_MODULE").filter(|v| !v.is_empty())?;
     let script = r#"
 import json, os, sys
-sys.path[:0] = [p for p in sys.argv[1:] if p] + [os.getcwd()]
+prefixes = tuple(sys.argv[1].split(","))
+sys.path[:0] = [p for p in sys.argv[2:] if p] + [os.getcwd()]
 from django.conf import settings
-names = [n for n in dir(settings) if n.startswith("HURRICANE_")]
+names = [n for n in dir(settings) if n.startswith(prefixes)]
 print(json.dumps({n: getattr(settings, n) for n in names}, default=str))
 "#;
     let out = Command::new(python)
         .arg("-c")
         .arg(script)
+        .arg(prefixes.join(","))
         .args(pythonpath)
         .current_dir(cwd)
         .output()
@@ -59,11 +66,18 @@ fn distance(a: &str, b: &str) -> usize {
 pub fn as_args(
     settings: &BTreeMap<String, Value>,
     matches: &ArgMatches,
+    subcommand: &str,
 ) -> (Vec<String>, Vec<String>) {
     let command = Cli::command();
-    let serve = command.find_subcommand("serve").expect("serve subcommand");
+    let this = command.find_subcommand(subcommand).expect("a subcommand");
+    // Names another command knows are not misspellings (serve's HURRICANE_STATIC under consume).
+    let elsewhere: std::collections::BTreeSet<String> = command
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments())
+        .filter_map(|a| Some(a.get_env()?.to_str()?.to_string()))
+        .collect();
     // env name -> (arg id, long flag, takes a value)
-    let known: BTreeMap<String, (String, String, bool)> = serve
+    let known: BTreeMap<String, (String, String, bool)> = this
         .get_arguments()
         .filter_map(|a| {
             let env = a.get_env()?.to_str()?.to_string();
@@ -78,11 +92,14 @@ pub fn as_args(
             ))
         })
         .collect();
-    let matches = matches.subcommand_matches("serve").unwrap_or(matches);
+    let matches = matches.subcommand_matches(subcommand).unwrap_or(matches);
     let mut args = Vec::new();
     let mut warnings = Vec::new();
     for (name, value) in settings {
         let Some((id, long, takes_value)) = known.get(name) else {
+            if elsewhere.contains(name) || !name.starts_with("HURRICANE_") {
+                continue; // another command's option, or an AMQP_* setting of the user's own
+            }
             let nearest = known
                 .keys()
                 .min_by_key(|k| distance(k, name))
@@ -144,7 +161,8 @@ mod tests {
             "HURRICANE_COMMAND".to_string(),
             serde_json::json!(["migrate --noinput", "collectstatic"]),
         );
-        let (args, warnings) = as_args(&settings, &matches(&["-w", "a", "--workers", "2"]));
+        let (args, warnings) =
+            as_args(&settings, &matches(&["-w", "a", "--workers", "2"]), "serve");
         assert!(warnings.is_empty());
         assert_eq!(
             args,
@@ -165,7 +183,7 @@ mod tests {
     fn unknown_settings_get_the_nearest_name() {
         let mut settings = BTreeMap::new();
         settings.insert("HURRICANE_WORKRES".to_string(), Value::from(4));
-        let (args, warnings) = as_args(&settings, &matches(&["-w", "a"]));
+        let (args, warnings) = as_args(&settings, &matches(&["-w", "a"]), "serve");
         assert!(args.is_empty());
         assert!(
             warnings[0].contains("did you mean HURRICANE_WORKERS?"),

@@ -112,8 +112,14 @@ fn in_child(sources: [RawFd; CHILD_FDS]) -> io::Result<()> {
     Ok(())
 }
 
-/// Forks and execs `launch` with the listening socket and fresh pipes.
-pub fn spawn(launch: &Launch, listener: RawFd) -> io::Result<Spawned> {
+/// Forks and execs `launch` with the listening socket (or /dev/null in its place) and fresh pipes.
+pub fn spawn(launch: &Launch, listener: Option<RawFd>) -> io::Result<Spawned> {
+    // Opened before the fork, closed after it: the child has its own copy at fd 3.
+    let null = match listener {
+        Some(_) => None,
+        None => Some(std::fs::File::open("/dev/null")?),
+    };
+    let listener = listener.unwrap_or_else(|| null.as_ref().map_or(-1, |f| f.as_raw_fd()));
     let (status_r, status_w) = pipe()?;
     let (control_r, control_w) = pipe()?;
     // Failure only means a smaller buffer and a few more writes.
@@ -132,7 +138,7 @@ pub fn spawn(launch: &Launch, listener: RawFd) -> io::Result<Spawned> {
     let child = command.spawn()?;
     // The child has its copies; the master keeps only its own ends. Dropping `child` does not wait:
     // the master reaps every pid itself with waitpid(-1).
-    drop((status_w, control_r));
+    drop((status_w, control_r, null));
     Ok(Spawned {
         pid: child.id() as i32,
         status: status_r,

@@ -28,6 +28,23 @@ pub struct Health {
     /// Slots that have a ready worker (what /startup counts).
     pub booted: usize,
     pub crash_loop: Option<String>,
+    /// What the kind of process adds to the probes (consume: the broker link): why /startup,
+    /// /ready or /alive fail beyond the pool's own state.
+    pub not_started: Option<String>,
+    pub not_ready: Option<String>,
+    pub not_alive: Option<String>,
+}
+
+impl Health {
+    /// /ready's verdict: started, not stopping, a worker ready, nothing else in the way.
+    pub fn is_ready(&self) -> bool {
+        self.is_started() && !self.stopping && self.ready > 0 && self.not_ready.is_none()
+    }
+
+    /// /startup's verdict.
+    pub fn is_started(&self) -> bool {
+        self.started && self.not_started.is_none()
+    }
 }
 
 /// The app's own checks (Django), as the probes see them.

@@ -57,15 +57,15 @@ impl Event {
 pub fn changes(before: &(Health, Snapshot), after: &(Health, Snapshot)) -> Vec<Event> {
     let ((h0, m0), (h1, m1)) = (before, after);
     let mut events = Vec::new();
-    if !h0.started && h1.started {
+    if !h0.is_started() && h1.is_started() {
         events.push(Event::new(
             "startup",
             true,
             format!("Startup: {} workers ready", h1.size),
         ));
     }
-    let ready = |h: &Health| h.started && !h.stopping && h.ready > 0;
-    if h0.started && ready(h0) != ready(h1) {
+    let ready = Health::is_ready;
+    if h0.is_started() && ready(h0) != ready(h1) {
         let info = if ready(h1) {
             "Readiness: ready".to_string()
         } else {
@@ -73,12 +73,11 @@ pub fn changes(before: &(Health, Snapshot), after: &(Health, Snapshot)) -> Vec<E
         };
         events.push(Event::new("readiness", ready(h1), info));
     }
-    if h0.crash_loop != h1.crash_loop {
-        let info = h1
-            .crash_loop
-            .clone()
-            .map_or("Liveness: alive".to_string(), |r| format!("Liveness: {r}"));
-        events.push(Event::new("liveness", h1.crash_loop.is_none(), info));
+    let not_alive = |h: &Health| h.crash_loop.clone().or_else(|| h.not_alive.clone());
+    if not_alive(h0) != not_alive(h1) {
+        let info =
+            not_alive(h1).map_or("Liveness: alive".to_string(), |r| format!("Liveness: {r}"));
+        events.push(Event::new("liveness", not_alive(h1).is_none(), info));
     }
     if !h0.stopping && h1.stopping && h1.started {
         events.push(Event::new("shutdown", true, "Shutdown: draining workers"));

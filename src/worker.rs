@@ -34,6 +34,8 @@ pub struct WorkerConfig {
     pub workers: usize,
     /// Everything the HTTP server needs (limits, proxies, static mounts), passed through as given.
     pub http: Value,
+    /// `consume`: the handler worker's broker names (queue, exchange, host, ...); None for HTTP.
+    pub amqp: Option<Value>,
 }
 
 /// The bytes written to a new worker's control pipe: stage two, the embedded package, the config.
@@ -61,6 +63,8 @@ pub fn bootstrap(config: &WorkerConfig, worker: u64, generation: u64) -> Vec<u8>
             "size_buckets": crate::metrics::SIZE_BUCKETS_BYTES,
         },
         "workers": config.workers,
+        "mode": if config.amqp.is_some() { "amqp" } else { "http" },
+        "amqp": config.amqp,
         "worker": worker,
         "generation": generation,
     });
@@ -200,6 +204,16 @@ pub enum Message {
         django: bool,
         /// The names of the worker's request rejections, so /metrics shows each at 0 from the start.
         reject_reasons: Vec<String>,
+        /// An AMQP handler's get_routing_keys(queue).
+        routing_keys: Vec<String>,
+    },
+    /// An AMQP handler settled a delivery (consume).
+    Settle {
+        id: u64,
+        ack: bool,
+        requeue: bool,
+        /// How long the handler took, in milliseconds.
+        ms: f64,
     },
     /// The answer to a `check` request: Django's checks for /alive and /ready.
     Checked(CheckResult),
@@ -247,6 +261,16 @@ pub fn parse_message(line: &[u8]) -> Option<Message> {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             reject_reasons: strings("reject_reasons"),
+            routing_keys: strings("routing_keys"),
+        }),
+        "settle" => Some(Message::Settle {
+            id: value.get("id")?.as_u64()?,
+            ack: value.get("ack")?.as_bool()?,
+            requeue: value
+                .get("requeue")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            ms: value.get("ms").and_then(Value::as_f64).unwrap_or(0.0),
         }),
         "check" => Some(Message::Checked(CheckResult {
             alive: verdict(value.get("alive")),
@@ -323,6 +347,7 @@ mod tests {
             autoreload: false,
             workers: 1,
             http: json!({}),
+            amqp: None,
         };
         let data = bootstrap(&config, 1, 0);
         let newline = data.iter().position(|&b| b == b'\n').unwrap();
@@ -355,6 +380,7 @@ mod tests {
                 dirs: vec!["/app".into()],
                 django: false,
                 reject_reasons: vec![],
+                routing_keys: vec![],
             })
         );
         let hb =
@@ -397,6 +423,20 @@ mod tests {
         assert_eq!(
             (c.duration, c.duration_sum, c.size, c.size_sum),
             (vec![1, 2, 0], 0.5, vec![3, 0], 42.0)
+        );
+        assert_eq!(
+            parse_message(br#"{"t":"settle","id":7,"ack":false,"requeue":true,"ms":1.5}"#),
+            Some(Message::Settle {
+                id: 7,
+                ack: false,
+                requeue: true,
+                ms: 1.5
+            })
+        );
+        assert_eq!(
+            parse_message(br#"{"t":"settle","ack":true}"#),
+            None,
+            "no id"
         );
         assert_eq!(parse_message(b"not json"), None);
         assert_eq!(parse_message(br#"{"t":"future"}"#), None);

@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod consume;
 mod django;
 mod fuzz;
 mod http;

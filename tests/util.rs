@@ -185,7 +185,11 @@ impl Server {
             let _ = child.kill();
             panic!("hurricane did not start listening; log:\n{}", log.text());
         };
-        let addr = field(&line, "addr").unwrap().parse().unwrap();
+        // consume listens on nothing (addr=none): its Server has only probes.
+        let addr = field(&line, "addr")
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| "0.0.0.0:0".parse().unwrap());
         let probe = field(&line, "probe").unwrap().parse().ok();
         Server {
             child,
@@ -578,7 +582,7 @@ pub fn test_venv_python() -> PathBuf {
             .join("python")
             .display()
             .to_string();
-        let packages = ["prometheus_client", "django", "-e", local.as_str()];
+        let packages = ["prometheus_client", "django", "pika", "-e", local.as_str()];
         if std::fs::read_to_string(&marker).ok().as_deref() != Some(packages.join(" ").as_str()) {
             let ok = Command::new(python_for_venv())
                 .args(["-m", "venv"])
@@ -653,4 +657,101 @@ print(json.dumps(out))
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// RabbitMQ on 127.0.0.1:5672 (guest/guest), started if it is down; a test that needs it fails
+/// when it cannot be had (under CI=true as anywhere else).
+pub fn rabbitmq() {
+    static UP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let up = *UP.get_or_init(|| {
+        let reachable = || {
+            TcpStream::connect_timeout(&"127.0.0.1:5672".parse().unwrap(), Duration::from_secs(1))
+                .is_ok()
+        };
+        if reachable() {
+            return true;
+        }
+        let _ = Command::new("rabbitmq-server").arg("-detached").status();
+        wait_for(Duration::from_secs(60), || reachable().then_some(())).is_some()
+    });
+    assert!(
+        up,
+        "RabbitMQ is not reachable on 127.0.0.1:5672 and `rabbitmq-server -detached` did not start it"
+    );
+}
+
+/// Runs a Python snippet with pika against the local broker (argv[1:] = `args`); its stdout.
+pub fn amqp_py(script: &str, args: &[&str]) -> String {
+    rabbitmq();
+    let out = Command::new(test_venv_python())
+        .arg("-c")
+        .arg(format!(
+            "import json, sys, pika\nconn = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1'))\nch = conn.channel()\n{script}\nconn.close()\n"
+        ))
+        .args(args)
+        .output()
+        .expect("run the test venv's python");
+    assert!(
+        out.status.success(),
+        "pika script failed: {}\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Publishes `count` messages `{prefix}{i}` (message_id the same) to `exchange` with `routing_key`,
+/// with headers from `headers_json`.
+pub fn publish(exchange: &str, routing_key: &str, prefix: &str, count: usize, headers_json: &str) {
+    amqp_py(
+        "ex, rk, prefix, n, headers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5])\n\
+for i in range(n): ch.basic_publish(ex, rk, f'{prefix}{i}'.encode(), pika.BasicProperties(message_id=f'{prefix}{i}', headers=headers or None))",
+        &[
+            exchange,
+            routing_key,
+            prefix,
+            &count.to_string(),
+            headers_json,
+        ],
+    );
+}
+
+/// Messages ready in a queue (0 if it does not exist).
+pub fn queue_depth(queue: &str) -> u64 {
+    amqp_py(
+        "try: print(ch.queue_declare(sys.argv[1], passive=True).method.message_count)\nexcept pika.exceptions.ChannelClosedByBroker: print(0); conn = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1'))",
+        &[queue],
+    )
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// Removes a test's queue and exchange.
+pub fn delete_queue_and_exchange(queue: &str, exchange: &str) {
+    amqp_py(
+        "ch.queue_delete(sys.argv[1])\nch.exchange_delete(sys.argv[2])",
+        &[queue, exchange],
+    );
+}
+
+/// Closes only the broker connection of the hurricane master `pid` (its connection name).
+pub fn close_broker_connection_of(pid: i32) {
+    let name = format!("hurricane-{pid}");
+    let found = wait_for(Duration::from_secs(10), || {
+        let out = Command::new("rabbitmqctl")
+            .args(["list_connections", "pid", "client_properties"])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.contains(&format!("\"{name}\"")))
+            .and_then(|l| l.split('\t').next())
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no broker connection named {name}"));
+    let status = Command::new("rabbitmqctl")
+        .args(["close_connection", &found, "closed by the test"])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

@@ -111,9 +111,9 @@ def load_app(spec: str) -> Callable:
 
 
 def _reopen_log() -> None:
-    from hurricane import http
+    from hurricane import log
 
-    http.reopen_log()
+    log.reopen_log()
 
 
 def source_dirs(roots: List[str]) -> List[str]:
@@ -224,6 +224,14 @@ def _one_line(exc: BaseException, kind: str) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+def boot_failure(status: StatusPipe, config: Dict[str, Any], exc: BaseException, kind: str) -> None:
+    """Tell the master why the app did not load, then end the process with EXIT_BOOT_FAILED."""
+    _boot_failure(status, config, exc, kind)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_BOOT_FAILED)
+
+
 def _boot_failure(status: StatusPipe, config: Dict[str, Any], exc: BaseException, kind: str) -> None:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if kind == "import" else ""
     status.send(
@@ -262,11 +270,18 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
 
-    # Import the server before the app: our own import errors are bugs, not the user's.
-    from hurricane import http
+    from hurricane import log
 
     http_config = config.get("http") or {}
-    http.open_log(http_config.get("log_file") or "", http_config.get("log_format") == "json")
+    log.open_log(http_config.get("log_file") or "", http_config.get("log_format") == "json")
+    if config.get("mode") == "amqp":
+        from hurricane.amqp import consumer
+
+        consumer.main(config, control, status, booted, extra_paths)
+        return
+
+    # Import the server before the app: our own import errors are bugs, not the user's.
+    from hurricane import http
 
     metrics = config.get("metrics") or {}
     server = http.Server(config, Activity(metrics.get("duration_buckets", []), metrics.get("size_buckets", [])))
@@ -285,10 +300,7 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
 
         server.mounts = static.mounts_from_config(config.get("http") or {})
     except BaseException as exc:  # noqa: BLE001 - SystemExit from an app's import is a failure too
-        _boot_failure(status, config, exc, kind)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_BOOT_FAILED)
+        boot_failure(status, config, exc, kind)
 
     # Everything the app allocated at import lives as long as the worker: move it out of the
     # collector's sight, so full collections stop rescanning a large app's module-level objects

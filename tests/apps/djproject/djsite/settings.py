@@ -17,3 +17,8 @@ DATABASES = {
 }
 USE_TZ = True
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
+
+# `manage.py consume` reads the broker from here first (as django-hurricane does); the consume test
+# sets this, other tests leave it unset.
+if os.environ.get("HURRICANE_TEST_AMQP_HOST"):
+    AMQP_HOST = os.environ["HURRICANE_TEST_AMQP_HOST"]

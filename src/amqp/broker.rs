@@ -1,0 +1,570 @@
+//! The broker side of `consume`: one AMQP connection and channel (lapin), on a thread of its own.
+//!
+//! Why a thread with its own small executor and not tokio: the master's loop is mio and must stay
+//! small; lapin runs here on async-global-executor, and the two talk through channels: `Event`s up
+//! (with a doorbell that wakes the master), `Command`s down. This thread declares the topic
+//! exchange and the queue, binds, sets the prefetch and consumes with manual acks; it settles what
+//! the handlers decided (coalesced by `settle`) and checks every broker call's result. Delivery ids
+//! are its own, unique across reconnects, so a settle for a delivery of a channel that is gone is
+//! recognised and dropped (the broker redelivers that message).
+//!
+//! A lost connection or channel (the broker closed it, `consumer_timeout`, a network failure) is
+//! reported; with `reconnect` it connects again with backoff (0.5 s doubling to 30 s) and
+//! redeclares, rebinds and resumes.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender, TryRecvError};
+use futures_lite::{StreamExt, future};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{Map, Value, json};
+
+use crate::amqp::dispatch::Delivery;
+use crate::amqp::settle::{Call, Outcome, Settler};
+use crate::state::Doorbell;
+
+/// First wait before reconnecting; it doubles up to the maximum.
+pub const RECONNECT_BACKOFF_MIN_MS: u64 = 500;
+pub const RECONNECT_BACKOFF_MAX_S: u64 = 30;
+/// A broker call (connect, declare, bind) that takes longer has failed.
+const BROKER_CALL_TIMEOUT_S: u64 = 10;
+
+/// Where and what to consume.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where, who, which vhost (the password is only ever here).
+    pub uri: AMQPUri,
+    /// The same without the password, for logs.
+    pub display: String,
+    pub queue: String,
+    pub exchange: String,
+    pub durable: bool,
+    pub prefetch: u16,
+    pub reconnect: bool,
+    /// The connection's name in the broker's management (`rabbitmqctl list_connections name`).
+    pub connection_name: String,
+}
+
+/// What the broker thread tells the master.
+#[derive(Debug)]
+pub enum Event {
+    /// Connected, declared, bound, consuming.
+    Consuming,
+    Delivery(Delivery),
+    /// The connection or channel is gone (deliveries not settled yet come back from the broker).
+    Lost {
+        reason: String,
+        retrying: bool,
+    },
+    /// A settle could not reach the broker (its channel is gone; the broker redelivers it).
+    SettleFailed {
+        count: usize,
+    },
+    /// Closed on request; the thread is ending.
+    Closed,
+}
+
+/// What the master tells the broker thread.
+#[derive(Debug)]
+pub enum Command {
+    /// Start consuming, bound with these routing keys.
+    Start {
+        routing_keys: Vec<String>,
+    },
+    Settle {
+        id: u64,
+        outcome: Outcome,
+    },
+    /// Stop receiving deliveries (basic.cancel); settles still go through.
+    Cancel,
+    /// Settle what is pending, close the channel and the connection, end the thread.
+    Close,
+}
+
+/// The master's handle.
+pub struct Broker {
+    tx: Sender<Command>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Broker {
+    pub fn send(&self, command: Command) {
+        let _ = self.tx.try_send(command); // unbounded: fails only once the thread is gone
+    }
+
+    /// Asks the thread to close and waits for it, at most `limit`.
+    pub fn close(&mut self, limit: Duration) {
+        self.send(Command::Close);
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = Instant::now() + limit;
+        while !thread.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn spawn(
+    settings: Settings,
+    events: mpsc::Sender<Event>,
+    bell: Doorbell,
+) -> std::io::Result<Broker> {
+    let (tx, rx) = async_channel::unbounded();
+    let thread = thread::Builder::new().name("amqp".into()).spawn(move || {
+        let up = Up { events, bell };
+        async_global_executor::block_on(run(settings, rx, &up));
+        up.send(Event::Closed);
+    })?;
+    Ok(Broker {
+        tx,
+        thread: Some(thread),
+    })
+}
+
+/// The way up to the master: an event, then the doorbell.
+struct Up {
+    events: mpsc::Sender<Event>,
+    bell: Doorbell,
+}
+
+impl Up {
+    fn send(&self, event: Event) {
+        let _ = self.events.send(event);
+        self.bell.ring();
+    }
+}
+
+/// How a session ended.
+enum Ended {
+    Closed,
+    Lost(String),
+}
+
+async fn run(settings: Settings, rx: Receiver<Command>, up: &Up) {
+    let routing_keys = loop {
+        match rx.recv().await {
+            Ok(Command::Start { routing_keys }) => break routing_keys,
+            Ok(Command::Close) | Err(_) => return,
+            Ok(_) => {} // nothing delivered yet, so nothing to settle or cancel
+        }
+    };
+    let mut ids = IdSource::default();
+    let mut backoff = Duration::from_millis(RECONNECT_BACKOFF_MIN_MS);
+    loop {
+        let mut consumed = false;
+        match session(&settings, &routing_keys, &rx, up, &mut ids, &mut consumed).await {
+            Ended::Closed => return,
+            Ended::Lost(reason) => {
+                log::error!(
+                    "event=amqp_lost broker={} reason={reason:?} reconnect={}",
+                    settings.display,
+                    settings.reconnect
+                );
+                up.send(Event::Lost {
+                    reason,
+                    retrying: settings.reconnect,
+                });
+                if !settings.reconnect {
+                    wait_for_close(&rx).await;
+                    return;
+                }
+            }
+        }
+        if consumed {
+            backoff = Duration::from_millis(RECONNECT_BACKOFF_MIN_MS);
+        }
+        log::info!(
+            "event=amqp_reconnect_wait ms={} broker={}",
+            backoff.as_millis(),
+            settings.display
+        );
+        if !sleep_unless_closed(backoff, &rx).await {
+            return;
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(RECONNECT_BACKOFF_MAX_S));
+    }
+}
+
+/// Delivery ids unique across channels: (id -> the channel's epoch and tag) for the live channel.
+#[derive(Default)]
+struct IdSource {
+    next: u64,
+    live: HashMap<u64, u64>,
+}
+
+/// Waits until the master asks to close (after a lost connection without --reconnect).
+async fn wait_for_close(rx: &Receiver<Command>) {
+    while let Ok(command) = rx.recv().await {
+        if matches!(command, Command::Close) {
+            return;
+        }
+    }
+}
+
+/// Sleeps `wait`, dropping settles of the lost channel; false if asked to close meanwhile.
+async fn sleep_unless_closed(wait: Duration, rx: &Receiver<Command>) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        let timer = async {
+            async_io::Timer::at(deadline).await;
+            None
+        };
+        match future::or(timer, async { Some(rx.recv().await) }).await {
+            None => return true,
+            Some(Ok(Command::Close)) | Some(Err(_)) => return false,
+            Some(Ok(_)) => {} // a settle of the lost channel: the broker redelivers that message
+        }
+    }
+}
+
+async fn timed<T>(what: &str, call: impl Future<Output = lapin::Result<T>>) -> Result<T, String> {
+    let limit = async {
+        async_io::Timer::after(Duration::from_secs(BROKER_CALL_TIMEOUT_S)).await;
+        Err(format!("{what}: no answer in {BROKER_CALL_TIMEOUT_S} s"))
+    };
+    future::or(
+        async { call.await.map_err(|e| format!("{what}: {e}")) },
+        limit,
+    )
+    .await
+}
+
+/// Connects, declares, binds and consumes until the channel is lost or the master says close.
+async fn session(
+    settings: &Settings,
+    routing_keys: &[String],
+    rx: &Receiver<Command>,
+    up: &Up,
+    ids: &mut IdSource,
+    consumed: &mut bool,
+) -> Ended {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(settings.connection_name.clone().into());
+    let connection = match timed(
+        "connect",
+        Connection::connect_uri(settings.uri.clone(), properties),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => return Ended::Lost(e),
+    };
+    let channel = match open(&connection, settings, routing_keys).await {
+        Ok(channel) => channel,
+        Err(e) => return Ended::Lost(e),
+    };
+    let consumer_tag = format!("{}-{}", settings.connection_name, std::process::id());
+    let consume = channel.basic_consume(
+        settings.queue.as_str().into(),
+        consumer_tag.as_str().into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    );
+    let mut consumer = match timed("basic.consume", consume).await {
+        Ok(c) => c,
+        Err(e) => return Ended::Lost(e),
+    };
+    log::info!(
+        "event=amqp_consuming broker={} queue={} exchange={} routing_keys={:?} prefetch={}",
+        settings.display,
+        settings.queue,
+        settings.exchange,
+        routing_keys.join(","),
+        settings.prefetch
+    );
+    *consumed = true;
+    up.send(Event::Consuming);
+    ids.live.clear(); // settles for older channels are dropped from now on
+    let mut settler = Settler::default();
+    let mut receiving = true;
+
+    enum Input {
+        Delivery(Box<Option<lapin::Result<lapin::message::Delivery>>>),
+        Command(Result<Command, async_channel::RecvError>),
+        Tick,
+    }
+    loop {
+        let next_flush = settler.next_gap_flush();
+        let delivery = async {
+            if receiving {
+                Input::Delivery(Box::new(consumer.next().await))
+            } else {
+                future::pending().await
+            }
+        };
+        let command = async { Input::Command(rx.recv().await) };
+        let tick = async {
+            match next_flush {
+                Some(at) => {
+                    async_io::Timer::at(at).await;
+                    Input::Tick
+                }
+                None => future::pending().await,
+            }
+        };
+        let input = future::or(delivery, future::or(command, tick)).await;
+        let mut close = false;
+        match input {
+            Input::Delivery(next) => match *next {
+                Some(Ok(d)) => {
+                    ids.next += 1;
+                    ids.live.insert(ids.next, d.delivery_tag);
+                    settler.delivered(d.delivery_tag);
+                    up.send(Event::Delivery(Delivery {
+                        id: ids.next,
+                        routing_key: d.routing_key.to_string(),
+                        exchange: d.exchange.to_string(),
+                        redelivered: d.redelivered,
+                        consumer_tag: consumer_tag.clone(),
+                        properties: properties_json(&d.properties),
+                        body: d.data,
+                    }));
+                    continue;
+                }
+                Some(Err(e)) => return Ended::Lost(e.to_string()),
+                None => {
+                    return Ended::Lost("the broker ended the consumer (channel closed)".into());
+                }
+            },
+            Input::Command(Err(_)) => close = true,
+            Input::Command(Ok(command)) => {
+                // Take every command that is already here, then settle them in one go.
+                let mut next = Some(command);
+                while let Some(command) = next.take() {
+                    match command {
+                        Command::Settle { id, outcome } => {
+                            if let Some(tag) = ids.live.remove(&id) {
+                                settler.settle(tag, outcome, Instant::now());
+                            }
+                        }
+                        Command::Cancel if receiving => {
+                            receiving = false;
+                            let cancel = channel.basic_cancel(
+                                consumer_tag.as_str().into(),
+                                BasicCancelOptions::default(),
+                            );
+                            match timed("basic.cancel", cancel).await {
+                                Ok(()) => {
+                                    log::info!("event=amqp_cancelled consumer={consumer_tag}")
+                                }
+                                Err(e) => log::warn!("event=amqp_cancel_failed error={e:?}"),
+                            }
+                        }
+                        Command::Close => close = true,
+                        Command::Cancel | Command::Start { .. } => {}
+                    }
+                    next = match rx.try_recv() {
+                        Ok(command) => Some(command),
+                        Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Closed) => {
+                            close = true;
+                            None
+                        }
+                    };
+                }
+            }
+            Input::Tick => {}
+        }
+        if let Err(e) = settle(&channel, &mut settler, up).await {
+            return Ended::Lost(e);
+        }
+        if close {
+            let _ = timed("channel.close", channel.close(200, "bye".into())).await;
+            let _ = timed("connection.close", connection.close(200, "bye".into())).await;
+            log::info!("event=amqp_closed broker={}", settings.display);
+            return Ended::Closed;
+        }
+    }
+}
+
+/// The exchange, the queue, the bindings and the prefetch, on a fresh channel.
+async fn open(
+    connection: &Connection,
+    settings: &Settings,
+    routing_keys: &[String],
+) -> Result<Channel, String> {
+    let channel = timed("channel.open", connection.create_channel()).await?;
+    let exchange = ExchangeDeclareOptions {
+        durable: settings.durable,
+        ..ExchangeDeclareOptions::default()
+    };
+    timed(
+        "exchange.declare",
+        channel.exchange_declare(
+            settings.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            exchange,
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let queue = QueueDeclareOptions {
+        durable: settings.durable,
+        ..QueueDeclareOptions::default()
+    };
+    timed(
+        "queue.declare",
+        channel.queue_declare(settings.queue.as_str().into(), queue, FieldTable::default()),
+    )
+    .await?;
+    for key in routing_keys {
+        timed(
+            "queue.bind",
+            channel.queue_bind(
+                settings.queue.as_str().into(),
+                settings.exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+    }
+    timed(
+        "basic.qos",
+        channel.basic_qos(settings.prefetch, BasicQosOptions::default()),
+    )
+    .await?;
+    Ok(channel)
+}
+
+/// Makes the settler's broker calls; an error means the channel is gone.
+async fn settle(channel: &Channel, settler: &mut Settler, up: &Up) -> Result<(), String> {
+    let calls = settler.calls(Instant::now());
+    for (done, call) in calls.iter().enumerate() {
+        let result = match *call {
+            Call::Ack { tag, multiple } => {
+                channel.basic_ack(tag, BasicAckOptions { multiple }).await
+            }
+            Call::Nack { tag, requeue } => {
+                channel
+                    .basic_nack(
+                        tag,
+                        BasicNackOptions {
+                            multiple: false,
+                            requeue,
+                        },
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            // Not settled: the broker redelivers these when it notices the channel is gone.
+            up.send(Event::SettleFailed {
+                count: calls.len() - done,
+            });
+            return Err(format!("settling on the broker: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// pika's BasicProperties fields that are set, as JSON for the handler.
+fn properties_json(p: &BasicProperties) -> Value {
+    let mut out = Map::new();
+    let mut put = |name: &str, value: Option<Value>| {
+        if let Some(value) = value {
+            out.insert(name.to_string(), value);
+        }
+    };
+    let text = |s: &Option<lapin::types::ShortString>| s.as_ref().map(|s| json!(s.as_str()));
+    put("content_type", text(p.content_type()));
+    put("content_encoding", text(p.content_encoding()));
+    put("headers", p.headers().as_ref().map(table_json));
+    put("delivery_mode", p.delivery_mode().map(|v| json!(v)));
+    put("priority", p.priority().map(|v| json!(v)));
+    put("correlation_id", text(p.correlation_id()));
+    put("reply_to", text(p.reply_to()));
+    put("expiration", text(p.expiration()));
+    put("message_id", text(p.message_id()));
+    put("timestamp", p.timestamp().map(|v| json!(v)));
+    put("type", text(p.kind()));
+    put("user_id", text(p.user_id()));
+    put("app_id", text(p.app_id()));
+    put("cluster_id", text(p.cluster_id()));
+    Value::Object(out)
+}
+
+fn table_json(table: &FieldTable) -> Value {
+    Value::Object(
+        table
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), value_json(v)))
+            .collect(),
+    )
+}
+
+fn value_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(n) => json!(n),
+        AMQPValue::ShortShortUInt(n) => json!(n),
+        AMQPValue::ShortInt(n) => json!(n),
+        AMQPValue::ShortUInt(n) => json!(n),
+        AMQPValue::LongInt(n) => json!(n),
+        AMQPValue::LongUInt(n) => json!(n),
+        AMQPValue::LongLongInt(n) => json!(n),
+        AMQPValue::Float(n) => json!(n),
+        AMQPValue::Double(n) => json!(n),
+        AMQPValue::DecimalValue(d) => json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale))),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
+        AMQPValue::Timestamp(t) => json!(t),
+        AMQPValue::FieldTable(t) => table_json(t),
+        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+impl Settings {
+    /// `amqp://user@host:port/vhost`: the broker as logs may show it (never the password).
+    pub fn describe(uri: &AMQPUri) -> String {
+        format!(
+            "{}://{}@{}:{}/{}",
+            uri.scheme,
+            uri.authority.userinfo.username,
+            uri.authority.host,
+            uri.authority.port,
+            uri.vhost
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_become_pikas_field_names_with_headers_as_plain_json() {
+        let mut headers = FieldTable::default();
+        headers.insert("tenant".into(), AMQPValue::LongString("acme".into()));
+        headers.insert("attempt".into(), AMQPValue::LongInt(3));
+        let p = BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        let json = properties_json(&p);
+        assert_eq!(json["message_id"], "m-1");
+        assert_eq!(json["content_type"], "application/json");
+        assert_eq!(json["headers"], json!({"tenant": "acme", "attempt": 3}));
+        assert!(
+            json.get("reply_to").is_none(),
+            "unset fields are left out (None in Python)"
+        );
+    }
+}

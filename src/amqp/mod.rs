@@ -1,0 +1,283 @@
+//! `hurricane consume`: AMQP deliveries handled by a pool of Python handler workers.
+//!
+//! Why split this way: the broker connection lives in the master (`broker`, lapin on its own
+//! thread), never in a worker, so a handler that crashes or is recycled costs no connection and no
+//! message; `dispatch` decides which worker gets which delivery and what goes back to the broker
+//! when a worker goes away; `settle` coalesces acks. `Consume` is the glue the master calls at its
+//! events (a worker ready, settling, leaving, gone; the broker thread rang) and asks for what to
+//! write to which worker, what the probes should say and what the metrics show.
+
+pub mod broker;
+pub mod dispatch;
+pub mod settle;
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::amqp::broker::{Broker, Command, Event, Settings};
+use crate::amqp::dispatch::Dispatch;
+use crate::amqp::settle::Outcome;
+use crate::metrics::{AmqpSnapshot, DURATION_BUCKETS_S, SIZE_BUCKETS_BYTES};
+use crate::state::{Doorbell, Health};
+
+/// How long the master waits for the broker thread to settle and close at exit.
+const CLOSE_TIMEOUT_S: u64 = 5;
+
+/// The broker link as the probes see it.
+#[derive(Debug, Clone, PartialEq)]
+enum Link {
+    /// Not consuming yet (connecting, or waiting for the first handler's routing keys).
+    Connecting,
+    Consuming,
+    Lost {
+        since: Instant,
+        reason: String,
+    },
+}
+
+/// What `consume` needs besides the pool.
+pub struct Config {
+    pub broker: Settings,
+    /// --routing-key; empty: the handler's get_routing_keys(queue), else the queue's name.
+    pub routing_keys: Vec<String>,
+    /// With --reconnect: /alive fails once the broker has been lost this long.
+    pub reconnect_timeout: Option<Duration>,
+    /// Deliveries a worker holds at once (one running, the rest waiting in its pipe).
+    pub window: usize,
+}
+
+pub struct Consume {
+    config: Config,
+    broker: Broker,
+    events: mpsc::Receiver<Event>,
+    dispatch: Dispatch,
+    started: bool,
+    stopped: bool,
+    link: Link,
+    ever_consumed: bool,
+    /// Set when the broker is lost for good (no --reconnect): the master stops with this error.
+    fatal: Option<String>,
+    totals: AmqpSnapshot,
+}
+
+impl Consume {
+    pub fn start(config: Config, bell: Doorbell) -> std::io::Result<Consume> {
+        let (tx, events) = mpsc::channel();
+        let broker = broker::spawn(config.broker.clone(), tx, bell)?;
+        Ok(Consume {
+            config,
+            broker,
+            events,
+            dispatch: Dispatch::new(1),
+            started: false,
+            stopped: false,
+            link: Link::Connecting,
+            ever_consumed: false,
+            fatal: None,
+            totals: AmqpSnapshot::new(),
+        })
+    }
+
+    /// A handler worker is ready; the first one's routing keys start the consumer.
+    pub fn worker_ready(&mut self, pid: i32, handler_keys: &[String]) {
+        if !self.started {
+            self.started = true;
+            let routing_keys = if !self.config.routing_keys.is_empty() {
+                self.config.routing_keys.clone()
+            } else if !handler_keys.is_empty() {
+                handler_keys.to_vec()
+            } else {
+                vec![self.config.broker.queue.clone()]
+            };
+            self.dispatch = Dispatch::new(self.config.window);
+            self.broker.send(Command::Start { routing_keys });
+        }
+        self.dispatch.ready(pid);
+    }
+
+    /// A worker settled a delivery.
+    pub fn settled(&mut self, pid: i32, id: u64, ack: bool, requeue: bool, ms: f64) {
+        if !self.dispatch.settled(pid, id) {
+            log::warn!("event=amqp_settle_unknown pid={pid} id={id}");
+            return;
+        }
+        let outcome = if ack {
+            Outcome::Ack
+        } else {
+            Outcome::Reject { requeue }
+        };
+        self.totals.count(outcome);
+        self.totals.observe_duration(ms / 1000.0);
+        self.broker.send(Command::Settle { id, outcome });
+    }
+
+    /// A worker was told to stop: it gets no more deliveries.
+    pub fn worker_leaving(&mut self, pid: i32) {
+        self.dispatch.leaving(pid);
+    }
+
+    /// A worker exited: what it held goes back to the queue.
+    pub fn worker_gone(&mut self, pid: i32) {
+        let held = self.dispatch.gone(pid);
+        if !held.is_empty() {
+            log::warn!(
+                "event=amqp_requeue pid={pid} deliveries={} reason=\"worker exited before settling\"",
+                held.len()
+            );
+        }
+        self.requeue(held);
+    }
+
+    fn requeue(&mut self, ids: Vec<u64>) {
+        for id in ids {
+            let outcome = Outcome::Reject { requeue: true };
+            self.totals.count(outcome);
+            self.broker.send(Command::Settle { id, outcome });
+        }
+    }
+
+    /// Shutting down: cancel the consumer, and requeue what no worker has started.
+    pub fn stop(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        self.broker.send(Command::Cancel);
+        let waiting = self.dispatch.stop();
+        self.requeue(waiting);
+    }
+
+    /// The broker thread rang: take its events.
+    pub fn take_events(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            match event {
+                Event::Consuming => {
+                    if self.ever_consumed {
+                        self.totals.reconnects += 1;
+                    }
+                    self.ever_consumed = true;
+                    self.link = Link::Consuming;
+                }
+                Event::Delivery(delivery) => {
+                    self.totals.observe_size(delivery.body.len() as f64);
+                    if self.stopped {
+                        self.requeue(vec![delivery.id]);
+                    } else {
+                        self.dispatch.delivered(delivery);
+                    }
+                }
+                Event::Lost { reason, retrying } => {
+                    self.dispatch.forget_waiting();
+                    if !retrying && self.fatal.is_none() {
+                        self.fatal = Some(format!(
+                            "lost the broker ({reason}); pass --reconnect to keep trying"
+                        ));
+                    }
+                    if !matches!(self.link, Link::Lost { .. }) {
+                        self.link = Link::Lost {
+                            since: Instant::now(),
+                            reason,
+                        };
+                    }
+                }
+                Event::SettleFailed { count } => {
+                    log::warn!(
+                        "event=amqp_settle_failed deliveries={count} reason=\"channel gone; the broker redelivers them\""
+                    );
+                }
+                Event::Closed => {}
+            }
+        }
+    }
+
+    /// The broker is gone for good (no --reconnect): why, once.
+    pub fn take_fatal(&mut self) -> Option<String> {
+        self.fatal.take()
+    }
+
+    /// Deliveries to write to workers now: (pid, frame bytes).
+    pub fn assign(&mut self) -> Vec<(i32, Vec<u8>)> {
+        self.dispatch
+            .assign()
+            .into_iter()
+            .map(|(pid, d)| (pid, d.frame()))
+            .collect()
+    }
+
+    /// What the broker link means for the probes.
+    pub fn judge(&self, health: &mut Health) {
+        if !self.ever_consumed {
+            health.not_started = Some(match &self.link {
+                Link::Lost { reason, .. } => format!("not consuming yet: {reason}"),
+                _ => "not consuming yet: connecting to the broker".to_string(),
+            });
+        }
+        match &self.link {
+            Link::Consuming => {}
+            Link::Connecting => health.not_ready = Some("connecting to the broker".into()),
+            Link::Lost { since, reason } => {
+                health.not_ready = Some(format!("broker lost: {reason}"));
+                if let Some(limit) = self.config.reconnect_timeout
+                    && since.elapsed() >= limit
+                {
+                    health.not_alive = Some(format!(
+                        "broker lost for more than {} s: {reason}",
+                        limit.as_secs_f64()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// When `judge` would answer differently without any event (the reconnect timeout passing).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match (&self.link, self.config.reconnect_timeout) {
+            (Link::Lost { since, .. }, Some(limit)) if since.elapsed() < limit => {
+                Some(*since + limit)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn snapshot(&self) -> AmqpSnapshot {
+        AmqpSnapshot {
+            connected: self.link == Link::Consuming,
+            in_flight: self.dispatch.in_flight() as u64,
+            ..self.totals.clone()
+        }
+    }
+
+    /// Settles what is pending and closes the connection (bounded).
+    pub fn close(&mut self) {
+        self.broker.close(Duration::from_secs(CLOSE_TIMEOUT_S));
+    }
+}
+
+impl AmqpSnapshot {
+    pub fn new() -> AmqpSnapshot {
+        AmqpSnapshot {
+            duration: vec![0; DURATION_BUCKETS_S.len() + 1],
+            size: vec![0; SIZE_BUCKETS_BYTES.len() + 1],
+            ..AmqpSnapshot::default()
+        }
+    }
+
+    fn count(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Ack => self.acked += 1,
+            Outcome::Reject { requeue: false } => self.rejected += 1,
+            Outcome::Reject { requeue: true } => self.requeued += 1,
+        }
+    }
+
+    fn observe_duration(&mut self, seconds: f64) {
+        let bucket = DURATION_BUCKETS_S.partition_point(|b| *b < seconds);
+        self.duration[bucket] += 1;
+        self.duration_sum += seconds;
+    }
+
+    fn observe_size(&mut self, bytes: f64) {
+        let bucket = SIZE_BUCKETS_BYTES.partition_point(|b| *b < bytes);
+        self.size[bucket] += 1;
+        self.size_sum += bytes;
+    }
+}
