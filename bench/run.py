@@ -3,6 +3,7 @@
 
     python3 bench/run.py                 # every scenario, median of 3 runs (about 15 minutes)
     python3 bench/run.py hello close     # only these scenarios
+    python3 bench/run.py consume         # AMQP consumers against the local RabbitMQ (bench/consume.py)
 
 Sets up the peers itself (gunicorn, granian, pyuwsgi, Django into target/bench-venv; wrk from
 Debian if missing), builds hurricane in release mode, then for each scenario starts each server with
@@ -230,6 +231,11 @@ def main() -> None:
                  extra={"threads": "8"}, targets={"gunicorn gthread": 1.0})
     if not wanted or "spread" in wanted:
         fair_spread()
+    if not wanted or "consume" in wanted:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import consume
+
+        consume.scenario(REPEAT)
     shutil.rmtree(static_dir, ignore_errors=True)
 
 

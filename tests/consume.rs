@@ -561,3 +561,38 @@ fn manage_py_consume_takes_the_broker_from_django_settings_and_the_environment()
     })
     .unwrap_or_else(|| panic!("log:\n{}", server.log.text()));
 }
+
+#[test]
+fn a_hup_reloads_the_handler_workers_and_loses_no_delivery() {
+    let names = Names::new("hup");
+    let server = consumer(&names, "handlers.Recorder", &["--workers", "2"]);
+    let before = server.worker_pids();
+    let key = format!("{}.h", names.queue);
+    // 300 messages of 10 ms each: the reload happens while they stream through.
+    publish(&names.exchange, &key, "hup", 300, r#"{"sleep": "0.01"}"#);
+    wait_for(Duration::from_secs(10), || {
+        (names.bodies("hup").len() >= 20).then_some(())
+    })
+    .expect("handling started");
+    server.signal(libc::SIGHUP);
+    server
+        .log
+        .wait_for("event=reload result=succeeded", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no reload; log:\n{}", server.log.text()));
+    let after = server.wait_workers(2, START_TIMEOUT);
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "every worker replaced: {before:?} -> {after:?}"
+    );
+    wait_for(Duration::from_secs(30), || {
+        let ids: std::collections::BTreeSet<String> = names
+            .bodies("hup")
+            .iter()
+            .map(|n| n.split('.').next().unwrap().to_string())
+            .collect();
+        (ids.len() == 300).then_some(())
+    })
+    .unwrap_or_else(|| panic!("lost deliveries: {} of 300", names.bodies("hup").len()));
+    assert_eq!(names.bodies("hup").len(), 300, "none handled twice");
+    assert_eq!(queue_depth(&names.queue), 0);
+}

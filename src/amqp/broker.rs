@@ -35,6 +35,10 @@ use crate::state::Doorbell;
 /// First wait before reconnecting; it doubles up to the maximum.
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 500;
 pub const RECONNECT_BACKOFF_MAX_S: u64 = 30;
+/// The largest AMQP frame asked for. lapin keeps 32 frames of buffer each way, zero-filled: with
+/// RabbitMQ's default of 128 KiB that is 8 MiB of the master's memory; 16 KiB frames keep it at
+/// 1 MiB, and bigger bodies simply take more frames.
+pub const FRAME_MAX_BYTES: u32 = 16 * 1024;
 /// A broker call (connect, declare, bind) that takes longer has failed.
 const BROKER_CALL_TIMEOUT_S: u64 = 10;
 
@@ -253,12 +257,11 @@ async fn session(
 ) -> Ended {
     let properties = ConnectionProperties::default()
         .with_connection_name(settings.connection_name.clone().into());
-    let connection = match timed(
-        "connect",
-        Connection::connect_uri(settings.uri.clone(), properties),
-    )
-    .await
-    {
+    let mut uri = settings.uri.clone();
+    if uri.query.frame_max.is_none_or(|f| f > FRAME_MAX_BYTES) {
+        uri.query.frame_max = Some(FRAME_MAX_BYTES);
+    }
+    let connection = match timed("connect", Connection::connect_uri(uri, properties)).await {
         Ok(c) => c,
         Err(e) => return Ended::Lost(e),
     };
@@ -317,6 +320,7 @@ async fn session(
         };
         let input = future::or(delivery, future::or(command, tick)).await;
         let mut close = false;
+        let mut first = None;
         match input {
             Input::Delivery(next) => match *next {
                 Some(Ok(d)) => {
@@ -332,7 +336,6 @@ async fn session(
                         properties: properties_json(&d.properties),
                         body: d.data,
                     }));
-                    continue;
                 }
                 Some(Err(e)) => return Ended::Lost(e.to_string()),
                 None => {
@@ -340,43 +343,40 @@ async fn session(
                 }
             },
             Input::Command(Err(_)) => close = true,
-            Input::Command(Ok(command)) => {
-                // Take every command that is already here, then settle them in one go.
-                let mut next = Some(command);
-                while let Some(command) = next.take() {
-                    match command {
-                        Command::Settle { id, outcome } => {
-                            if let Some(tag) = ids.live.remove(&id) {
-                                settler.settle(tag, outcome, Instant::now());
-                            }
-                        }
-                        Command::Cancel if receiving => {
-                            receiving = false;
-                            let cancel = channel.basic_cancel(
-                                consumer_tag.as_str().into(),
-                                BasicCancelOptions::default(),
-                            );
-                            match timed("basic.cancel", cancel).await {
-                                Ok(()) => {
-                                    log::info!("event=amqp_cancelled consumer={consumer_tag}")
-                                }
-                                Err(e) => log::warn!("event=amqp_cancel_failed error={e:?}"),
-                            }
-                        }
-                        Command::Close => close = true,
-                        Command::Cancel | Command::Start { .. } => {}
-                    }
-                    next = match rx.try_recv() {
-                        Ok(command) => Some(command),
-                        Err(TryRecvError::Empty) => None,
-                        Err(TryRecvError::Closed) => {
-                            close = true;
-                            None
-                        }
-                    };
-                }
-            }
+            Input::Command(Ok(command)) => first = Some(command),
             Input::Tick => {}
+        }
+        // Then every command already here, whatever woke us: under a steady stream of deliveries
+        // settles must not wait for a lull (the prefetch window would fill and stall the broker).
+        let mut next = first.take().map(Ok).unwrap_or_else(|| rx.try_recv());
+        loop {
+            let command = match next {
+                Ok(command) => command,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => {
+                    close = true;
+                    break;
+                }
+            };
+            match command {
+                Command::Settle { id, outcome } => {
+                    if let Some(tag) = ids.live.remove(&id) {
+                        settler.settle(tag, outcome, Instant::now());
+                    }
+                }
+                Command::Cancel if receiving => {
+                    receiving = false;
+                    let cancel = channel
+                        .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default());
+                    match timed("basic.cancel", cancel).await {
+                        Ok(()) => log::info!("event=amqp_cancelled consumer={consumer_tag}"),
+                        Err(e) => log::warn!("event=amqp_cancel_failed error={e:?}"),
+                    }
+                }
+                Command::Close => close = true,
+                Command::Cancel | Command::Start { .. } => {}
+            }
+            next = rx.try_recv();
         }
         if let Err(e) = settle(&channel, &mut settler, up).await {
             return Ended::Lost(e);
