@@ -33,12 +33,15 @@ pub enum Command {
     Serve(ServeArgs),
     /// Consume an AMQP queue with N handler workers running a TopicHandler class
     Consume(ConsumeArgs),
+    /// Run a Celery worker or beat (`-- celery -A proj worker`) with probes, metrics and PID 1 duties
+    Celery(CeleryArgs),
 }
 
 /// What to run, once parsed.
 pub enum Run {
     Serve(ServeArgs),
     Consume(ConsumeArgs),
+    Celery(CeleryArgs),
 }
 
 impl Cli {
@@ -47,6 +50,7 @@ impl Cli {
         match self.command {
             Some(Command::Serve(args)) => Run::Serve(args),
             Some(Command::Consume(args)) => Run::Consume(args),
+            Some(Command::Celery(args)) => Run::Celery(args),
             None => Run::Serve(self.serve),
         }
     }
@@ -56,7 +60,7 @@ impl Cli {
     pub fn into_serve(self) -> ServeArgs {
         match self.into_run() {
             Run::Serve(args) => args,
-            Run::Consume(_) => panic!("not serve"),
+            Run::Consume(_) | Run::Celery(_) => panic!("not serve"),
         }
     }
 }
@@ -66,6 +70,7 @@ impl Run {
         match self {
             Run::Serve(a) => &a.log_level,
             Run::Consume(a) => &a.log_level,
+            Run::Celery(a) => &a.log_level,
         }
     }
 
@@ -73,6 +78,7 @@ impl Run {
         match self {
             Run::Serve(a) => a.log_format == "json",
             Run::Consume(a) => a.log_format == "json",
+            Run::Celery(a) => a.log_format == "json",
         }
     }
 
@@ -80,6 +86,7 @@ impl Run {
         match self {
             Run::Serve(a) => a.log_file.as_deref(),
             Run::Consume(a) => a.log_file.as_deref(),
+            Run::Celery(a) => a.log_file.as_deref(),
         }
     }
 }
@@ -643,6 +650,108 @@ pub struct ServeArgs {
     pub log_probes: bool,
 
     /// Log level: error, warn, info, debug or trace
+    #[arg(long, env = "HURRICANE_LOG_LEVEL", value_name = "LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
+}
+
+/// `hurricane celery [OPTIONS] -- COMMAND...`: the user's Celery command, as given, under hurricane's
+/// probes, metrics, webhooks and PID 1 duties.
+#[derive(Debug, Clone, Args)]
+pub struct CeleryArgs {
+    /// The Celery command, after `--`: `celery -A proj worker ...`, `celery -A proj beat`, or
+    /// `python -m celery ...`
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+
+    /// Seconds the worker's event loop (beat: its scheduler) may go without a tick before /alive fails
+    #[arg(long, env = "HURRICANE_LIVENESS_TIMEOUT", value_name = "S", default_value = "60", value_parser = seconds)]
+    pub liveness_timeout: Duration,
+
+    /// Python interpreter to run the command with [default: the command's own: its script's
+    /// shebang, or the python it names]
+    #[arg(long, env = "HURRICANE_PYTHON", value_name = "PATH")]
+    pub python: Option<PathBuf>,
+
+    /// Change to this directory before running the command
+    #[arg(long, env = "HURRICANE_CHDIR", value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Directory to put first on the command's sys.path (repeatable)
+    #[arg(
+        long,
+        env = "HURRICANE_PYTHONPATH",
+        value_name = "DIR",
+        value_delimiter = ':'
+    )]
+    pub pythonpath: Vec<PathBuf>,
+
+    /// Seconds Celery gets for its warm shutdown (running tasks finish) after SIGTERM before SIGKILL
+    #[arg(long, env = "HURRICANE_GRACEFUL_TIMEOUT", value_name = "S", default_value = "30", value_parser = seconds)]
+    pub graceful_timeout: Duration,
+
+    /// Address of the probe server
+    #[arg(long, env = "HURRICANE_BIND", value_name = "ADDR", default_value = "0.0.0.0", value_parser = ip_address)]
+    pub bind: std::net::IpAddr,
+
+    /// Port of the probe server
+    #[arg(
+        long,
+        env = "HURRICANE_PROBE_PORT",
+        value_name = "PORT",
+        default_value_t = 8001
+    )]
+    pub probe_port: u16,
+
+    /// Path of the startup probe
+    #[arg(long, env = "HURRICANE_STARTUP_PROBE", value_name = "PATH", default_value = "/startup", value_parser = probe_path)]
+    pub startup_probe: String,
+
+    /// Path of the readiness probe
+    #[arg(long, env = "HURRICANE_READINESS_PROBE", value_name = "PATH", default_value = "/ready", value_parser = probe_path)]
+    pub readiness_probe: String,
+
+    /// Path of the liveness probe (`--probe` is the same option)
+    #[arg(long, alias = "probe", env = "HURRICANE_LIVENESS_PROBE", value_name = "PATH", default_value = "/alive", value_parser = probe_path)]
+    pub liveness_probe: String,
+
+    /// Path of the Prometheus metrics on the probe port
+    #[arg(long, env = "HURRICANE_METRICS", value_name = "PATH", default_value = "/metrics", value_parser = probe_path)]
+    pub metrics: String,
+
+    /// Do not serve metrics
+    #[arg(long, env = "HURRICANE_NO_METRICS", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub no_metrics: bool,
+
+    /// Do not run the probe server
+    #[arg(long, env = "HURRICANE_NO_PROBE", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub no_probe: bool,
+
+    /// Seconds a Django check result answers probes before the next probe asks for a fresh one
+    #[arg(long, env = "HURRICANE_CHECK_INTERVAL", value_name = "S", default_value = "5", value_parser = seconds)]
+    pub check_interval: Duration,
+
+    /// Show failing checks' messages in probe answers
+    #[arg(long, env = "HURRICANE_DEBUG", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub debug: bool,
+
+    /// POST a JSON event here on startup, readiness/liveness changes and shutdown (repeatable)
+    #[arg(long, env = "HURRICANE_WEBHOOK_URL", value_name = "URL", value_delimiter = ',', value_parser = webhook_url)]
+    pub webhook_url: Vec<String>,
+
+    /// Log format of hurricane's own lines: text (key=value) or json (Celery logs as it is configured)
+    #[arg(long, env = "HURRICANE_LOG_FORMAT", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Write hurricane's own log lines to this file (SIGUSR1 reopens it)
+    #[arg(long, env = "HURRICANE_LOG_FILE", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// Log probe requests too
+    #[arg(long, env = "HURRICANE_LOG_PROBES", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub log_probes: bool,
+
+    /// Log level of hurricane's own lines: error, warn, info, debug or trace
     #[arg(long, env = "HURRICANE_LOG_LEVEL", value_name = "LEVEL", default_value = "info",
           value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: String,

@@ -9,13 +9,13 @@
 //!   messages as that kind's bootstrap sends them (for HTTP: the app imported; idle/busy and
 //!   request counters).
 //!
-//! Two kinds exist: the HTTP worker (`serve`) and the AMQP handler worker (`consume`); `pool`'s
-//! tests also drive the pool with a fake supervised-command kind.
+//! Three kinds exist: the HTTP worker (`serve`), the AMQP handler worker (`consume`) and the user's
+//! own command with our hooks in it (`celery`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::pool::{Rules, WorkerId};
+use crate::pool::{Rules, Signal, WorkerId};
 use crate::spawn::Launch;
 use crate::worker::{self, WorkerConfig};
 
@@ -25,6 +25,10 @@ pub trait Kind: Rules {
     fn name(&self) -> &'static str;
     /// How to start worker `worker` of generation `generation`.
     fn launch(&self, worker: WorkerId, generation: u64) -> Launch;
+    /// Whether SIGUSR1 (reopen --log-file) is passed on to its processes.
+    fn forwards_log_reopen(&self) -> bool {
+        true
+    }
 }
 
 /// `hurricane serve`: our embedded HTTP worker, in the user's interpreter, on the shared socket.
@@ -84,6 +88,49 @@ impl Kind for AmqpHandler {
     }
 }
 
+/// `hurricane celery`: the user's own command (Celery worker or beat) run by our bootstrap in its
+/// interpreter, so hooks inside it report to the master. It is the service: it is never respawned,
+/// and its exit code is the master's.
+pub struct Command {
+    pub python: PathBuf,
+    /// `mode: celery`, with how to run the command.
+    pub config: WorkerConfig,
+}
+
+impl Rules for Command {
+    fn service_ends_with_process(&self) -> bool {
+        true
+    }
+
+    /// Celery's cold shutdown: running tasks are abandoned, the process exits at once.
+    fn escalation(&self) -> Signal {
+        Signal::Quit
+    }
+}
+
+impl Kind for Command {
+    fn name(&self) -> &'static str {
+        "celery"
+    }
+
+    fn launch(&self, worker: WorkerId, generation: u64) -> Launch {
+        Launch {
+            program: self.python.clone(),
+            args: vec![
+                OsString::from("-c"),
+                OsString::from(worker::STAGE_ONE),
+                OsString::from(format!("hurricane-worker-{worker}")),
+            ],
+            bootstrap: worker::bootstrap(&self.config, worker, generation),
+        }
+    }
+
+    /// Celery uses SIGUSR1 itself (it dumps tracebacks): hurricane's log reopen is not forwarded.
+    fn forwards_log_reopen(&self) -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,7 +149,7 @@ mod tests {
                 autoreload: false,
                 workers: 2,
                 http: serde_json::json!({}),
-                amqp: None,
+                mode: crate::worker::Mode::Http,
             },
         };
         let launch = http.launch(7, 2);

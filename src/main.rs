@@ -6,6 +6,7 @@
 
 mod amqp;
 mod bind;
+mod celery;
 mod cli;
 mod kind;
 mod lifecycle;
@@ -31,10 +32,10 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
-use crate::cli::{Cli, ConsumeArgs, Run, ServeArgs};
+use crate::cli::{CeleryArgs, Cli, ConsumeArgs, Run, ServeArgs};
 use crate::pool::PoolConfig;
 use crate::probe::{Paths, ProbeConfig};
-use crate::worker::WorkerConfig;
+use crate::worker::{Mode, WorkerConfig};
 
 const EXIT_FATAL: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -189,7 +190,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             "static": mount(args.r#static, &args.static_url, &args.static_root, "/static/"),
             "media": mount(args.media, &args.media_url, &args.media_root, "/media/"),
         }),
-        amqp: None,
+        mode: Mode::Http,
     };
     Ok(master::Config {
         listen: Some(master::Listen {
@@ -199,6 +200,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
         }),
         probe_bind: args.bind,
         consume: None,
+        celery: None,
         kind: Rc::new(kind::Http {
             python: python.clone(),
             config: worker,
@@ -246,6 +248,9 @@ fn parse_args() -> (Run, Vec<String>) {
     let first = Cli::from_arg_matches(&matches)
         .unwrap_or_else(|e| e.exit())
         .into_run();
+    if let Run::Celery(_) = first {
+        return (first, Vec::new()); // the Celery app has its own configuration
+    }
     let (chdir, pythonpath, explicit_python, subcommand, prefixes) = match &first {
         Run::Serve(a) => (
             &a.chdir,
@@ -261,6 +266,7 @@ fn parse_args() -> (Run, Vec<String>) {
             "consume",
             &["HURRICANE_", "AMQP_"][..],
         ),
+        Run::Celery(_) => unreachable!("returned above"),
     };
     let cwd = match chdir {
         Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
@@ -370,7 +376,7 @@ fn consume_config(args: ConsumeArgs) -> Result<master::Config, Usage> {
             "log_file": args.log_file.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
         }),
         // What a TopicHandler's constructor is given, as in django-hurricane.
-        amqp: Some(serde_json::json!({
+        mode: Mode::Amqp(serde_json::json!({
             "queue": args.queue,
             "exchange": args.exchange,
             "host": uri.authority.host,
@@ -384,6 +390,7 @@ fn consume_config(args: ConsumeArgs) -> Result<master::Config, Usage> {
     Ok(master::Config {
         listen: None,
         probe_bind: args.bind,
+        celery: None,
         consume: Some(amqp::Config {
             broker: amqp::broker::Settings {
                 uri,
@@ -443,6 +450,161 @@ fn consume_config(args: ConsumeArgs) -> Result<master::Config, Usage> {
     })
 }
 
+/// Where a program is: itself if it names a path, else the first match on PATH.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = Path::new(name);
+    if path.components().count() > 1 {
+        return path
+            .is_file()
+            .then(|| std::path::absolute(path).unwrap_or_else(|_| path.into()));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A script's interpreter, from its `#!` line (`#!/usr/bin/env python3` included).
+fn shebang(script: &Path) -> Option<PathBuf> {
+    let mut head = [0u8; 256];
+    let n = std::io::Read::read(&mut std::fs::File::open(script).ok()?, &mut head).ok()?;
+    let line = std::str::from_utf8(&head[..n]).ok()?.lines().next()?;
+    let mut words = line.strip_prefix("#!")?.split_whitespace();
+    let first = words.next()?;
+    if first.ends_with("/env") {
+        return Some(PathBuf::from(words.find(|w| !w.starts_with('-'))?));
+    }
+    Some(PathBuf::from(first))
+}
+
+fn is_python(program: &Path) -> bool {
+    program
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("python"))
+}
+
+/// How the bootstrap runs the command: (interpreter, {module|path, argv}).
+fn celery_command(args: &CeleryArgs) -> Result<(PathBuf, serde_json::Value), Usage> {
+    let command = &args.command;
+    let program = &command[0];
+    let found = find_program(program).ok_or_else(|| {
+        Usage(format!(
+            "cannot find '{program}' on PATH; activate the virtualenv that has Celery, or give its path"
+        ))
+    })?;
+    let explicit = args.python.as_ref().map(|p| python(&Some(p.clone())));
+    if is_python(&found) {
+        let interpreter = explicit.unwrap_or(found);
+        return match command.get(1).map(String::as_str) {
+            Some("-m") if command.len() > 2 => Ok((
+                interpreter,
+                serde_json::json!({"module": command[2], "argv": command[2..]}),
+            )),
+            Some(script) if !script.starts_with('-') => Ok((
+                interpreter,
+                serde_json::json!({"path": script, "argv": command[1..]}),
+            )),
+            _ => Err(Usage(format!(
+                "'{}' is not a Celery command: give `celery -A proj worker`, `python -m celery ...` or a script",
+                command.join(" ")
+            ))),
+        };
+    }
+    let interpreter = match explicit.or_else(|| shebang(&found)) {
+        Some(python) => python,
+        None => {
+            return Err(Usage(format!(
+                "'{}' is not a Python script (no #! line); hurricane celery runs Python programs: pass --python PATH if it is one",
+                found.display()
+            )));
+        }
+    };
+    if !is_python(&interpreter) {
+        return Err(Usage(format!(
+            "'{}' is run by '{}', not by Python; hurricane celery runs Python programs (pass --python to override)",
+            found.display(),
+            interpreter.display()
+        )));
+    }
+    let mut argv = vec![found.display().to_string()];
+    argv.extend(command[1..].iter().cloned());
+    Ok((
+        interpreter,
+        serde_json::json!({"path": found, "argv": argv}),
+    ))
+}
+
+fn celery_config(args: CeleryArgs) -> Result<master::Config, Usage> {
+    let (python, mut command) = celery_command(&args)?;
+    if let Some(dir) = &args.chdir {
+        std::env::set_current_dir(dir)
+            .map_err(|e| Usage(format!("--chdir '{}': {e}", dir.display())))?;
+    }
+    command["liveness_s"] = serde_json::json!(args.liveness_timeout.as_secs_f64());
+    let display = args.command.join(" ");
+    command["display"] = serde_json::json!(display);
+    let worker = WorkerConfig {
+        app: display.clone(),
+        pythonpath: args
+            .pythonpath
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        keep_alive: Duration::ZERO,
+        graceful_timeout: args.graceful_timeout,
+        heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
+        autoreload: false,
+        workers: 1,
+        http: serde_json::json!({}),
+        mode: Mode::Celery(command),
+    };
+    Ok(master::Config {
+        listen: None,
+        probe_bind: args.bind,
+        consume: None,
+        celery: Some(args.liveness_timeout),
+        kind: Rc::new(kind::Command {
+            python: python.clone(),
+            config: worker,
+        }),
+        app: display,
+        probe: (!args.no_probe).then_some(ProbeConfig {
+            port: Some(args.probe_port),
+            paths: Paths {
+                startup: args.startup_probe,
+                ready: args.readiness_probe,
+                alive: args.liveness_probe,
+            },
+            metrics: (!args.no_metrics).then_some(args.metrics),
+            log_probes: args.log_probes,
+            check_interval: args.check_interval,
+            debug: args.debug,
+            req_queue_len: None,
+            listen_fd: -1,
+        }),
+        pool: PoolConfig {
+            size: 1,
+            // Our hooks report in at once; Celery's own start is judged by worker_ready.
+            boot_timeout: Duration::from_secs(60),
+            graceful_timeout: args.graceful_timeout,
+            shutdown_delay: Duration::ZERO,
+            timeout: None,
+            heartbeat_timeout: None,
+            max_requests: None,
+            max_requests_jitter: 0,
+            max_memory_bytes: None,
+            jitter_seed: u64::from(std::process::id()),
+        },
+        autoreload: None,
+        webhook_urls: args.webhook_url.clone(),
+        prestart: prestart::Prestart {
+            python: python.clone(),
+            ..prestart::Prestart::default()
+        },
+        python,
+    })
+}
+
 fn main() -> ExitCode {
     let (run, warnings) = parse_args();
     if let Err(e) = logging::init(run.log_level(), run.log_json(), run.log_file()) {
@@ -456,6 +618,7 @@ fn main() -> ExitCode {
     let config = match run {
         Run::Serve(args) => config(args),
         Run::Consume(args) => consume_config(args),
+        Run::Celery(args) => celery_config(args),
     };
     let config = match config {
         Ok(config) => config,

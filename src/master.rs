@@ -27,6 +27,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::amqp::{self, Consume};
 use crate::bind;
+use crate::celery::Celery;
 use crate::kind::Kind;
 use crate::lifecycle::ExitStatus;
 use crate::metrics::{Snapshot, Totals};
@@ -60,6 +61,8 @@ pub struct Config {
     pub probe_bind: IpAddr,
     /// consume: the broker, and how deliveries are spread.
     pub consume: Option<amqp::Config>,
+    /// celery: the --liveness-timeout of the supervised Celery process.
+    pub celery: Option<Duration>,
     /// What each slot runs.
     pub kind: Rc<dyn Kind>,
     /// The probe server; None with --no-probe.
@@ -211,6 +214,8 @@ struct Master {
     listener: Option<TcpListener>,
     /// consume: the broker link and the dispatch of deliveries.
     consume: Option<Consume>,
+    /// celery: what the hooks in the Celery process reported.
+    celery: Option<Celery>,
     broker_rx: Option<Receiver>,
     poll: Poll,
     pool: Pool,
@@ -329,7 +334,12 @@ impl Master {
         match crate::logging::reopen() {
             Ok(true) => {
                 log::info!("event=signal signal=USR1 action=reopen_log");
-                for pid in self.pool.pids() {
+                let pids = if self.config.kind.forwards_log_reopen() {
+                    self.pool.pids()
+                } else {
+                    Vec::new()
+                };
+                for pid in pids {
                     // One of our unreaped children: the pid cannot have been recycled.
                     let _ = kill(Pid::from_raw(pid), Sig::SIGUSR1);
                 }
@@ -434,6 +444,13 @@ impl Master {
                         consume.settled(proc_.pid, *id, *ack, *requeue, *ms);
                     }
                 }
+                worker::Message::Celery(event) => {
+                    if let Some(celery) = &mut self.celery
+                        && celery.event(event, now)
+                    {
+                        self.shared.set_django();
+                    }
+                }
                 worker::Message::Boot | worker::Message::Failed(_) => {}
             }
             self.pool.message(proc_.pid, message, now)
@@ -461,10 +478,14 @@ impl Master {
             self.publish();
             let now = Instant::now();
             let tick = Duration::from_millis(LOOP_TICK_MS);
-            let deadline = match self.consume.as_ref().and_then(Consume::next_deadline) {
-                Some(at) => Some(self.pool.next_deadline().map_or(at, |d| d.min(at))),
-                None => self.pool.next_deadline(),
-            };
+            let deadline = [
+                self.pool.next_deadline(),
+                self.consume.as_ref().and_then(Consume::next_deadline),
+                self.celery.as_ref().and_then(Celery::next_deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let timeout = deadline.map_or(tick, |d| d.saturating_duration_since(now).min(tick));
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
@@ -554,6 +575,9 @@ impl Master {
         if let Some(consume) = &self.consume {
             consume.judge(&mut health);
         }
+        if let Some(celery) = &self.celery {
+            celery.judge(&mut health, Instant::now());
+        }
         let now = (health, self.metrics());
         if now == self.published {
             self.shared.loop_tick();
@@ -576,6 +600,7 @@ impl Master {
         };
         self.pool.fill_metrics(&mut snapshot);
         snapshot.amqp = self.consume.as_ref().map(Consume::snapshot);
+        snapshot.celery = self.celery.as_ref().map(Celery::snapshot);
         snapshot
     }
 
@@ -724,10 +749,12 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
         consume = Some(Consume::start(amqp, bell).context("cannot start the AMQP thread")?);
         broker_rx = Some(rx);
     }
+    let celery = config.celery.map(Celery::new);
     let mut master = Master {
         config,
         listener,
         consume,
+        celery,
         broker_rx,
         poll,
         pool,

@@ -141,6 +141,24 @@ pub struct Snapshot {
     pub workers: Vec<(usize, i32)>,
     /// `consume`: the broker link and its messages (then no HTTP request metrics are shown).
     pub amqp: Option<AmqpSnapshot>,
+    /// `celery`: tasks, the broker link, beat (then no HTTP request metrics are shown).
+    pub celery: Option<CelerySnapshot>,
+}
+
+/// What `/metrics` shows of `celery`, without task events and without a second process.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CelerySnapshot {
+    pub connected: bool,
+    pub reconnects: u64,
+    pub active: i64,
+    /// (task, result) -> tasks.
+    pub tasks: BTreeMap<(String, String), u64>,
+    /// task -> (per-bucket counts along `DURATION_BUCKETS_S` then +Inf, sum of seconds).
+    pub durations: BTreeMap<String, (Vec<u64>, f64)>,
+    pub beat: bool,
+    /// beat: entry -> tasks sent.
+    pub beat_sent: BTreeMap<String, u64>,
+    pub beat_last_tick: Option<f64>,
 }
 
 /// What `/metrics` shows of `consume` (the names FastStream and Dramatiq users know).
@@ -278,9 +296,10 @@ fn render_openmetrics(snapshot: &Snapshot, listen_fd: RawFd) -> String {
         reloads,
     );
 
-    match &snapshot.amqp {
-        Some(amqp) => register_amqp(&mut registry, amqp),
-        None => register_http(&mut registry, snapshot, listen_fd),
+    match (&snapshot.amqp, &snapshot.celery) {
+        (Some(amqp), _) => register_amqp(&mut registry, amqp),
+        (None, Some(celery)) => register_celery(&mut registry, celery),
+        (None, None) => register_http(&mut registry, snapshot, listen_fd),
     }
     let startup = Gauge::<f64, AtomicU64>::default();
     startup.set(snapshot.startup_seconds.unwrap_or(0.0));
@@ -388,6 +407,93 @@ fn register_http(registry: &mut Registry, snapshot: &Snapshot, listen_fd: RawFd)
         "The accept queue's capacity (backlog)",
         gauge(i64::from(queue_max)),
     );
+}
+
+/// Histograms counted elsewhere, one per label set.
+#[derive(Debug)]
+struct CountedFamily(Vec<(Labels, Counted)>);
+
+impl EncodeMetric for CountedFamily {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        for (labels, counted) in &self.0 {
+            counted.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// `celery`: tasks by name and result, their durations, the broker link and beat.
+fn register_celery(registry: &mut Registry, celery: &CelerySnapshot) {
+    let tasks = Family::<Labels, Counter>::default();
+    for ((task, result), n) in &celery.tasks {
+        tasks
+            .get_or_create(&labels(&[("task", task), ("result", result)]))
+            .inc_by(*n);
+    }
+    registry.register(
+        "hurricane_celery_tasks",
+        "Tasks ended, by task and result (succeeded, failed, retried, rejected, revoked)",
+        tasks,
+    );
+    registry.register(
+        "hurricane_celery_task_duration_seconds",
+        "Time a task ran, by task",
+        CountedFamily(
+            celery
+                .durations
+                .iter()
+                .map(|(task, (counts, sum))| {
+                    (
+                        labels(&[("task", task)]),
+                        Counted {
+                            bounds: &DURATION_BUCKETS_S,
+                            counts: counts.clone(),
+                            sum: *sum,
+                        },
+                    )
+                })
+                .collect(),
+        ),
+    );
+    registry.register(
+        "hurricane_celery_tasks_active",
+        "Tasks running now",
+        gauge(celery.active),
+    );
+    registry.register(
+        "hurricane_celery_broker_connected",
+        "1 while the consumer is connected to the broker, else 0",
+        gauge(i64::from(celery.connected)),
+    );
+    let reconnects = Counter::<u64>::default();
+    reconnects.inc_by(celery.reconnects);
+    registry.register(
+        "hurricane_celery_broker_reconnects",
+        "Times the consumer connected again after losing the broker",
+        reconnects,
+    );
+    if celery.beat {
+        let sent = Family::<Labels, Counter>::default();
+        for (entry, n) in &celery.beat_sent {
+            sent.get_or_create(&labels(&[("entry", entry)])).inc_by(*n);
+        }
+        registry.register(
+            "hurricane_celery_beat_sent",
+            "Tasks beat sent, by schedule entry",
+            sent,
+        );
+        let tick = Gauge::<f64, AtomicU64>::default();
+        tick.set(celery.beat_last_tick.unwrap_or(0.0));
+        registry.register(
+            "hurricane_celery_beat_last_tick_timestamp_seconds",
+            "Unix time of beat's last scheduler tick",
+            tick,
+        );
+    }
 }
 
 /// `consume`: the broker link and its messages.

@@ -53,6 +53,12 @@ pub trait Rules {
     fn service_ends_with_process(&self) -> bool {
         false
     }
+
+    /// What a second TERM (or INT) during a shutdown sends: SIGKILL for our own workers; a
+    /// supervised command may have a faster way out of its own (Celery's cold shutdown, SIGQUIT).
+    fn escalation(&self) -> Signal {
+        Signal::Kill
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,7 +380,7 @@ impl Pool {
                 }
             }
             // The master's business: it answers the probes, and settles on the broker.
-            Message::Checked(_) | Message::Settle { .. } => {}
+            Message::Checked(_) | Message::Settle { .. } | Message::Celery(_) => {}
         }
         self.tick(now);
     }
@@ -729,7 +735,13 @@ impl Pool {
                 if let Phase::Delaying { .. } = self.phase {
                     self.phase = Phase::Draining { code: 0 };
                 }
-                self.kill_all(now);
+                match self.rules.escalation() {
+                    Signal::Kill => self.kill_all(now),
+                    signal => {
+                        let grace = Duration::from_millis(FAST_SHUTDOWN_GRACE_MS);
+                        self.drain_all_again(signal, now + grace);
+                    }
+                }
             }
             Phase::Starting | Phase::Running => match kind {
                 Shutdown::Graceful if !self.config.shutdown_delay.is_zero() => {
@@ -771,6 +783,23 @@ impl Pool {
             }
             told.push(w.pid);
             w.state = WorkerState::Draining { kill_at };
+        }
+        for pid in told {
+            self.signal(pid, signal);
+        }
+    }
+
+    /// Tells every worker not yet killed to stop with `signal` now, SIGKILL at `kill_at` at the latest.
+    fn drain_all_again(&mut self, signal: Signal, kill_at: Instant) {
+        let mut told = Vec::new();
+        for w in self.workers.values_mut() {
+            if w.state == WorkerState::Killed {
+                continue;
+            }
+            told.push(w.pid);
+            if !matches!(w.state, WorkerState::Draining { kill_at: k } if k <= kill_at) {
+                w.state = WorkerState::Draining { kill_at };
+            }
         }
         for pid in told {
             self.signal(pid, signal);
@@ -1107,6 +1136,10 @@ mod tests {
     impl Rules for Command {
         fn service_ends_with_process(&self) -> bool {
             true
+        }
+
+        fn escalation(&self) -> Signal {
+            Signal::Quit
         }
     }
 
@@ -1720,5 +1753,17 @@ mod tests {
         h.advance(Duration::from_millis(RESPAWN_BACKOFF_MIN_MS));
         assert_eq!(h.alive, vec![102]);
         assert_eq!(h.exit, None, "after startup a slow boot is not fatal");
+    }
+
+    #[test]
+    fn a_second_term_gives_a_command_its_cold_shutdown_before_the_kill() {
+        let mut h = Harness::of(1, Rc::new(Command));
+        ready(&mut h, 100);
+        h.pool.shutdown(Shutdown::Graceful, h.now);
+        h.pool.shutdown(Shutdown::Graceful, h.now);
+        h.run();
+        assert_eq!(h.signals, vec![(100, Signal::Term), (100, Signal::Quit)]);
+        h.advance(Duration::from_millis(FAST_SHUTDOWN_GRACE_MS));
+        assert_eq!(h.signals.last(), Some(&(100, Signal::Kill)));
     }
 }

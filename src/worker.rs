@@ -34,8 +34,18 @@ pub struct WorkerConfig {
     pub workers: usize,
     /// Everything the HTTP server needs (limits, proxies, static mounts), passed through as given.
     pub http: Value,
-    /// `consume`: the handler worker's broker names (queue, exchange, host, ...); None for HTTP.
-    pub amqp: Option<Value>,
+    /// What the worker runs: the HTTP server, an AMQP handler, or the user's Celery command.
+    pub mode: Mode,
+}
+
+/// The worker's mode, with what that mode needs beyond the common settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    Http,
+    /// `consume`: the broker names a TopicHandler's constructor gets (queue, exchange, host, ...).
+    Amqp(Value),
+    /// `celery`: how to run the command (`module` or `path`, `argv`, `liveness_s`).
+    Celery(Value),
 }
 
 /// The bytes written to a new worker's control pipe: stage two, the embedded package, the config.
@@ -63,8 +73,19 @@ pub fn bootstrap(config: &WorkerConfig, worker: u64, generation: u64) -> Vec<u8>
             "size_buckets": crate::metrics::SIZE_BUCKETS_BYTES,
         },
         "workers": config.workers,
-        "mode": if config.amqp.is_some() { "amqp" } else { "http" },
-        "amqp": config.amqp,
+        "mode": match config.mode {
+            Mode::Http => "http",
+            Mode::Amqp(_) => "amqp",
+            Mode::Celery(_) => "celery",
+        },
+        "amqp": match &config.mode {
+            Mode::Amqp(amqp) => amqp.clone(),
+            _ => Value::Null,
+        },
+        "command": match &config.mode {
+            Mode::Celery(command) => command.clone(),
+            _ => Value::Null,
+        },
         "worker": worker,
         "generation": generation,
     });
@@ -228,6 +249,63 @@ pub enum Message {
         rejects: Vec<(String, u64)>,
     },
     Failed(BootFailure),
+    /// What the hooks inside a supervised Celery process report.
+    Celery(CeleryEvent),
+}
+
+/// A report from inside `hurricane celery`'s process (python/hurricane/celery_hooks.py).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CeleryEvent {
+    /// Celery's worker_ready (a worker), or the first scheduler tick (beat).
+    Started { django: bool, beat: bool },
+    /// The consumer is (again) connected and its loop runs.
+    Connected,
+    /// The consumer lost the broker and is reconnecting.
+    Lost,
+    /// One tick of the consumer's event loop.
+    Tick,
+    /// Celery is shutting down.
+    Stopping,
+    /// A task began in a pool process.
+    TaskStart,
+    /// A task ended: succeeded, failed, retried, rejected or revoked.
+    Task {
+        name: String,
+        result: String,
+        seconds: f64,
+    },
+    /// One beat scheduler tick, at this Unix time.
+    BeatTick { at: f64 },
+    /// Beat sent a schedule entry's task.
+    BeatSent { entry: String },
+}
+
+fn celery_event(value: &Value) -> Option<CeleryEvent> {
+    let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+    let flag = |key: &str| value.get(key).and_then(Value::as_bool).unwrap_or(false);
+    Some(match value.get("ev")?.as_str()? {
+        "started" => CeleryEvent::Started {
+            django: flag("django"),
+            beat: flag("beat"),
+        },
+        "connected" => CeleryEvent::Connected,
+        "lost" => CeleryEvent::Lost,
+        "tick" => CeleryEvent::Tick,
+        "stopping" => CeleryEvent::Stopping,
+        "task_start" => CeleryEvent::TaskStart,
+        "task" => CeleryEvent::Task {
+            name: text("name")?,
+            result: text("result")?,
+            seconds: value.get("seconds").and_then(Value::as_f64).unwrap_or(0.0),
+        },
+        "beat_tick" => CeleryEvent::BeatTick {
+            at: value.get("at").and_then(Value::as_f64).unwrap_or(0.0),
+        },
+        "beat_sent" => CeleryEvent::BeatSent {
+            entry: text("entry")?,
+        },
+        _ => return None,
+    })
 }
 
 /// Parses one status-pipe line; None for a line this master does not understand (logged by the caller).
@@ -308,6 +386,7 @@ pub fn parse_message(line: &[u8]) -> Option<Message> {
             sys_path: strings("sys_path"),
             traceback: text("traceback"),
         })),
+        "celery" => celery_event(&value).map(Message::Celery),
         _ => None,
     }
 }
@@ -347,7 +426,7 @@ mod tests {
             autoreload: false,
             workers: 1,
             http: json!({}),
-            amqp: None,
+            mode: Mode::Http,
         };
         let data = bootstrap(&config, 1, 0);
         let newline = data.iter().position(|&b| b == b'\n').unwrap();
@@ -438,6 +517,15 @@ mod tests {
             None,
             "no id"
         );
+        assert_eq!(
+            parse_message(br#"{"t":"celery","ev":"task","name":"proj.add","result":"succeeded","seconds":0.5}"#),
+            Some(Message::Celery(CeleryEvent::Task {
+                name: "proj.add".into(),
+                result: "succeeded".into(),
+                seconds: 0.5
+            }))
+        );
+        assert_eq!(parse_message(br#"{"t":"celery","ev":"nonsense"}"#), None);
         assert_eq!(parse_message(b"not json"), None);
         assert_eq!(parse_message(br#"{"t":"future"}"#), None);
     }

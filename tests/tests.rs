@@ -2,6 +2,7 @@
 
 mod util;
 
+mod celery;
 mod cli;
 mod consume;
 mod django;

@@ -222,7 +222,8 @@ impl Server {
     }
 
     pub fn probe(&self, path: &str) -> Response {
-        get(self.probe.expect("probe server is on"), path).expect("probe request")
+        get(self.probe.expect("probe server is on"), path)
+            .unwrap_or_else(|e| panic!("probe {path}: {e}; log:\n{}", self.log.text()))
     }
 
     pub fn signal(&self, signal: i32) {
@@ -582,7 +583,14 @@ pub fn test_venv_python() -> PathBuf {
             .join("python")
             .display()
             .to_string();
-        let packages = ["prometheus_client", "django", "pika", "-e", local.as_str()];
+        let packages = [
+            "prometheus_client",
+            "django",
+            "pika",
+            "celery[redis]",
+            "-e",
+            local.as_str(),
+        ];
         if std::fs::read_to_string(&marker).ok().as_deref() != Some(packages.join(" ").as_str()) {
             let ok = Command::new(python_for_venv())
                 .args(["-m", "venv"])

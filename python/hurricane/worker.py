@@ -274,6 +274,14 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
 
     http_config = config.get("http") or {}
     log.open_log(http_config.get("log_file") or "", http_config.get("log_format") == "json")
+    if config.get("mode") == "celery":
+        # Celery installs its own handlers (TERM warm, QUIT cold shutdown); start from the defaults.
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, signal.SIG_DFL)
+        from hurricane import celery_hooks
+
+        celery_hooks.main(config, control, status, booted)
+        return
     if config.get("mode") == "amqp":
         from hurricane.amqp import consumer
 

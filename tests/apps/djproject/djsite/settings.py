@@ -22,3 +22,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 # sets this, other tests leave it unset.
 if os.environ.get("HURRICANE_TEST_AMQP_HOST"):
     AMQP_HOST = os.environ["HURRICANE_TEST_AMQP_HOST"]
+
+# `hurricane celery -- celery -A djsite worker`: the broker and queue the celery test gives.
+CELERY_BROKER_URL = os.environ.get("CELERY_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CELERY_TEST_QUEUE", "hurricane-test")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

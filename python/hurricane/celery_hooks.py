@@ -1,0 +1,189 @@
+"""`hurricane celery -- COMMAND`: runs the user's Celery command in this process, with hooks that
+report to the master what the probes and metrics need. Nothing in the user's Celery app changes.
+
+Why from inside: `celery inspect ping` probes import the whole app per probe and time out behind
+a busy worker; timer-based file-touch bootsteps die silently when the consumer restarts (Celery
+cancels the timer entries of a failed connection). Here:
+
+- a consumer bootstep, added in `worker_init`, starts a once-a-second tick on the consumer's own
+  timer each time the consumer (re)starts: the ticks come from the event loop (a wedged loop stops
+  them), survive consumer restarts (the step starts again), and the step's start/stop say when the
+  broker connection is up or lost;
+- Celery's signals report readiness (`worker_ready`), shutdown and every task's outcome and duration;
+  task signals fire in the prefork pool's children, which inherited the status pipe and write to it
+  directly (one write per line, under PIPE_BUF, so lines never mix), so nothing is lost when a child
+  is recycled;
+- for beat, `Scheduler.tick` and `Scheduler.apply_entry` are wrapped: each tick and each entry sent
+  is reported, and beat sleeps at most a third of --liveness-timeout between ticks, so a live beat
+  always ticks in time.
+
+Stdlib only besides Celery itself, which the user's environment has.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import threading
+import time
+from typing import IO, Any, Dict
+
+# Task names past this many distinct ones are reported as "other" (bounded metric labels).
+MAX_TASK_NAMES = 200
+TICK_INTERVAL_S = 1.0
+
+
+class Reporter:
+    """Sends `{"t": "celery", "ev": ...}` lines to the master."""
+
+    def __init__(self, status: Any) -> None:
+        self.status = status
+        self.names: Dict[str, bool] = {}
+
+    def send(self, ev: str, **fields: Any) -> None:
+        self.status.send(t="celery", ev=ev, **fields)
+
+    def task_name(self, name: str) -> str:
+        if name in self.names or len(self.names) < MAX_TASK_NAMES:
+            self.names[name] = True
+            return name
+        return "other"
+
+
+def install(reporter: Reporter, liveness_s: float) -> None:
+    from celery import bootsteps, signals  # the user's Celery
+
+    started_at: Dict[str, float] = {}
+
+    class HurricaneTick(bootsteps.StartStopStep):
+        """Ticks on the consumer's timer; started on every consumer (re)start, after the connection."""
+
+        requires = ("celery.worker.consumer.connection:Connection",)
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            self.entry = None
+
+        def start(self, c: Any) -> None:
+            reporter.send("connected")
+            reporter.send("tick")
+            self.entry = c.timer.call_repeatedly(TICK_INTERVAL_S, lambda: reporter.send("tick"))
+
+        def stop(self, c: Any) -> None:
+            if self.entry is not None:
+                try:
+                    self.entry.cancel()
+                except Exception:  # noqa: BLE001 - a cancelled entry is fine
+                    pass
+                self.entry = None
+            reporter.send("lost")
+
+        def shutdown(self, c: Any) -> None:
+            self.stop(c)
+
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
+        sender.app.steps["consumer"].add(HurricaneTick)
+
+    def on_worker_ready(sender: Any = None, **_: Any) -> None:
+        from hurricane import checks
+
+        reporter.send("started", django=checks.is_django())
+
+    def on_shutting_down(**_: Any) -> None:
+        reporter.send("stopping")
+
+    def on_prerun(task_id: str = "", task: Any = None, **_: Any) -> None:
+        started_at[task_id] = time.monotonic()
+        reporter.send("task_start")
+
+    def on_postrun(task_id: str = "", task: Any = None, state: Any = None, **_: Any) -> None:
+        began = started_at.pop(task_id, None)
+        seconds = time.monotonic() - began if began is not None else 0.0
+        result = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried", "REJECTED": "rejected",
+                  "REVOKED": "revoked"}.get(str(state), "failed")
+        name = reporter.task_name(getattr(task, "name", None) or "unknown")
+        reporter.send("task", name=name, result=result, seconds=round(seconds, 6))
+
+    def on_rejected(message: Any = None, **_: Any) -> None:
+        name = "unknown"
+        try:
+            name = message.headers.get("task") or name
+        except Exception:  # noqa: BLE001 - a malformed message has no name
+            pass
+        reporter.send("task", name=reporter.task_name(name), result="rejected", seconds=0.0)
+
+    def on_revoked(request: Any = None, **_: Any) -> None:
+        name = getattr(request, "name", None) or getattr(request, "task", None) or "unknown"
+        reporter.send("task", name=reporter.task_name(str(name)), result="revoked", seconds=0.0)
+
+    # weak=False: these closures live as long as the process.
+    signals.worker_init.connect(on_worker_init, weak=False)
+    signals.worker_ready.connect(on_worker_ready, weak=False)
+    signals.worker_shutting_down.connect(on_shutting_down, weak=False)
+    signals.task_prerun.connect(on_prerun, weak=False)
+    signals.task_postrun.connect(on_postrun, weak=False)
+    signals.task_rejected.connect(on_rejected, weak=False)
+    signals.task_revoked.connect(on_revoked, weak=False)
+
+    from celery import beat
+
+    original_tick = beat.Scheduler.tick
+    original_apply_entry = beat.Scheduler.apply_entry
+    first = [True]
+
+    def tick(self: Any, *args: Any, **kwargs: Any) -> float:
+        interval = original_tick(self, *args, **kwargs)
+        if first[0]:
+            first[0] = False
+            from hurricane import checks
+
+            reporter.send("started", django=checks.is_django(), beat=True)
+            reporter.send("connected")
+        reporter.send("beat_tick", at=time.time())
+        return min(interval, liveness_s / 3.0) if interval else interval
+
+    def apply_entry(self: Any, entry: Any, producer: Any = None) -> None:
+        before = entry.total_run_count
+        original_apply_entry(self, entry, producer=producer)
+        reporter.send("beat_sent", entry=reporter.task_name(entry.name), ok=entry.total_run_count >= before)
+
+    beat.Scheduler.tick = tick
+    beat.Scheduler.apply_entry = apply_entry
+
+
+def _control_loop(control: IO[bytes], status: Any) -> None:
+    """Check requests from the master; EOF means the master is gone: end the process."""
+    import json
+
+    for line in iter(control.readline, b""):
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if message.get("t") == "check":
+            from hurricane import checks
+
+            status.send(t="check", **checks.run())
+    os._exit(1)
+
+
+def main(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float) -> None:
+    from hurricane import worker
+
+    command = config.get("command") or {}
+    argv = [str(a) for a in command.get("argv", [])]
+    reporter = Reporter(status)
+    try:
+        install(reporter, float(command.get("liveness_s", 60)))
+    except ImportError as exc:
+        worker.boot_failure(status, dict(config, app=command.get("display", "celery")), exc, "import")
+        return
+    threading.Thread(target=_control_loop, args=(control, status), name="hurricane-control", daemon=True).start()
+    # The process is up and hooked; Celery's own readiness comes as "started".
+    status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000), dirs=[], django=False)
+    sys.argv = argv
+    if command.get("module"):
+        runpy.run_module(command["module"], run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_path(command["path"], run_name="__main__")

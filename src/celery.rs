@@ -1,0 +1,309 @@
+//! `hurricane celery`: what the hooks inside the user's Celery process report, turned into probe
+//! verdicts and metrics.
+//!
+//! Why here and pure: the rules are what Celery's users have lacked (issue #4079): readiness is
+//! Celery's own `worker_ready` (beat: its first tick) and a connected broker; liveness is the event
+//! loop's tick, and never a broker outage (a restart does not fix one: while the consumer is
+//! reconnecting, its loop is not running, and that is not a wedge). Events in, a verdict out, with
+//! the clock passed in so the rules are unit-tested.
+
+use std::time::{Duration, Instant};
+
+use crate::metrics::{CelerySnapshot, DURATION_BUCKETS_S};
+use crate::state::Health;
+use crate::worker::CeleryEvent;
+
+/// Results a task is counted under; each known task has all of them, at 0 until they happen.
+pub const RESULTS: [&str; 5] = ["succeeded", "failed", "retried", "rejected", "revoked"];
+
+/// The broker connection as the consumer reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Link {
+    /// Not connected yet (or Celery is still connecting for the first time).
+    Connecting,
+    Up,
+    Lost,
+}
+
+#[derive(Debug)]
+pub struct Celery {
+    /// --liveness-timeout: the loop's tick (beat: the scheduler's) may be this old.
+    liveness: Duration,
+    started: bool,
+    beat: bool,
+    stopping: bool,
+    link: Link,
+    ever_connected: bool,
+    last_tick: Option<Instant>,
+    totals: CelerySnapshot,
+}
+
+impl Celery {
+    pub fn new(liveness: Duration) -> Celery {
+        Celery {
+            liveness,
+            started: false,
+            beat: false,
+            stopping: false,
+            link: Link::Connecting,
+            ever_connected: false,
+            last_tick: None,
+            totals: CelerySnapshot::default(),
+        }
+    }
+
+    /// One report; true when it says the app is a Django project (probes may ask for its checks).
+    pub fn event(&mut self, event: &CeleryEvent, now: Instant) -> bool {
+        match event {
+            CeleryEvent::Started { django, beat } => {
+                self.started = true;
+                self.beat = *beat;
+                self.last_tick = Some(now);
+                return *django;
+            }
+            CeleryEvent::Connected => {
+                if self.ever_connected && self.link != Link::Up {
+                    self.totals.reconnects += 1;
+                }
+                self.ever_connected = true;
+                self.link = Link::Up;
+                self.last_tick = Some(now);
+            }
+            CeleryEvent::Lost => {
+                if self.link == Link::Up {
+                    log::warn!("event=celery_broker_lost");
+                }
+                self.link = Link::Lost;
+            }
+            CeleryEvent::Tick => self.last_tick = Some(now),
+            CeleryEvent::Stopping => self.stopping = true,
+            CeleryEvent::TaskStart => self.totals.active += 1,
+            CeleryEvent::Task {
+                name,
+                result,
+                seconds,
+            } => {
+                self.totals.active = (self.totals.active - 1).max(0);
+                for r in RESULTS {
+                    self.totals
+                        .tasks
+                        .entry((name.clone(), r.to_string()))
+                        .or_insert(0);
+                }
+                *self
+                    .totals
+                    .tasks
+                    .entry((name.clone(), result.clone()))
+                    .or_insert(0) += 1;
+                if matches!(result.as_str(), "succeeded" | "failed" | "retried") {
+                    let (counts, sum) = self
+                        .totals
+                        .durations
+                        .entry(name.clone())
+                        .or_insert_with(|| (vec![0; DURATION_BUCKETS_S.len() + 1], 0.0));
+                    counts[DURATION_BUCKETS_S.partition_point(|b| b < seconds)] += 1;
+                    *sum += seconds;
+                }
+            }
+            CeleryEvent::BeatTick { at } => {
+                self.last_tick = Some(now);
+                self.totals.beat_last_tick = Some(*at);
+            }
+            CeleryEvent::BeatSent { entry } => {
+                *self.totals.beat_sent.entry(entry.clone()).or_insert(0) += 1;
+            }
+        }
+        false
+    }
+
+    /// What Celery's state means for the probes.
+    pub fn judge(&self, health: &mut Health, now: Instant) {
+        if !self.started {
+            health.not_started = Some(if self.beat {
+                "beat has not ticked yet".to_string()
+            } else {
+                "the Celery worker is not ready yet (no worker_ready)".to_string()
+            });
+        }
+        if self.stopping {
+            health.not_ready = Some("Celery is shutting down".into());
+        } else if self.link != Link::Up {
+            health.not_ready = Some(match self.link {
+                Link::Lost => "the broker connection is lost; Celery is reconnecting".into(),
+                _ => "not connected to the broker yet".into(),
+            });
+        }
+        // Only a running loop can be wedged: before the start and while reconnecting it is not running.
+        if self.started
+            && self.link == Link::Up
+            && !self.stopping
+            && let Some(tick) = self.last_tick
+            && now.duration_since(tick) > self.liveness
+        {
+            health.not_alive = Some(format!(
+                "the {} has not ticked for {:.0} s (--liveness-timeout {} s)",
+                if self.beat {
+                    "beat scheduler"
+                } else {
+                    "worker's event loop"
+                },
+                now.duration_since(tick).as_secs_f64(),
+                self.liveness.as_secs_f64()
+            ));
+        }
+    }
+
+    /// When `judge` would change its mind without an event: the tick growing too old.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.last_tick
+            .filter(|_| self.started && self.link == Link::Up)
+            .map(|t| t + self.liveness + Duration::from_millis(1))
+    }
+
+    pub fn snapshot(&self) -> CelerySnapshot {
+        CelerySnapshot {
+            connected: self.link == Link::Up,
+            beat: self.beat,
+            ..self.totals.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged(c: &Celery, now: Instant) -> Health {
+        let mut h = Health::default();
+        c.judge(&mut h, now);
+        h
+    }
+
+    #[test]
+    fn started_on_worker_ready_and_ready_only_while_connected() {
+        let t0 = Instant::now();
+        let mut c = Celery::new(Duration::from_secs(60));
+        let h = judged(&c, t0);
+        assert!(h.not_started.is_some() && h.not_ready.is_some() && h.not_alive.is_none());
+        c.event(&CeleryEvent::Connected, t0);
+        assert!(
+            judged(&c, t0).not_started.is_some(),
+            "connected is not started"
+        );
+        assert!(c.event(
+            &CeleryEvent::Started {
+                django: true,
+                beat: false
+            },
+            t0
+        ));
+        let h = judged(&c, t0);
+        assert!(h.not_started.is_none() && h.not_ready.is_none());
+        c.event(&CeleryEvent::Lost, t0);
+        assert!(judged(&c, t0).not_ready.unwrap().contains("reconnecting"));
+        c.event(&CeleryEvent::Connected, t0);
+        assert_eq!(c.snapshot().reconnects, 1);
+        c.event(&CeleryEvent::Stopping, t0);
+        assert!(judged(&c, t0).not_ready.unwrap().contains("shutting down"));
+    }
+
+    #[test]
+    fn a_silent_loop_fails_liveness_but_a_lost_broker_never_does() {
+        let t0 = Instant::now();
+        let mut c = Celery::new(Duration::from_secs(10));
+        // Never connected (no broker at startup): alive however long it takes.
+        assert!(
+            judged(&c, t0 + Duration::from_secs(3600))
+                .not_alive
+                .is_none()
+        );
+        c.event(&CeleryEvent::Connected, t0);
+        c.event(
+            &CeleryEvent::Started {
+                django: false,
+                beat: false,
+            },
+            t0,
+        );
+        c.event(&CeleryEvent::Tick, t0 + Duration::from_secs(5));
+        assert!(judged(&c, t0 + Duration::from_secs(15)).not_alive.is_none());
+        assert_eq!(
+            c.next_deadline(),
+            Some(t0 + Duration::from_secs(15) + Duration::from_millis(1))
+        );
+        let h = judged(&c, t0 + Duration::from_secs(16));
+        assert!(h.not_alive.unwrap().contains("event loop has not ticked"));
+        c.event(&CeleryEvent::Lost, t0 + Duration::from_secs(16));
+        assert!(
+            judged(&c, t0 + Duration::from_secs(600))
+                .not_alive
+                .is_none(),
+            "a broker outage is not a wedge"
+        );
+    }
+
+    #[test]
+    fn tasks_are_counted_by_name_and_result_with_durations() {
+        let t0 = Instant::now();
+        let mut c = Celery::new(Duration::from_secs(60));
+        c.event(&CeleryEvent::TaskStart, t0);
+        assert_eq!(c.snapshot().active, 1);
+        let task = |result: &str| CeleryEvent::Task {
+            name: "proj.add".into(),
+            result: result.into(),
+            seconds: 0.2,
+        };
+        c.event(&task("succeeded"), t0);
+        c.event(&task("failed"), t0);
+        let s = c.snapshot();
+        assert_eq!(s.active, 0, "never below zero");
+        assert_eq!(
+            s.tasks[&("proj.add".to_string(), "succeeded".to_string())],
+            1
+        );
+        assert_eq!(s.tasks[&("proj.add".to_string(), "revoked".to_string())], 0);
+        let (counts, sum) = &s.durations["proj.add"];
+        assert_eq!(counts.iter().sum::<u64>(), 2);
+        assert!((sum - 0.4).abs() < 1e-9);
+        assert_eq!(
+            s.tasks.keys().filter(|(n, _)| n == "proj.add").count(),
+            RESULTS.len()
+        );
+    }
+
+    #[test]
+    fn beat_starts_at_its_first_tick_and_counts_entries() {
+        let t0 = Instant::now();
+        let mut c = Celery::new(Duration::from_secs(30));
+        c.event(
+            &CeleryEvent::Started {
+                django: false,
+                beat: true,
+            },
+            t0,
+        );
+        c.event(&CeleryEvent::Connected, t0);
+        c.event(
+            &CeleryEvent::BeatTick {
+                at: 1_700_000_000.5,
+            },
+            t0,
+        );
+        c.event(
+            &CeleryEvent::BeatSent {
+                entry: "every-second".into(),
+            },
+            t0,
+        );
+        let s = c.snapshot();
+        assert!(s.beat);
+        assert_eq!(s.beat_sent["every-second"], 1);
+        assert_eq!(s.beat_last_tick, Some(1_700_000_000.5));
+        assert!(
+            judged(&c, t0 + Duration::from_secs(31))
+                .not_alive
+                .unwrap()
+                .contains("beat")
+        );
+    }
+}

@@ -1,0 +1,42 @@
+"""The Celery app of the `hurricane celery` tests: broker and queue from the environment (each test
+its own queue), tasks that succeed, fail, retry, take their time or block, and a beat schedule."""
+
+import os
+import time
+
+from celery import Celery
+
+app = Celery("celeryapp", broker=os.environ.get("CELERY_TEST_BROKER", "amqp://guest:guest@127.0.0.1:5672//"))
+app.conf.update(
+    task_default_queue=os.environ.get("CELERY_TEST_QUEUE", "hurricane-test"),
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    beat_schedule={
+        "every-second": {"task": "celeryapp.add", "schedule": 1.0, "args": (1, 2)},
+    },
+)
+OUT = os.environ.get("CELERY_TEST_OUT", "/tmp")
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def fail():
+    raise ValueError("this task fails")
+
+
+@app.task(bind=True, max_retries=1, default_retry_delay=0.1)
+def retry_once(self):
+    if self.request.retries == 0:
+        raise self.retry()
+    return "retried"
+
+
+@app.task
+def slow(seconds, name):
+    time.sleep(float(seconds))
+    open(os.path.join(OUT, f"done.{name}"), "w").close()
+    return name

@@ -1,0 +1,418 @@
+//! `hurricane celery -- COMMAND` with real Celery from PyPI against the real RabbitMQ and Redis on
+//! this machine (issue 14): probes that follow Celery's own readiness, its event loop and its
+//! broker; task metrics from the prefork pool's children; warm shutdown on TERM with Celery's exit
+//! code; beat; a Django project as the Celery app. Each test uses its own queue (and Redis database).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// The test venv's `celery` script: its shebang names the venv's python.
+fn celery_bin() -> String {
+    test_venv_python()
+        .with_file_name("celery")
+        .display()
+        .to_string()
+}
+
+struct Run {
+    queue: String,
+    broker: String,
+    out: TempDir,
+}
+
+impl Run {
+    fn new(test: &str, broker: &str) -> Run {
+        rabbitmq();
+        let queue = format!("hurricane-celery-{test}-{}", std::process::id());
+        let broker = match broker {
+            "redis" => {
+                redis();
+                format!("redis://127.0.0.1:6379/{}", 1 + std::process::id() % 15)
+            }
+            _ => "amqp://guest:guest@127.0.0.1:5672//".to_string(),
+        };
+        Run {
+            queue,
+            broker,
+            out: TempDir::new(&format!("celery-{test}")),
+        }
+    }
+
+    fn command(&self, dir: &Path, hurricane: &[&str], celery: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["celery", "--bind", "127.0.0.1", "--probe-port", "0"])
+            .args(hurricane)
+            .arg("--")
+            .arg(celery_bin())
+            .args(celery)
+            // Workers of parallel tests share the broker: each needs its own node name.
+            .args(if celery.contains(&"worker") {
+                vec!["-n".to_string(), format!("{}@%h", self.queue)]
+            } else {
+                Vec::new()
+            })
+            .current_dir(dir)
+            .env("CELERY_TEST_QUEUE", &self.queue)
+            .env("CELERY_TEST_BROKER", &self.broker)
+            .env("CELERY_TEST_OUT", &self.out.0)
+            .env_remove("VIRTUAL_ENV")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("HURRICANE_") && key != "HURRICANE_TEST_PYTHON" {
+                cmd.env_remove(key);
+            }
+        }
+        cmd
+    }
+
+    /// Sends `celeryapp.<task>(*args)` with `.delay()` from the test venv.
+    fn send(&self, dir: &Path, module: &str, call: &str) {
+        let out = Command::new(test_venv_python())
+            .args(["-c", &format!("import {module}; {module}.{call}")])
+            .current_dir(dir)
+            .env("CELERY_TEST_QUEUE", &self.queue)
+            .env("CELERY_TEST_BROKER", &self.broker)
+            .env("DJANGO_SETTINGS_MODULE", "djsite.settings")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{call}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Redis on 127.0.0.1:6379, started if it is down.
+fn redis() {
+    let reachable = || {
+        std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:6379".parse().unwrap(),
+            Duration::from_secs(1),
+        )
+        .is_ok()
+    };
+    if !reachable() {
+        let _ = Command::new("redis-server")
+            .args(["--daemonize", "yes", "--bind", "127.0.0.1", "--save", ""])
+            .status();
+    }
+    assert!(
+        wait_for(Duration::from_secs(20), || reachable().then_some(())).is_some(),
+        "Redis is not reachable on 127.0.0.1:6379 and redis-server did not start"
+    );
+}
+
+fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    parse_classic(&server.probe("/metrics").text())
+        .into_iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.2)
+}
+
+fn wait_metric(server: &Server, name: &str, labels: &[(&str, &str)], at_least: f64) {
+    wait_for(Duration::from_secs(20), || {
+        metric(server, name, labels)
+            .filter(|v| *v >= at_least)
+            .map(|_| ())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{name}{labels:?} never reached {at_least}:\n{}\nlog:\n{}",
+            server.probe("/metrics").text(),
+            server.log.text()
+        )
+    });
+}
+
+fn worker_counts_tasks_from_its_prefork_children(broker: &str) {
+    let run = Run::new(&format!("prefork-{broker}"), broker);
+    let server = Server::spawn(&mut run.command(
+        &apps_dir(),
+        &[],
+        &["-A", "celeryapp", "worker", "-c", "2", "-l", "info"],
+    ));
+    // Until Celery's worker_ready, /startup says so.
+    let first = server.probe("/startup");
+    if first.status != 200 {
+        assert_eq!(first.status, 503);
+        assert!(first.text().contains("starting"), "{}", first.text());
+    }
+    wait_for(START_TIMEOUT, || {
+        (server.probe("/startup").status == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never started; log:\n{}", server.log.text()));
+    assert_eq!(server.probe("/ready").status, 200);
+    assert_eq!(server.probe("/alive").status, 200);
+    assert_eq!(
+        metric(&server, "hurricane_celery_broker_connected", &[]),
+        Some(1.0)
+    );
+    let apps = apps_dir();
+    run.send(&apps, "celeryapp", "add.delay(2, 3)");
+    run.send(&apps, "celeryapp", "fail.delay()");
+    run.send(&apps, "celeryapp", "retry_once.delay()");
+    let ok = [("task", "celeryapp.add"), ("result", "succeeded")];
+    wait_metric(&server, "hurricane_celery_tasks_total", &ok, 1.0);
+    let failed = [("task", "celeryapp.fail"), ("result", "failed")];
+    wait_metric(&server, "hurricane_celery_tasks_total", &failed, 1.0);
+    let retried = [("task", "celeryapp.retry_once"), ("result", "retried")];
+    wait_metric(&server, "hurricane_celery_tasks_total", &retried, 1.0);
+    assert_eq!(
+        metric(
+            &server,
+            "hurricane_celery_task_duration_seconds_count",
+            &[("task", "celeryapp.add")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &server,
+            "hurricane_celery_tasks_total",
+            &[("task", "celeryapp.add"), ("result", "revoked")]
+        ),
+        Some(0.0),
+        "every result of a known task is exported"
+    );
+}
+
+#[test]
+fn a_prefork_worker_on_rabbitmq_gets_real_probes_and_task_metrics() {
+    worker_counts_tasks_from_its_prefork_children("amqp");
+}
+
+#[test]
+fn a_prefork_worker_on_redis_gets_real_probes_and_task_metrics() {
+    worker_counts_tasks_from_its_prefork_children("redis");
+}
+
+#[test]
+fn a_wedged_event_loop_fails_alive_and_recovers() {
+    let run = Run::new("wedged", "amqp");
+    let server = Server::spawn(&mut run.command(
+        &apps_dir(),
+        &["--liveness-timeout", "2"],
+        &["-A", "celeryapp", "worker", "-P", "solo"],
+    ));
+    wait_for(START_TIMEOUT, || {
+        (server.probe("/startup").status == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never started; log:\n{}", server.log.text()));
+    assert_eq!(server.probe("/alive").status, 200);
+    // The solo pool runs the task on the event loop: 6 s without a tick.
+    run.send(&apps_dir(), "celeryapp", "slow.delay(6, 'wedge')");
+    let dead = wait_for(Duration::from_secs(10), || {
+        let alive = server.probe("/alive");
+        (alive.status == 500).then(|| alive.text())
+    })
+    .unwrap_or_else(|| panic!("/alive never failed; log:\n{}", server.log.text()));
+    assert!(dead.contains("has not ticked"), "{dead}");
+    wait_for(Duration::from_secs(15), || {
+        (server.probe("/alive").status == 200).then_some(())
+    })
+    .expect("alive again once the loop ticks");
+}
+
+#[test]
+fn with_no_broker_startup_and_ready_fail_but_alive_holds_and_it_keeps_running() {
+    let mut run = Run::new("nobroker", "amqp");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    run.broker = format!("amqp://guest:guest@{}//", dead.local_addr().unwrap());
+    drop(dead);
+    let mut server = Server::spawn(&mut run.command(
+        &apps_dir(),
+        &["--liveness-timeout", "1"],
+        &["-A", "celeryapp", "worker", "-c", "1"],
+    ));
+    server.wait_started();
+    let since = Instant::now();
+    // Well past the liveness timeout: still trying, still alive.
+    while since.elapsed() < Duration::from_secs(3) {
+        assert_eq!(server.probe("/startup").status, 503);
+        assert_eq!(server.probe("/ready").status, 503);
+        assert_eq!(
+            server.probe("/alive").status,
+            200,
+            "a broker outage is not a wedge"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(server.child.try_wait().unwrap().is_none(), "still running");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(30)).is_some());
+}
+
+#[test]
+fn term_lets_the_running_task_finish_and_exits_with_celerys_code_leaving_nothing() {
+    let run = Run::new("term", "amqp");
+    let mut server = Server::spawn(&mut run.command(
+        &apps_dir(),
+        &[],
+        &["-A", "celeryapp", "worker", "-c", "2"],
+    ));
+    wait_for(START_TIMEOUT, || {
+        (server.probe("/startup").status == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never started; log:\n{}", server.log.text()));
+    run.send(&apps_dir(), "celeryapp", "slow.delay(2, 'term')");
+    wait_metric(&server, "hurricane_celery_tasks_active", &[], 1.0);
+    // Celery's processes: its main process (our worker) and its prefork children.
+    let main = server.worker_pids();
+    let mut family = main.clone();
+    for pid in &main {
+        family.extend(children(*pid));
+    }
+    assert!(family.len() >= 3, "main and 2 pool children: {family:?}");
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "Celery's warm shutdown exits 0; log:\n{}",
+        server.log.text()
+    );
+    assert!(
+        run.out.0.join("done.term").exists(),
+        "the running task finished first"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || family
+            .iter()
+            .all(|p| has_exited(*p))
+            .then_some(()))
+        .is_some(),
+        "left behind: {:?}",
+        family
+            .iter()
+            .filter(|p| !has_exited(**p))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn beat_starts_at_its_first_tick_and_counts_what_it_sends() {
+    let run = Run::new("beat", "amqp");
+    let schedule = run.out.path("beat-schedule");
+    let server = Server::spawn(&mut run.command(
+        &apps_dir(),
+        &["--liveness-timeout", "30"],
+        &["-A", "celeryapp", "beat", "-s", &schedule, "-l", "info"],
+    ));
+    wait_for(START_TIMEOUT, || {
+        (server.probe("/startup").status == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("beat never ticked; log:\n{}", server.log.text()));
+    assert_eq!(server.probe("/alive").status, 200);
+    wait_metric(
+        &server,
+        "hurricane_celery_beat_sent_total",
+        &[("entry", "every-second")],
+        2.0,
+    );
+    let last = metric(
+        &server,
+        "hurricane_celery_beat_last_tick_timestamp_seconds",
+        &[],
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - last).abs() < 30.0, "last tick {last}, now {now}");
+}
+
+#[test]
+fn a_django_project_as_the_celery_app() {
+    let run = Run::new("django", "amqp");
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/djproject");
+    let db = run.out.path("db.sqlite3");
+    let mut cmd = run.command(&project, &[], &["-A", "djsite", "worker", "-c", "1"]);
+    cmd.env("DJANGO_SETTINGS_MODULE", "djsite.settings")
+        .env("HURRICANE_TEST_DB", &db);
+    let migrate = Command::new(test_venv_python())
+        .args(["manage.py", "migrate", "--noinput"])
+        .current_dir(&project)
+        .env("DJANGO_SETTINGS_MODULE", "djsite.settings")
+        .env("HURRICANE_TEST_DB", &db)
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    let server = Server::spawn(&mut cmd);
+    wait_for(START_TIMEOUT, || {
+        (server.probe("/startup").status == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never started; log:\n{}", server.log.text()));
+    // Django's checks (a SELECT 1 on the database among them) decide /ready, as for serve.
+    assert_eq!(server.probe("/ready").status, 200);
+    run.send(&project, "djsite.celery", "count_sites.delay()");
+    wait_metric(
+        &server,
+        "hurricane_celery_tasks_total",
+        &[
+            ("task", "djsite.celery.count_sites"),
+            ("result", "succeeded"),
+        ],
+        1.0,
+    );
+}
+
+#[test]
+fn startup_and_shutdown_are_posted_as_webhooks() {
+    let run = Run::new("webhooks", "amqp");
+    let receiver = crate::webhooks::Receiver::start();
+    let mut server = Server::spawn(&mut run.command(
+        &apps_dir(),
+        &["--webhook-url", &receiver.url],
+        &["-A", "celeryapp", "worker", "-c", "1"],
+    ));
+    let started = receiver.wait_for("startup", "succeeded");
+    assert!(started["info"].as_str().unwrap().starts_with("Startup"));
+    server.signal(libc::SIGTERM);
+    receiver.wait_for("shutdown", "succeeded");
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(30)).unwrap().code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn a_missing_or_foreign_command_is_a_one_line_usage_error() {
+    for (command, says) in [
+        (
+            vec!["no-such-celery", "worker"],
+            "cannot find 'no-such-celery' on PATH",
+        ),
+        (vec!["/bin/sh", "-c", "true"], "is not a Python script"),
+        (vec!["python3", "-c", "print(1)"], "is not a Celery command"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["celery", "--"])
+            .args(&command)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {err}");
+        assert!(
+            err.lines().next().unwrap_or_default().contains(says),
+            "{command:?}: {err}"
+        );
+    }
+    let out = Command::new(BIN).arg("celery").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "no command at all");
+}
