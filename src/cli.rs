@@ -35,6 +35,12 @@ pub enum Command {
     Consume(ConsumeArgs),
     /// Run a Celery worker or beat (`-- celery -A proj worker`) with probes, metrics and PID 1 duties
     Celery(CeleryArgs),
+    /// Write the man pages and shell completions into DIR (for packagers; scripts/gen-docs)
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 /// What to run, once parsed.
@@ -42,6 +48,7 @@ pub enum Run {
     Serve(ServeArgs),
     Consume(ConsumeArgs),
     Celery(CeleryArgs),
+    GenerateDocs(PathBuf),
 }
 
 impl Cli {
@@ -51,6 +58,7 @@ impl Cli {
             Some(Command::Serve(args)) => Run::Serve(args),
             Some(Command::Consume(args)) => Run::Consume(args),
             Some(Command::Celery(args)) => Run::Celery(args),
+            Some(Command::GenerateDocs { dir }) => Run::GenerateDocs(dir),
             None => Run::Serve(self.serve),
         }
     }
@@ -60,7 +68,7 @@ impl Cli {
     pub fn into_serve(self) -> ServeArgs {
         match self.into_run() {
             Run::Serve(args) => args,
-            Run::Consume(_) | Run::Celery(_) => panic!("not serve"),
+            _ => panic!("not serve"),
         }
     }
 }
@@ -71,6 +79,7 @@ impl Run {
             Run::Serve(a) => &a.log_level,
             Run::Consume(a) => &a.log_level,
             Run::Celery(a) => &a.log_level,
+            Run::GenerateDocs(_) => "warn",
         }
     }
 
@@ -79,6 +88,7 @@ impl Run {
             Run::Serve(a) => a.log_format == "json",
             Run::Consume(a) => a.log_format == "json",
             Run::Celery(a) => a.log_format == "json",
+            Run::GenerateDocs(_) => false,
         }
     }
 
@@ -87,6 +97,7 @@ impl Run {
             Run::Serve(a) => a.log_file.as_deref(),
             Run::Consume(a) => a.log_file.as_deref(),
             Run::Celery(a) => a.log_file.as_deref(),
+            Run::GenerateDocs(_) => None,
         }
     }
 }

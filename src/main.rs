@@ -8,6 +8,7 @@ mod amqp;
 mod bind;
 mod celery;
 mod cli;
+mod docs;
 mod kind;
 mod lifecycle;
 mod logging;
@@ -248,7 +249,7 @@ fn parse_args() -> (Run, Vec<String>) {
     let first = Cli::from_arg_matches(&matches)
         .unwrap_or_else(|e| e.exit())
         .into_run();
-    if let Run::Celery(_) = first {
+    if let Run::Celery(_) | Run::GenerateDocs(_) = first {
         return (first, Vec::new()); // the Celery app has its own configuration
     }
     let (chdir, pythonpath, explicit_python, subcommand, prefixes) = match &first {
@@ -266,7 +267,7 @@ fn parse_args() -> (Run, Vec<String>) {
             "consume",
             &["HURRICANE_", "AMQP_"][..],
         ),
-        Run::Celery(_) => unreachable!("returned above"),
+        Run::Celery(_) | Run::GenerateDocs(_) => unreachable!("returned above"),
     };
     let cwd = match chdir {
         Some(dir) => std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
@@ -616,6 +617,15 @@ fn main() -> ExitCode {
         log::warn!("{warning}");
     }
     let config = match run {
+        Run::GenerateDocs(dir) => {
+            return match docs::generate(&dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the docs into '{}': {e}", dir.display());
+                    ExitCode::from(EXIT_FATAL)
+                }
+            };
+        }
         Run::Serve(args) => config(args),
         Run::Consume(args) => consume_config(args),
         Run::Celery(args) => celery_config(args),

@@ -6,6 +6,7 @@ mod celery;
 mod cli;
 mod consume;
 mod django;
+mod docs;
 mod fuzz;
 mod http;
 mod lifecycle;
