@@ -12,5 +12,6 @@ mod http;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod pip;
 mod serve;
 mod webhooks;

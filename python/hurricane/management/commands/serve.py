@@ -18,10 +18,14 @@ from django.core.management.base import BaseCommand, CommandError  # type: ignor
 
 
 def find_binary() -> Optional[str]:
-    """$HURRICANE_BINARY, else `hurricane` on PATH."""
+    """$HURRICANE_BINARY if set; else the `hurricane` that `pip install hurricane` put next to this
+    interpreter (the virtualenv's bin/, even when it is not activated); else `hurricane` on PATH."""
     explicit = os.environ.get("HURRICANE_BINARY")
     if explicit:
         return explicit if os.access(explicit, os.X_OK) else None
+    beside = os.path.join(os.path.dirname(sys.executable), "hurricane")
+    if os.access(beside, os.X_OK) and not os.path.isdir(beside):
+        return beside
     return shutil.which("hurricane")
 
 
@@ -52,8 +56,8 @@ class Command(BaseCommand):
         binary = find_binary()
         if binary is None:
             sys.stderr.write(
-                "error: cannot find the hurricane binary; put it on PATH (cargo install --path .) "
-                "or set HURRICANE_BINARY\n"
+                "error: cannot find the hurricane binary; pip install hurricane into this environment, "
+                "put it on PATH, or set HURRICANE_BINARY\n"
             )
             sys.exit(1)
         args = argv[2:]

@@ -1,0 +1,204 @@
+//! `pip install` gives the binary and the Django app (issue 13, point 1): a wheel built with maturin
+//! from this checkout, installed into a fresh virtualenv, serves the example Django project with
+//! `manage.py serve` from that virtualenv alone (target/release is not on PATH, no
+//! HURRICANE_BINARY). The wheel and the venv are cached under target/, keyed by a hash of their
+//! inputs, so the suite rebuilds them only when the sources change.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::util::*;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every file below `dir` (sorted), skipping caches.
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name == "__pycache__" || name.ends_with(".pyc") || name.ends_with(".egg-info") {
+            continue;
+        }
+        if path.is_dir() {
+            files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// A hash of everything that goes into the wheel.
+fn inputs_key() -> String {
+    let mut paths = Vec::new();
+    for name in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "pyproject.toml",
+        "build.rs",
+        "README.md",
+    ] {
+        paths.push(root().join(name));
+    }
+    files(&root().join("src"), &mut paths);
+    files(&root().join("python"), &mut paths);
+    let mut hasher = DefaultHasher::new();
+    for path in paths {
+        path.strip_prefix(root()).unwrap().hash(&mut hasher);
+        std::fs::read(&path).unwrap_or_default().hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The wheel `maturin build --release` makes of this checkout, built once per input hash.
+fn wheel(key: &str) -> PathBuf {
+    let dir = root().join("target/wheels").join(key);
+    let find = || {
+        std::fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "whl"))
+    };
+    if let Some(wheel) = find() {
+        return wheel;
+    }
+    // Only the newest wheel is kept: older keys are older sources.
+    for old in std::fs::read_dir(root().join("target/wheels"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = std::fs::remove_dir_all(old.path());
+    }
+    let tools = root().join("target/maturin-venv");
+    if !tools.join("bin/maturin").exists() {
+        run(
+            Command::new(python()).args(["-m", "venv"]).arg(&tools),
+            "python -m venv target/maturin-venv",
+        );
+        run(
+            Command::new(tools.join("bin/pip")).args([
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "maturin>=1.5,<2",
+            ]),
+            "pip install maturin",
+        );
+    }
+    run(
+        Command::new(tools.join("bin/maturin"))
+            .args(["build", "--release", "--quiet", "-o"])
+            .arg(&dir)
+            .current_dir(root()),
+        "maturin build --release",
+    );
+    find().expect("maturin wrote a wheel")
+}
+
+/// A fresh virtualenv with the wheel and Django installed: nothing else.
+fn venv(key: &str, wheel: &Path) -> PathBuf {
+    let venv = root().join("target").join(format!("pip-venv-{key}"));
+    let marker = venv.join(".installed");
+    if !marker.exists() {
+        for old in std::fs::read_dir(root().join("target"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if old.file_name().to_string_lossy().starts_with("pip-venv-") {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
+        run(
+            Command::new(python()).args(["-m", "venv"]).arg(&venv),
+            "python -m venv",
+        );
+        run(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "--disable-pip-version-check", "django"])
+                .arg(wheel),
+            "pip install the wheel",
+        );
+        std::fs::write(&marker, wheel.display().to_string()).unwrap();
+    }
+    venv
+}
+
+#[test]
+fn pip_install_gives_the_binary_and_manage_py_serve_runs_the_example_project_from_the_venv_alone() {
+    let key = inputs_key();
+    let wheel = wheel(&key);
+    let venv = venv(&key, &wheel);
+    let binary = venv.join("bin/hurricane");
+    assert!(binary.is_file(), "the wheel installs bin/hurricane");
+    let version = Command::new(&binary).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("hurricane {}", env!("CARGO_PKG_VERSION"))
+    );
+    // The venv's python imports the Django app and the TopicHandler without the binary's help.
+    run(
+        Command::new(venv.join("bin/python")).args([
+            "-c",
+            "import hurricane, hurricane.amqp.basehandler, hurricane.management.commands.serve",
+        ]),
+        "import the installed package",
+    );
+
+    let project = root().join("examples/django");
+    let data = TempDir::new("pip-example");
+    // Not activated, no target/release on PATH, no HURRICANE_BINARY: manage.py serve finds the
+    // binary next to the venv's python.
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.arg(project.join("manage.py"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--workers",
+            "1",
+        ])
+        .current_dir(&project)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("DJANGO_SETTINGS_MODULE", "mysite.settings")
+        // The project's database and collected static files go here (its settings read this).
+        .env("EXAMPLE_DATA_DIR", &data.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let server = Server::spawn(&mut cmd);
+    server.wait_started();
+    assert_eq!(server.get("/").status, 200, "log:\n{}", server.log.text());
+    assert_eq!(server.probe("/ready").status, 200);
+    let listening = server
+        .log
+        .wait_for("event=listening", Duration::ZERO)
+        .unwrap();
+    assert!(
+        listening.contains(&format!("python={}", venv.join("bin/python").display())),
+        "{listening}"
+    );
+}
