@@ -14,6 +14,7 @@ mod lifecycle;
 mod logging;
 mod master;
 mod metrics;
+mod notify;
 mod pool;
 mod prestart;
 mod probe;

@@ -31,6 +31,7 @@ use crate::celery::Celery;
 use crate::kind::Kind;
 use crate::lifecycle::ExitStatus;
 use crate::metrics::{Snapshot, Totals};
+use crate::notify;
 use crate::pool::{Action, Pool, PoolConfig, Signal, WorkerId};
 use crate::prestart;
 use crate::probe::{self, ProbeConfig};
@@ -235,6 +236,8 @@ struct Master {
     check_in_flight: Option<Instant>,
     /// Round robin over ready workers for check requests.
     check_turn: usize,
+    /// systemd's $NOTIFY_SOCKET (Type=notify), if any.
+    notify: Option<std::os::unix::net::SocketAddr>,
 }
 
 impl Master {
@@ -578,6 +581,14 @@ impl Master {
         if let Some(celery) = &self.celery {
             celery.judge(&mut health, Instant::now());
         }
+        if let Some(target) = &self.notify {
+            if health.is_started() && !self.published.0.is_started() {
+                notify::send(target, "READY=1");
+            }
+            if health.stopping && !self.published.0.stopping {
+                notify::send(target, "STOPPING=1");
+            }
+        }
         let now = (health, self.metrics());
         if now == self.published {
             self.shared.loop_tick();
@@ -769,6 +780,7 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
         published: (Health::default(), Snapshot::default()),
         check_in_flight: None,
         check_turn: 0,
+        notify: notify::socket(),
     };
     let code = master.run(signals);
     master.publish();

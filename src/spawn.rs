@@ -24,7 +24,13 @@ const CHILD_FDS: usize = 3;
 const CONTROL_PIPE_BYTES: i32 = 1 << 20;
 /// Variables of socket activation meant for the master alone; a child that saw them would think
 /// the sockets were its own.
-pub const SOCKET_ACTIVATION_VARS: [&str; 3] = ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+/// `NOTIFY_SOCKET` too: only the master tells systemd it is ready.
+pub const SOCKET_ACTIVATION_VARS: [&str; 4] = [
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+];
 
 /// How to start one process of a kind (see `kind`): the program, its arguments, and the first
 /// bytes written to its control pipe.

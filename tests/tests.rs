@@ -14,4 +14,5 @@ mod logs;
 mod metrics;
 mod pip;
 mod serve;
+mod systemd;
 mod webhooks;
