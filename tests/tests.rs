@@ -5,6 +5,7 @@ mod util;
 mod celery;
 mod cli;
 mod consume;
+mod contrib;
 mod django;
 mod docs;
 mod fuzz;

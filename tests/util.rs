@@ -588,6 +588,8 @@ pub fn test_venv_python() -> PathBuf {
             "django",
             "pika",
             "celery[redis]",
+            "dockerfile",
+            "kubernetes-validate",
             "-e",
             local.as_str(),
         ];
