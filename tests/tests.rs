@@ -16,4 +16,5 @@ mod metrics;
 mod pip;
 mod serve;
 mod systemd;
+mod template;
 mod webhooks;
