@@ -649,6 +649,11 @@ impl Pool {
 
     /// SIGHUP: roll out a new generation, slot by slot; a HUP during a reload restarts it.
     pub fn reload(&mut self, now: Instant) {
+        if self.rules.service_ends_with_process() {
+            // The process is the service: a second one beside it would be another service.
+            log::info!("event=reload_ignored reason=\"a supervised command is not reloaded\"");
+            return;
+        }
         match self.phase {
             Phase::Starting => {
                 log::info!("event=reload_deferred reason=starting");
@@ -694,6 +699,10 @@ impl Pool {
     /// SIGTTIN (+1) / SIGTTOU (-1): change the pool size, never below one.
     pub fn scale(&mut self, up: bool, now: Instant) {
         if !matches!(self.phase, Phase::Running | Phase::Starting) {
+            return;
+        }
+        if self.rules.service_ends_with_process() {
+            log::info!("event=scale_ignored reason=\"a supervised command is one process\"");
             return;
         }
         if up {
@@ -1765,5 +1774,16 @@ mod tests {
         assert_eq!(h.signals, vec![(100, Signal::Term), (100, Signal::Quit)]);
         h.advance(Duration::from_millis(FAST_SHUTDOWN_GRACE_MS));
         assert_eq!(h.signals.last(), Some(&(100, Signal::Kill)));
+    }
+
+    #[test]
+    fn a_command_kind_is_never_reloaded_or_scaled_into_a_second_process() {
+        let mut h = Harness::of(1, Rc::new(Command));
+        ready(&mut h, 100);
+        h.pool.reload(h.now);
+        h.pool.scale(true, h.now);
+        h.run();
+        assert_eq!(h.alive, vec![100]);
+        assert!(h.signals.is_empty());
     }
 }
