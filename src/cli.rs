@@ -74,29 +74,12 @@ impl Cli {
 }
 
 impl Run {
-    pub fn log_level(&self) -> &str {
+    /// hurricane's own log settings (defaults for generate-docs, which logs nothing).
+    pub fn log(&self) -> Option<&LogArgs> {
         match self {
-            Run::Serve(a) => &a.log_level,
-            Run::Consume(a) => &a.log_level,
-            Run::Celery(a) => &a.log_level,
-            Run::GenerateDocs(_) => "warn",
-        }
-    }
-
-    pub fn log_json(&self) -> bool {
-        match self {
-            Run::Serve(a) => a.log_format == "json",
-            Run::Consume(a) => a.log_format == "json",
-            Run::Celery(a) => a.log_format == "json",
-            Run::GenerateDocs(_) => false,
-        }
-    }
-
-    pub fn log_file(&self) -> Option<&std::path::Path> {
-        match self {
-            Run::Serve(a) => a.log_file.as_deref(),
-            Run::Consume(a) => a.log_file.as_deref(),
-            Run::Celery(a) => a.log_file.as_deref(),
+            Run::Serve(a) => Some(&a.log),
+            Run::Consume(a) => Some(&a.log),
+            Run::Celery(a) => Some(&a.log),
             Run::GenerateDocs(_) => None,
         }
     }
@@ -243,38 +226,6 @@ pub struct ConsumeArgs {
     )]
     pub probe_port: u16,
 
-    /// Path of the startup probe
-    #[arg(long, env = "HURRICANE_STARTUP_PROBE", value_name = "PATH", default_value = "/startup", value_parser = probe_path)]
-    pub startup_probe: String,
-
-    /// Path of the readiness probe
-    #[arg(long, env = "HURRICANE_READINESS_PROBE", value_name = "PATH", default_value = "/ready", value_parser = probe_path)]
-    pub readiness_probe: String,
-
-    /// Path of the liveness probe (`--probe` is the same option)
-    #[arg(long, alias = "probe", env = "HURRICANE_LIVENESS_PROBE", value_name = "PATH", default_value = "/alive", value_parser = probe_path)]
-    pub liveness_probe: String,
-
-    /// Path of the Prometheus metrics on the probe port
-    #[arg(long, env = "HURRICANE_METRICS", value_name = "PATH", default_value = "/metrics", value_parser = probe_path)]
-    pub metrics: String,
-
-    /// Do not serve metrics
-    #[arg(long, env = "HURRICANE_NO_METRICS", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
-    pub no_metrics: bool,
-
-    /// Do not run the probe server
-    #[arg(long, env = "HURRICANE_NO_PROBE", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
-    pub no_probe: bool,
-
-    /// Seconds a Django check result answers probes before the next probe asks for a fresh one
-    #[arg(long, env = "HURRICANE_CHECK_INTERVAL", value_name = "S", default_value = "5", value_parser = seconds)]
-    pub check_interval: Duration,
-
-    /// Show failing checks' messages in probe answers
-    #[arg(long, env = "HURRICANE_DEBUG", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
-    pub debug: bool,
-
     /// Seconds a stopping worker gets to finish its message before it is killed
     #[arg(long, env = "HURRICANE_GRACEFUL_TIMEOUT", value_name = "S", default_value = "30", value_parser = seconds)]
     pub graceful_timeout: Duration,
@@ -297,22 +248,11 @@ pub struct ConsumeArgs {
     #[arg(long, env = "HURRICANE_WEBHOOK_URL", value_name = "URL", value_delimiter = ',', value_parser = webhook_url)]
     pub webhook_url: Vec<String>,
 
-    /// Log format: text (key=value) or json (one object per line)
-    #[arg(long, env = "HURRICANE_LOG_FORMAT", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
 
-    /// Write the master's and the workers' log lines to this file (SIGUSR1 reopens it)
-    #[arg(long, env = "HURRICANE_LOG_FILE", value_name = "PATH")]
-    pub log_file: Option<PathBuf>,
-
-    /// Log probe requests too
-    #[arg(long, env = "HURRICANE_LOG_PROBES", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
-    pub log_probes: bool,
-
-    /// Log level: error, warn, info, debug or trace
-    #[arg(long, env = "HURRICANE_LOG_LEVEL", value_name = "LEVEL", default_value = "info",
-          value_parser = ["error", "warn", "info", "debug", "trace"])]
-    pub log_level: String,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -366,6 +306,63 @@ fn probe_path(s: &str) -> Result<String, String> {
             "'{s}' is not a path: it must start with '/' and contain no spaces"
         ))
     }
+}
+
+/// The probe server's paths and switches, the same for every command.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// Path of the startup probe
+    #[arg(long, env = "HURRICANE_STARTUP_PROBE", value_name = "PATH", default_value = "/startup", value_parser = probe_path)]
+    pub startup_probe: String,
+
+    /// Path of the readiness probe
+    #[arg(long, env = "HURRICANE_READINESS_PROBE", value_name = "PATH", default_value = "/ready", value_parser = probe_path)]
+    pub readiness_probe: String,
+
+    /// Path of the liveness probe (`--probe` is the same option)
+    #[arg(long, alias = "probe", env = "HURRICANE_LIVENESS_PROBE", value_name = "PATH", default_value = "/alive", value_parser = probe_path)]
+    pub liveness_probe: String,
+
+    /// Path of the Prometheus metrics on the probe port
+    #[arg(long, env = "HURRICANE_METRICS", value_name = "PATH", default_value = "/metrics", value_parser = probe_path)]
+    pub metrics: String,
+
+    /// Do not serve metrics
+    #[arg(long, env = "HURRICANE_NO_METRICS", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub no_metrics: bool,
+
+    /// Do not run the probe server
+    #[arg(long, env = "HURRICANE_NO_PROBE", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub no_probe: bool,
+
+    /// Seconds a Django check result answers probes before the next probe asks for a fresh one
+    #[arg(long, env = "HURRICANE_CHECK_INTERVAL", value_name = "S", default_value = "5", value_parser = seconds)]
+    pub check_interval: Duration,
+
+    /// Show failing checks' messages in probe answers (they may name hosts or settings)
+    #[arg(long, env = "HURRICANE_DEBUG", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub debug: bool,
+}
+
+/// hurricane's own log lines, the same for every command.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log format of hurricane's lines (master and workers): text (key=value) or json (one object per line)
+    #[arg(long, env = "HURRICANE_LOG_FORMAT", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    /// Write hurricane's log lines (master and workers) to this file (SIGUSR1 reopens it)
+    #[arg(long, env = "HURRICANE_LOG_FILE", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// Log probe requests too (they are not logged otherwise)
+    #[arg(long, env = "HURRICANE_LOG_PROBES", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub log_probes: bool,
+
+    /// Log level: error, warn, info, debug or trace
+    #[arg(long, env = "HURRICANE_LOG_LEVEL", value_name = "LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -434,41 +431,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HURRICANE_PROBE_PORT", value_name = "PORT")]
     pub probe_port: Option<u16>,
 
-    /// Path of the startup probe
-    #[arg(long, env = "HURRICANE_STARTUP_PROBE", value_name = "PATH", default_value = "/startup", value_parser = probe_path)]
-    pub startup_probe: String,
-
-    /// Path of the readiness probe
-    #[arg(long, env = "HURRICANE_READINESS_PROBE", value_name = "PATH", default_value = "/ready", value_parser = probe_path)]
-    pub readiness_probe: String,
-
-    /// Path of the liveness probe (`--probe` is the same option)
-    #[arg(long, alias = "probe", env = "HURRICANE_LIVENESS_PROBE", value_name = "PATH", default_value = "/alive", value_parser = probe_path)]
-    pub liveness_probe: String,
-
-    /// Path of the Prometheus metrics on the probe port
-    #[arg(long, env = "HURRICANE_METRICS", value_name = "PATH", default_value = "/metrics", value_parser = probe_path)]
-    pub metrics: String,
-
-    /// Do not serve metrics
-    #[arg(long, env = "HURRICANE_NO_METRICS", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
-    pub no_metrics: bool,
-
     /// /ready answers 503 while the kernel's accept queue holds this many connections or more
     #[arg(long, env = "HURRICANE_REQ_QUEUE_LEN", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub req_queue_len: Option<u32>,
-
-    /// Seconds a Django check result answers probes before the next probe asks for a fresh one
-    #[arg(long, env = "HURRICANE_CHECK_INTERVAL", value_name = "S", default_value = "5", value_parser = seconds)]
-    pub check_interval: Duration,
-
-    /// Show failing checks' messages in probe answers (they may name hosts or settings)
-    #[arg(long, env = "HURRICANE_DEBUG", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
-    pub debug: bool,
-
-    /// Do not run the probe server
-    #[arg(long, env = "HURRICANE_NO_PROBE", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
-    pub no_probe: bool,
 
     /// Seconds a stopping worker gets to finish its requests before it is killed
     #[arg(long, env = "HURRICANE_GRACEFUL_TIMEOUT", value_name = "S", default_value = "30", value_parser = seconds)]
@@ -648,22 +613,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HURRICANE_ACCESS_LOG", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
     pub access_log: bool,
 
-    /// Log format of the master and the access log: text (key=value) or json (one object per line)
-    #[arg(long, env = "HURRICANE_LOG_FORMAT", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
 
-    /// Write the master's log and the workers' access/error lines to this file (SIGUSR1 reopens it)
-    #[arg(long, env = "HURRICANE_LOG_FILE", value_name = "PATH")]
-    pub log_file: Option<PathBuf>,
-
-    /// Log probe requests too (they are not logged otherwise)
-    #[arg(long, env = "HURRICANE_LOG_PROBES", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
-    pub log_probes: bool,
-
-    /// Log level: error, warn, info, debug or trace
-    #[arg(long, env = "HURRICANE_LOG_LEVEL", value_name = "LEVEL", default_value = "info",
-          value_parser = ["error", "warn", "info", "debug", "trace"])]
-    pub log_level: String,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// `hurricane celery [OPTIONS] -- COMMAND...`: the user's Celery command, as given, under hurricane's
@@ -714,58 +668,15 @@ pub struct CeleryArgs {
     )]
     pub probe_port: u16,
 
-    /// Path of the startup probe
-    #[arg(long, env = "HURRICANE_STARTUP_PROBE", value_name = "PATH", default_value = "/startup", value_parser = probe_path)]
-    pub startup_probe: String,
-
-    /// Path of the readiness probe
-    #[arg(long, env = "HURRICANE_READINESS_PROBE", value_name = "PATH", default_value = "/ready", value_parser = probe_path)]
-    pub readiness_probe: String,
-
-    /// Path of the liveness probe (`--probe` is the same option)
-    #[arg(long, alias = "probe", env = "HURRICANE_LIVENESS_PROBE", value_name = "PATH", default_value = "/alive", value_parser = probe_path)]
-    pub liveness_probe: String,
-
-    /// Path of the Prometheus metrics on the probe port
-    #[arg(long, env = "HURRICANE_METRICS", value_name = "PATH", default_value = "/metrics", value_parser = probe_path)]
-    pub metrics: String,
-
-    /// Do not serve metrics
-    #[arg(long, env = "HURRICANE_NO_METRICS", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
-    pub no_metrics: bool,
-
-    /// Do not run the probe server
-    #[arg(long, env = "HURRICANE_NO_PROBE", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
-    pub no_probe: bool,
-
-    /// Seconds a Django check result answers probes before the next probe asks for a fresh one
-    #[arg(long, env = "HURRICANE_CHECK_INTERVAL", value_name = "S", default_value = "5", value_parser = seconds)]
-    pub check_interval: Duration,
-
-    /// Show failing checks' messages in probe answers
-    #[arg(long, env = "HURRICANE_DEBUG", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
-    pub debug: bool,
-
     /// POST a JSON event here on startup, readiness/liveness changes and shutdown (repeatable)
     #[arg(long, env = "HURRICANE_WEBHOOK_URL", value_name = "URL", value_delimiter = ',', value_parser = webhook_url)]
     pub webhook_url: Vec<String>,
 
-    /// Log format of hurricane's own lines: text (key=value) or json (Celery logs as it is configured)
-    #[arg(long, env = "HURRICANE_LOG_FORMAT", value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[command(flatten)]
+    pub probes: ProbeArgs,
 
-    /// Write hurricane's own log lines to this file (SIGUSR1 reopens it)
-    #[arg(long, env = "HURRICANE_LOG_FILE", value_name = "PATH")]
-    pub log_file: Option<PathBuf>,
-
-    /// Log probe requests too
-    #[arg(long, env = "HURRICANE_LOG_PROBES", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
-    pub log_probes: bool,
-
-    /// Log level of hurricane's own lines: error, warn, info, debug or trace
-    #[arg(long, env = "HURRICANE_LOG_LEVEL", value_name = "LEVEL", default_value = "info",
-          value_parser = ["error", "warn", "info", "debug", "trace"])]
-    pub log_level: String,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 #[cfg(test)]
@@ -796,7 +707,7 @@ mod tests {
     #[test]
     fn probe_is_an_alias_of_liveness_probe() {
         let args = parse(&["-w", "a", "--probe", "/healthz"]).unwrap();
-        assert_eq!(args.liveness_probe, "/healthz");
+        assert_eq!(args.probes.liveness_probe, "/healthz");
     }
 
     #[test]
@@ -806,6 +717,6 @@ mod tests {
         assert!(parse(&["-w", "a", "--readiness-probe", "ready"]).is_err());
         let args = parse(&["-w", "a", "--graceful-timeout", "0.5", "--no-probe"]).unwrap();
         assert_eq!(args.graceful_timeout, Duration::from_millis(500));
-        assert!(args.no_probe);
+        assert!(args.probes.no_probe);
     }
 }

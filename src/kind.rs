@@ -13,7 +13,7 @@
 //! own command with our hooks in it (`celery`).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::pool::{Rules, Signal, WorkerId};
 use crate::spawn::Launch;
@@ -28,6 +28,26 @@ pub trait Kind: Rules {
     /// Whether SIGUSR1 (reopen --log-file) is passed on to its processes.
     fn forwards_log_reopen(&self) -> bool {
         true
+    }
+}
+
+/// Our embedded worker in `python`, set up by `config` (its mode says HTTP, AMQP or Celery): stage
+/// one on the command line, the rest down the control pipe.
+fn embedded_worker(
+    python: &Path,
+    config: &WorkerConfig,
+    worker: WorkerId,
+    generation: u64,
+) -> Launch {
+    Launch {
+        program: python.to_path_buf(),
+        // The last argument is only for `ps`: it names the worker.
+        args: vec![
+            OsString::from("-c"),
+            OsString::from(worker::STAGE_ONE),
+            OsString::from(format!("hurricane-worker-{worker}")),
+        ],
+        bootstrap: worker::bootstrap(config, worker, generation),
     }
 }
 
@@ -46,16 +66,7 @@ impl Kind for Http {
     }
 
     fn launch(&self, worker: WorkerId, generation: u64) -> Launch {
-        Launch {
-            program: self.python.clone(),
-            // The last argument is only for `ps`: it names the worker.
-            args: vec![
-                OsString::from("-c"),
-                OsString::from(worker::STAGE_ONE),
-                OsString::from(format!("hurricane-worker-{worker}")),
-            ],
-            bootstrap: worker::bootstrap(&self.config, worker, generation),
-        }
+        embedded_worker(&self.python, &self.config, worker, generation)
     }
 }
 
@@ -76,15 +87,7 @@ impl Kind for AmqpHandler {
     }
 
     fn launch(&self, worker: WorkerId, generation: u64) -> Launch {
-        Launch {
-            program: self.python.clone(),
-            args: vec![
-                OsString::from("-c"),
-                OsString::from(worker::STAGE_ONE),
-                OsString::from(format!("hurricane-worker-{worker}")),
-            ],
-            bootstrap: worker::bootstrap(&self.config, worker, generation),
-        }
+        embedded_worker(&self.python, &self.config, worker, generation)
     }
 }
 
@@ -114,15 +117,7 @@ impl Kind for Command {
     }
 
     fn launch(&self, worker: WorkerId, generation: u64) -> Launch {
-        Launch {
-            program: self.python.clone(),
-            args: vec![
-                OsString::from("-c"),
-                OsString::from(worker::STAGE_ONE),
-                OsString::from(format!("hurricane-worker-{worker}")),
-            ],
-            bootstrap: worker::bootstrap(&self.config, worker, generation),
-        }
+        embedded_worker(&self.python, &self.config, worker, generation)
     }
 
     /// Celery uses SIGUSR1 itself (it dumps tracebacks): hurricane's log reopen is not forwarded.

@@ -111,6 +111,29 @@ fn check_process_limit(workers: usize) -> Result<(), Usage> {
     Ok(())
 }
 
+/// The probe server's settings; None with --no-probe.
+fn probe_config(
+    probes: &cli::ProbeArgs,
+    port: Option<u16>,
+    req_queue_len: Option<u32>,
+    log_probes: bool,
+) -> Option<ProbeConfig> {
+    (!probes.no_probe).then(|| ProbeConfig {
+        port,
+        paths: Paths {
+            startup: probes.startup_probe.clone(),
+            ready: probes.readiness_probe.clone(),
+            alive: probes.liveness_probe.clone(),
+        },
+        metrics: (!probes.no_metrics).then(|| probes.metrics.clone()),
+        log_probes,
+        check_interval: probes.check_interval,
+        debug: probes.debug,
+        req_queue_len,
+        listen_fd: -1,
+    })
+}
+
 fn config(args: ServeArgs) -> Result<master::Config, Usage> {
     let python = python(&args.python);
     if let Some(dir) = &args.chdir {
@@ -182,8 +205,8 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
         http: serde_json::json!({
             "threads": args.threads,
             "access_log": args.access_log,
-            "log_format": args.log_format,
-            "log_file": args.log_file.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+            "log_format": args.log.log_format,
+            "log_file": args.log.log_file.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
             "limit_request_line": args.limit_request_line,
             "limit_request_fields": args.limit_request_fields,
             "limit_request_field_size": args.limit_request_field_size,
@@ -208,20 +231,12 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             config: worker,
         }),
         app,
-        probe: (!args.no_probe).then_some(ProbeConfig {
-            port: args.probe_port,
-            paths: Paths {
-                startup: args.startup_probe,
-                ready: args.readiness_probe,
-                alive: args.liveness_probe,
-            },
-            metrics: (!args.no_metrics).then_some(args.metrics),
-            log_probes: args.log_probes,
-            check_interval: args.check_interval,
-            debug: args.debug,
-            req_queue_len: args.req_queue_len,
-            listen_fd: -1,
-        }),
+        probe: probe_config(
+            &args.probes,
+            args.probe_port,
+            args.req_queue_len,
+            args.log.log_probes,
+        ),
         pool: PoolConfig {
             size: workers,
             boot_timeout: args.boot_timeout,
@@ -374,8 +389,8 @@ fn consume_config(args: ConsumeArgs) -> Result<master::Config, Usage> {
         autoreload: args.autoreload,
         workers,
         http: serde_json::json!({
-            "log_format": args.log_format,
-            "log_file": args.log_file.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+            "log_format": args.log.log_format,
+            "log_file": args.log.log_file.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
         }),
         // What a TopicHandler's constructor is given, as in django-hurricane.
         mode: Mode::Amqp(serde_json::json!({
@@ -416,20 +431,12 @@ fn consume_config(args: ConsumeArgs) -> Result<master::Config, Usage> {
             config: worker,
         }),
         app: handler,
-        probe: (!args.no_probe).then_some(ProbeConfig {
-            port: Some(args.probe_port),
-            paths: Paths {
-                startup: args.startup_probe,
-                ready: args.readiness_probe,
-                alive: args.liveness_probe,
-            },
-            metrics: (!args.no_metrics).then_some(args.metrics),
-            log_probes: args.log_probes,
-            check_interval: args.check_interval,
-            debug: args.debug,
-            req_queue_len: None,
-            listen_fd: -1,
-        }),
+        probe: probe_config(
+            &args.probes,
+            Some(args.probe_port),
+            None,
+            args.log.log_probes,
+        ),
         pool: PoolConfig {
             size: workers,
             boot_timeout: args.boot_timeout,
@@ -570,20 +577,12 @@ fn celery_config(args: CeleryArgs) -> Result<master::Config, Usage> {
             config: worker,
         }),
         app: display,
-        probe: (!args.no_probe).then_some(ProbeConfig {
-            port: Some(args.probe_port),
-            paths: Paths {
-                startup: args.startup_probe,
-                ready: args.readiness_probe,
-                alive: args.liveness_probe,
-            },
-            metrics: (!args.no_metrics).then_some(args.metrics),
-            log_probes: args.log_probes,
-            check_interval: args.check_interval,
-            debug: args.debug,
-            req_queue_len: None,
-            listen_fd: -1,
-        }),
+        probe: probe_config(
+            &args.probes,
+            Some(args.probe_port),
+            None,
+            args.log.log_probes,
+        ),
         pool: PoolConfig {
             size: 1,
             // Our hooks report in at once; Celery's own start is judged by worker_ready.
@@ -609,8 +608,16 @@ fn celery_config(args: CeleryArgs) -> Result<master::Config, Usage> {
 
 fn main() -> ExitCode {
     let (run, warnings) = parse_args();
-    if let Err(e) = logging::init(run.log_level(), run.log_json(), run.log_file()) {
-        let path = run.log_file().unwrap_or(Path::new("")).display();
+    let (level, json, file) = match run.log() {
+        Some(log) => (
+            log.log_level.as_str(),
+            log.log_format == "json",
+            log.log_file.as_deref(),
+        ),
+        None => ("warn", false, None),
+    };
+    if let Err(e) = logging::init(level, json, file) {
+        let path = file.unwrap_or(Path::new("")).display();
         eprintln!("error: cannot open --log-file '{path}': {e}");
         return ExitCode::from(EXIT_USAGE);
     }

@@ -53,7 +53,7 @@ _hurricane() {
 
     case "${cmd}" in
         hurricane)
-            opts="-w -h -V --wsgi --bind --port --workers --python --chdir --pythonpath --backlog --probe-port --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --req-queue-len --check-interval --debug --no-probe --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --log-format --log-file --log-probes --log-level --help --version serve consume celery generate-docs help"
+            opts="-w -h -V --wsgi --bind --port --workers --python --chdir --pythonpath --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help --version serve consume celery generate-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -99,27 +99,7 @@ _hurricane() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --startup-probe)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --readiness-probe)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --liveness-probe)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --metrics)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --req-queue-len)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --check-interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -219,6 +199,26 @@ _hurricane() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --startup-probe)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --readiness-probe)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --liveness-probe)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --check-interval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
@@ -239,7 +239,7 @@ _hurricane() {
             return 0
             ;;
         hurricane__subcmd__celery)
-            opts="-h --liveness-timeout --python --chdir --pythonpath --graceful-timeout --bind --probe-port --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --webhook-url --log-format --log-file --log-probes --log-level --help"
+            opts="-h --liveness-timeout --python --chdir --pythonpath --graceful-timeout --bind --probe-port --webhook-url --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -273,6 +273,10 @@ _hurricane() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --webhook-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --startup-probe)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -290,10 +294,6 @@ _hurricane() {
                     return 0
                     ;;
                 --check-interval)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --webhook-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -317,7 +317,7 @@ _hurricane() {
             return 0
             ;;
         hurricane__subcmd__consume)
-            opts="-h --queue --exchange --amqp-host --amqp-port --amqp-vhost --amqp-user --amqp-password --amqp-url --routing-key --durable --prefetch --reconnect --reconnect-timeout --workers --python --chdir --pythonpath --bind --probe-port --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --graceful-timeout --boot-timeout --timeout --autoreload --webhook-url --log-format --log-file --log-probes --log-level --help"
+            opts="-h --queue --exchange --amqp-host --amqp-port --amqp-vhost --amqp-user --amqp-password --amqp-url --routing-key --durable --prefetch --reconnect --reconnect-timeout --workers --python --chdir --pythonpath --bind --probe-port --graceful-timeout --boot-timeout --timeout --autoreload --webhook-url --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -391,6 +391,22 @@ _hurricane() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --graceful-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --boot-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --webhook-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --startup-probe)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -408,22 +424,6 @@ _hurricane() {
                     return 0
                     ;;
                 --check-interval)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --graceful-timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --boot-timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --webhook-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -545,7 +545,7 @@ _hurricane() {
             return 0
             ;;
         hurricane__subcmd__serve)
-            opts="-w -h --wsgi --bind --port --workers --python --chdir --pythonpath --backlog --probe-port --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --req-queue-len --check-interval --debug --no-probe --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --log-format --log-file --log-probes --log-level --help"
+            opts="-w -h --wsgi --bind --port --workers --python --chdir --pythonpath --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -591,27 +591,7 @@ _hurricane() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --startup-probe)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --readiness-probe)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --liveness-probe)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --metrics)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --req-queue-len)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --check-interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -708,6 +688,26 @@ _hurricane() {
                     return 0
                     ;;
                 --webhook-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --startup-probe)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --readiness-probe)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --liveness-probe)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --check-interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_hurricane_global_optspecs
-    string join \n w/wsgi= bind= port= workers= python= chdir= pythonpath= backlog= probe-port= startup-probe= readiness-probe= liveness-probe= metrics= no-metrics req-queue-len= check-interval= debug no-probe graceful-timeout= shutdown-delay= boot-timeout= keep-alive= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log log-format= log-file= log-probes log-level= h/help V/version
+    string join \n w/wsgi= bind= port= workers= python= chdir= pythonpath= backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= h/help V/version
 end
 
 function __fish_hurricane_needs_command
@@ -33,12 +33,7 @@ complete -c hurricane -n "__fish_hurricane_needs_command" -l chdir -d 'Change to
 complete -c hurricane -n "__fish_hurricane_needs_command" -l pythonpath -d 'Directory to put first on the workers\' sys.path (repeatable; in the environment, \':\'-separated)' -r -F
 complete -c hurricane -n "__fish_hurricane_needs_command" -l backlog -d 'Listen backlog: connections the kernel queues while every worker is busy' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l probe-port -d 'Port of the probe server [default: --port + 1]' -r
-complete -c hurricane -n "__fish_hurricane_needs_command" -l startup-probe -d 'Path of the startup probe' -r
-complete -c hurricane -n "__fish_hurricane_needs_command" -l readiness-probe -d 'Path of the readiness probe' -r
-complete -c hurricane -n "__fish_hurricane_needs_command" -l liveness-probe -d 'Path of the liveness probe (`--probe` is the same option)' -r
-complete -c hurricane -n "__fish_hurricane_needs_command" -l metrics -d 'Path of the Prometheus metrics on the probe port' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l req-queue-len -d '/ready answers 503 while the kernel\'s accept queue holds this many connections or more' -r
-complete -c hurricane -n "__fish_hurricane_needs_command" -l check-interval -d 'Seconds a Django check result answers probes before the next probe asks for a fresh one' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l graceful-timeout -d 'Seconds a stopping worker gets to finish its requests before it is killed' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l shutdown-delay -d 'Seconds to keep serving after SIGTERM (with /ready failing) before workers drain' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l boot-timeout -d 'Seconds a worker may take to import the app and report ready' -r
@@ -63,23 +58,28 @@ complete -c hurricane -n "__fish_hurricane_needs_command" -l reload-dir -d 'With
 complete -c hurricane -n "__fish_hurricane_needs_command" -l reload-include -d 'With --autoreload, file names that count as changes (repeatable) [default: *.py]' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l reload-exclude -d 'With --autoreload, file names that never count (repeatable; __pycache__, *.pyc, .git and editor temp files never count anyway)' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l webhook-url -d 'POST a JSON event here on startup, readiness/liveness changes, reloads, shutdown and worker restarts (repeatable; in the environment, \',\'-separated)' -r
-complete -c hurricane -n "__fish_hurricane_needs_command" -l log-format -d 'Log format of the master and the access log: text (key=value) or json (one object per line)' -r -f -a "text\t''
+complete -c hurricane -n "__fish_hurricane_needs_command" -l startup-probe -d 'Path of the startup probe' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l readiness-probe -d 'Path of the readiness probe' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l liveness-probe -d 'Path of the liveness probe (`--probe` is the same option)' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l metrics -d 'Path of the Prometheus metrics on the probe port' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l check-interval -d 'Seconds a Django check result answers probes before the next probe asks for a fresh one' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l log-format -d 'Log format of hurricane\'s lines (master and workers): text (key=value) or json (one object per line)' -r -f -a "text\t''
 json\t''"
-complete -c hurricane -n "__fish_hurricane_needs_command" -l log-file -d 'Write the master\'s log and the workers\' access/error lines to this file (SIGUSR1 reopens it)' -r -F
+complete -c hurricane -n "__fish_hurricane_needs_command" -l log-file -d 'Write hurricane\'s log lines (master and workers) to this file (SIGUSR1 reopens it)' -r -F
 complete -c hurricane -n "__fish_hurricane_needs_command" -l log-level -d 'Log level: error, warn, info, debug or trace' -r -f -a "error\t''
 warn\t''
 info\t''
 debug\t''
 trace\t''"
-complete -c hurricane -n "__fish_hurricane_needs_command" -l no-metrics -d 'Do not serve metrics'
-complete -c hurricane -n "__fish_hurricane_needs_command" -l debug -d 'Show failing checks\' messages in probe answers (they may name hosts or settings)'
-complete -c hurricane -n "__fish_hurricane_needs_command" -l no-probe -d 'Do not run the probe server'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l check-migrations -d 'Before the workers start, wait (polling) until the database answers and no migration is pending'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l check-migrations-apply -d 'Before the workers start, apply pending migrations (migrate --noinput) instead of waiting'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l static -d 'Serve static files at --static-url from --static-root (or Django\'s STATIC_URL/STATIC_ROOT)'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l media -d 'Serve uploaded media at --media-url from --media-root (or Django\'s MEDIA_URL/MEDIA_ROOT)'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l autoreload -d 'Reload when a source file of the app changes (development)'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l access-log -d 'Log one line per request (remote, method, path, status, size, duration, worker)'
+complete -c hurricane -n "__fish_hurricane_needs_command" -l no-metrics -d 'Do not serve metrics'
+complete -c hurricane -n "__fish_hurricane_needs_command" -l no-probe -d 'Do not run the probe server'
+complete -c hurricane -n "__fish_hurricane_needs_command" -l debug -d 'Show failing checks\' messages in probe answers (they may name hosts or settings)'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l log-probes -d 'Log probe requests too (they are not logged otherwise)'
 complete -c hurricane -n "__fish_hurricane_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c hurricane -n "__fish_hurricane_needs_command" -s V -l version -d 'Print version'
@@ -97,12 +97,7 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l chdir -d '
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l pythonpath -d 'Directory to put first on the workers\' sys.path (repeatable; in the environment, \':\'-separated)' -r -F
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l backlog -d 'Listen backlog: connections the kernel queues while every worker is busy' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l probe-port -d 'Port of the probe server [default: --port + 1]' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l startup-probe -d 'Path of the startup probe' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l readiness-probe -d 'Path of the readiness probe' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l liveness-probe -d 'Path of the liveness probe (`--probe` is the same option)' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l metrics -d 'Path of the Prometheus metrics on the probe port' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l req-queue-len -d '/ready answers 503 while the kernel\'s accept queue holds this many connections or more' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l check-interval -d 'Seconds a Django check result answers probes before the next probe asks for a fresh one' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l graceful-timeout -d 'Seconds a stopping worker gets to finish its requests before it is killed' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l shutdown-delay -d 'Seconds to keep serving after SIGTERM (with /ready failing) before workers drain' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l boot-timeout -d 'Seconds a worker may take to import the app and report ready' -r
@@ -127,23 +122,28 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l reload-dir
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l reload-include -d 'With --autoreload, file names that count as changes (repeatable) [default: *.py]' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l reload-exclude -d 'With --autoreload, file names that never count (repeatable; __pycache__, *.pyc, .git and editor temp files never count anyway)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l webhook-url -d 'POST a JSON event here on startup, readiness/liveness changes, reloads, shutdown and worker restarts (repeatable; in the environment, \',\'-separated)' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l log-format -d 'Log format of the master and the access log: text (key=value) or json (one object per line)' -r -f -a "text\t''
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l startup-probe -d 'Path of the startup probe' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l readiness-probe -d 'Path of the readiness probe' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l liveness-probe -d 'Path of the liveness probe (`--probe` is the same option)' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l metrics -d 'Path of the Prometheus metrics on the probe port' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l check-interval -d 'Seconds a Django check result answers probes before the next probe asks for a fresh one' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l log-format -d 'Log format of hurricane\'s lines (master and workers): text (key=value) or json (one object per line)' -r -f -a "text\t''
 json\t''"
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l log-file -d 'Write the master\'s log and the workers\' access/error lines to this file (SIGUSR1 reopens it)' -r -F
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l log-file -d 'Write hurricane\'s log lines (master and workers) to this file (SIGUSR1 reopens it)' -r -F
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l log-level -d 'Log level: error, warn, info, debug or trace' -r -f -a "error\t''
 warn\t''
 info\t''
 debug\t''
 trace\t''"
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l no-metrics -d 'Do not serve metrics'
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l debug -d 'Show failing checks\' messages in probe answers (they may name hosts or settings)'
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l no-probe -d 'Do not run the probe server'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l check-migrations -d 'Before the workers start, wait (polling) until the database answers and no migration is pending'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l check-migrations-apply -d 'Before the workers start, apply pending migrations (migrate --noinput) instead of waiting'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l static -d 'Serve static files at --static-url from --static-root (or Django\'s STATIC_URL/STATIC_ROOT)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l media -d 'Serve uploaded media at --media-url from --media-root (or Django\'s MEDIA_URL/MEDIA_ROOT)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l autoreload -d 'Reload when a source file of the app changes (development)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l access-log -d 'Log one line per request (remote, method, path, status, size, duration, worker)'
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l no-metrics -d 'Do not serve metrics'
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l no-probe -d 'Do not run the probe server'
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l debug -d 'Show failing checks\' messages in probe answers (they may name hosts or settings)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l log-probes -d 'Log probe requests too (they are not logged otherwise)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l queue -d 'The queue to consume (declared if missing)' -r
@@ -163,18 +163,18 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l chdir -d
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l pythonpath -d 'Directory to put first on the workers\' sys.path (repeatable)' -r -F
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l bind -d 'Address of the probe server' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l probe-port -d 'Port of the probe server' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l graceful-timeout -d 'Seconds a stopping worker gets to finish its message before it is killed' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l boot-timeout -d 'Seconds a worker may take to import the handler and report ready' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l timeout -d 'Seconds a handler may run on one message before its worker is killed (0: no limit); the message is requeued' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l webhook-url -d 'POST a JSON event here on startup, readiness/liveness changes, reloads, shutdown and worker restarts (repeatable)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l startup-probe -d 'Path of the startup probe' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l readiness-probe -d 'Path of the readiness probe' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l liveness-probe -d 'Path of the liveness probe (`--probe` is the same option)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l metrics -d 'Path of the Prometheus metrics on the probe port' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l check-interval -d 'Seconds a Django check result answers probes before the next probe asks for a fresh one' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l graceful-timeout -d 'Seconds a stopping worker gets to finish its message before it is killed' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l boot-timeout -d 'Seconds a worker may take to import the handler and report ready' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l timeout -d 'Seconds a handler may run on one message before its worker is killed (0: no limit); the message is requeued' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l webhook-url -d 'POST a JSON event here on startup, readiness/liveness changes, reloads, shutdown and worker restarts (repeatable)' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l log-format -d 'Log format: text (key=value) or json (one object per line)' -r -f -a "text\t''
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l log-format -d 'Log format of hurricane\'s lines (master and workers): text (key=value) or json (one object per line)' -r -f -a "text\t''
 json\t''"
-complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l log-file -d 'Write the master\'s and the workers\' log lines to this file (SIGUSR1 reopens it)' -r -F
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l log-file -d 'Write hurricane\'s log lines (master and workers) to this file (SIGUSR1 reopens it)' -r -F
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l log-level -d 'Log level: error, warn, info, debug or trace' -r -f -a "error\t''
 warn\t''
 info\t''
@@ -182,11 +182,11 @@ debug\t''
 trace\t''"
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l durable -d 'Declare the exchange and the queue durable'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l reconnect -d 'Reconnect with backoff (0.5 s doubling to 30 s) when the broker connection or channel is lost'
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l autoreload -d 'Reload when a source file of the handler changes (development)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l no-metrics -d 'Do not serve metrics'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l no-probe -d 'Do not run the probe server'
-complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l debug -d 'Show failing checks\' messages in probe answers'
-complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l autoreload -d 'Reload when a source file of the handler changes (development)'
-complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l log-probes -d 'Log probe requests too'
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l debug -d 'Show failing checks\' messages in probe answers (they may name hosts or settings)'
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l log-probes -d 'Log probe requests too (they are not logged otherwise)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -s h -l help -d 'Print help'
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l liveness-timeout -d 'Seconds the worker\'s event loop (beat: its scheduler) may go without a tick before /alive fails' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l python -d 'Python interpreter to run the command with [default: the command\'s own: its script\'s shebang, or the python it names]' -r -F
@@ -195,24 +195,24 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l pythonpat
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l graceful-timeout -d 'Seconds Celery gets for its warm shutdown (running tasks finish) after SIGTERM before SIGKILL' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l bind -d 'Address of the probe server' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l probe-port -d 'Port of the probe server' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l webhook-url -d 'POST a JSON event here on startup, readiness/liveness changes and shutdown (repeatable)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l startup-probe -d 'Path of the startup probe' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l readiness-probe -d 'Path of the readiness probe' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l liveness-probe -d 'Path of the liveness probe (`--probe` is the same option)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l metrics -d 'Path of the Prometheus metrics on the probe port' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l check-interval -d 'Seconds a Django check result answers probes before the next probe asks for a fresh one' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l webhook-url -d 'POST a JSON event here on startup, readiness/liveness changes and shutdown (repeatable)' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l log-format -d 'Log format of hurricane\'s own lines: text (key=value) or json (Celery logs as it is configured)' -r -f -a "text\t''
+complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l log-format -d 'Log format of hurricane\'s lines (master and workers): text (key=value) or json (one object per line)' -r -f -a "text\t''
 json\t''"
-complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l log-file -d 'Write hurricane\'s own log lines to this file (SIGUSR1 reopens it)' -r -F
-complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l log-level -d 'Log level of hurricane\'s own lines: error, warn, info, debug or trace' -r -f -a "error\t''
+complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l log-file -d 'Write hurricane\'s log lines (master and workers) to this file (SIGUSR1 reopens it)' -r -F
+complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l log-level -d 'Log level: error, warn, info, debug or trace' -r -f -a "error\t''
 warn\t''
 info\t''
 debug\t''
 trace\t''"
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l no-metrics -d 'Do not serve metrics'
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l no-probe -d 'Do not run the probe server'
-complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l debug -d 'Show failing checks\' messages in probe answers'
-complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l log-probes -d 'Log probe requests too'
+complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l debug -d 'Show failing checks\' messages in probe answers (they may name hosts or settings)'
+complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l log-probes -d 'Log probe requests too (they are not logged otherwise)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -s h -l help -d 'Print help'
 complete -c hurricane -n "__fish_hurricane_using_subcommand generate-docs" -s h -l help -d 'Print help'
 complete -c hurricane -n "__fish_hurricane_using_subcommand help; and not __fish_seen_subcommand_from serve consume celery generate-docs help" -f -a "serve" -d 'Serve a WSGI app on N prefork workers (the default command)'

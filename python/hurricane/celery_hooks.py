@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
 import sys
 import threading
 import time
@@ -152,22 +153,6 @@ def install(reporter: Reporter, liveness_s: float) -> None:
     beat.Scheduler.apply_entry = apply_entry
 
 
-def _control_loop(control: IO[bytes], status: Any) -> None:
-    """Check requests from the master; EOF means the master is gone: end the process."""
-    import json
-
-    for line in iter(control.readline, b""):
-        try:
-            message = json.loads(line)
-        except ValueError:
-            continue
-        if message.get("t") == "check":
-            from hurricane import checks
-
-            status.send(t="check", **checks.run())
-    os._exit(1)
-
-
 def main(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float) -> None:
     from hurricane import worker
 
@@ -179,7 +164,10 @@ def main(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float)
     except ImportError as exc:
         worker.boot_failure(status, dict(config, app=command.get("display", "celery")), exc, "import")
         return
-    threading.Thread(target=_control_loop, args=(control, status), name="hurricane-control", daemon=True).start()
+    # Check requests from the master; at EOF (the master is gone) Celery gets its warm shutdown
+    # and a moment for it before the process ends.
+    threading.Thread(target=worker.control_loop, args=(control, lambda: os.kill(os.getpid(), signal.SIGTERM), status),
+                     name="hurricane-control", daemon=True).start()
     # The process is up and hooked; Celery's own readiness comes as "started".
     status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000), dirs=[], django=False)
     sys.argv = argv

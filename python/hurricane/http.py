@@ -14,7 +14,6 @@ and the connection is closed, so nothing ambiguous ever reaches the app.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 import select

@@ -201,7 +201,7 @@ class Heartbeat:
             self.beat()
 
 
-def _control_loop(control: IO[bytes], on_stop: Callable[[], None], status: "StatusPipe") -> None:
+def control_loop(control: IO[bytes], on_stop: Callable[[], None], status: "StatusPipe") -> None:
     for line in iter(control.readline, b""):
         try:
             message = json.loads(line)
@@ -297,7 +297,7 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
     # TERM before the app finished importing is handled like any other time: drain (nothing to drain).
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
     threading.Thread(
-        target=_control_loop, args=(control, server.request_stop, status), name="hurricane-control", daemon=True
+        target=control_loop, args=(control, server.request_stop, status), name="hurricane-control", daemon=True
     ).start()
 
     kind = "import"
