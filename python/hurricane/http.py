@@ -1107,7 +1107,8 @@ class Server:
                     paused = False
             if paused:
                 timeout = ACCEPT_PAUSE_MAX_S
-            elif conns or not listening or self._inflight:
+            elif conns or not listening or self._inflight or self.reject_log.suppressed:
+                # (a count of left-out reject lines is due at the next second's sweep)
                 timeout = 1.0 if listening else 0.1
             else:
                 timeout = -1
