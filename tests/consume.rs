@@ -62,15 +62,11 @@ fn consume_command(names: &Names, handler: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(["consume", handler, "--queue", &names.queue])
         .args(["--exchange", &names.exchange])
-        .args([
-            "--amqp-host",
-            "127.0.0.1",
-            "--bind",
-            "127.0.0.1",
-            "--probe-port",
-            "0",
-        ])
-        .arg("--chdir")
+        .args(["--bind", "127.0.0.1", "--probe-port", "0"]);
+    if !args.contains(&"--amqp-url") {
+        cmd.args(["--amqp-host", "127.0.0.1"]);
+    }
+    cmd.arg("--chdir")
         .arg(apps_dir())
         .arg("--python")
         .arg(test_venv_python())
@@ -272,10 +268,26 @@ fn a_raising_handler_rejects_without_redelivery_and_logs_the_traceback() {
 #[test]
 fn a_handler_that_forgets_to_ack_is_warned_about_and_rejected() {
     let names = Names::new("forget");
+    // The broker as one URL this time (--amqp-url instead of --amqp-host and the rest).
     let server = consumer(
         &names,
         "handlers.Forgetful",
-        &["--workers", "1", "--routing-key", "f"],
+        &[
+            "--workers",
+            "1",
+            "--routing-key",
+            "f",
+            "--amqp-url",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        ],
+    );
+    let line = server
+        .log
+        .wait_for("event=amqp_consuming", Duration::ZERO)
+        .unwrap();
+    assert!(
+        line.contains("broker=amqp://guest@127.0.0.1:5672//"),
+        "{line}"
     );
     publish(&names.exchange, "f", "quiet", 1, "{}");
     server
