@@ -500,6 +500,16 @@ pub struct ServeArgs {
     )]
     pub limit_request_field_size: usize,
 
+    /// A request body still arriving after 5 s at less than this many bytes a second on average
+    /// is answered 408 (0: no minimum)
+    #[arg(
+        long,
+        env = "HURRICANE_MIN_BODY_RATE",
+        value_name = "BYTES_PER_S",
+        default_value_t = 240
+    )]
+    pub min_body_rate: u64,
+
     /// Largest request body, in bytes; larger is answered 413
     #[arg(long, env = "HURRICANE_MAX_BODY_SIZE", value_name = "BYTES", default_value_t = 100 * 1024 * 1024)]
     pub max_body_size: u64,

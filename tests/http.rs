@@ -747,3 +747,147 @@ fn a_multi_megabyte_chunked_upload_from_curl_arrives_byte_for_byte() {
         );
     }
 }
+
+/// Issue 11, point 1b: a request body is read on the event loop before the app runs, so clients
+/// trickling bodies hold no worker.
+#[test]
+fn clients_trickling_request_bodies_hold_no_worker() {
+    let server = Server::start("app", &["--workers", "2", "--min-body-rate", "0"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickles: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, stop) = (server.addr, stop.clone());
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(addr).unwrap();
+                stream
+                    .write_all(
+                        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
+                    )
+                    .unwrap();
+                // One byte every 50 ms, bounded to 20 s.
+                for _ in 0..400 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    if stream.write_all(b"x").is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500)); // both trickles are under way
+    let mut slowest = Duration::ZERO;
+    for _ in 0..50 {
+        let started = Instant::now();
+        assert_eq!(server.get("/").status, 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in trickles {
+        t.join().unwrap();
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest GET took {slowest:?}"
+    );
+}
+
+/// Issue 11, point 1b: a body below --min-body-rate after the 5 s grace is answered 408.
+#[test]
+fn a_body_below_the_minimum_rate_gets_408_after_the_grace() {
+    let server = Server::start("app", &["--workers", "1", "--keep-alive", "30"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    // 10 bytes a second, far below 240 B/s; bounded to 15 s.
+    while started.elapsed() < Duration::from_secs(15) {
+        let _ = stream.write_all(b"0123456789");
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!(answer.ends_with(": body_too_slow\n"), "{answer:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(9),
+        "408 after {took:?}"
+    );
+    server
+        .log
+        .wait_for("reason=body_too_slow", Duration::from_secs(5))
+        .expect("logged");
+}
+
+/// Issue 11, point 1b: a 100 MB upload at full speed still works, and is spooled to a temporary
+/// file: the worker's peak memory does not grow by the body's size.
+#[test]
+fn a_hundred_megabyte_upload_is_spooled_not_held_in_memory() {
+    let server = Server::start("app", &["--workers", "1"]);
+    let worker = server.worker_pids()[0];
+    let peak = |pid: i32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    let before = peak(worker);
+    let dir = TempDir::new("big-upload");
+    let input = dir.path("upload.bin");
+    let size = 100_000_000usize;
+    let block: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    {
+        let mut f = std::fs::File::create(&input).unwrap();
+        for _ in 0..size / block.len() {
+            f.write_all(&block).unwrap();
+        }
+    }
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "60",
+            "-H",
+            "Expect:",
+            "--data-binary",
+        ])
+        .arg(format!("@{input}"))
+        .arg(format!("http://{}/digest", server.addr))
+        .output()
+        .expect("curl is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (length, _digest) = answer.split_once(' ').unwrap();
+    assert_eq!(length, size.to_string());
+    assert_eq!(
+        server.worker_pids(),
+        vec![worker],
+        "the same worker served it"
+    );
+    let grew_kb = peak(worker).saturating_sub(before);
+    assert!(
+        grew_kb < 30 * 1024,
+        "the worker's peak memory grew by {} MB for a 100 MB body",
+        grew_kb / 1024
+    );
+}

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_hurricane_global_optspecs
-    string join \n w/wsgi= bind= port= workers= python= chdir= pythonpath= backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= h/help V/version
+    string join \n w/wsgi= bind= port= workers= python= chdir= pythonpath= backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= min-body-rate= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= h/help V/version
 end
 
 function __fish_hurricane_needs_command
@@ -43,6 +43,7 @@ complete -c hurricane -n "__fish_hurricane_needs_command" -l threads -d 'Threads
 complete -c hurricane -n "__fish_hurricane_needs_command" -l limit-request-line -d 'Longest request line, in bytes; longer is answered 414' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l limit-request-fields -d 'Most header fields in a request; more is answered 431' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l limit-request-field-size -d 'Longest header field line, in bytes; longer is answered 431' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l min-body-rate -d 'A request body still arriving after 5 s at less than this many bytes a second on average is answered 408 (0: no minimum)' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l max-body-size -d 'Largest request body, in bytes; larger is answered 413' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l forwarded-allow-ips -d 'Peers trusted to set X-Forwarded-For/-Proto (comma-separated addresses or CIDRs, or *)' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l static-url -d 'URL prefix of static files [default: /static/, or Django\'s STATIC_URL]' -r
@@ -107,6 +108,7 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l threads -d
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l limit-request-line -d 'Longest request line, in bytes; longer is answered 414' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l limit-request-fields -d 'Most header fields in a request; more is answered 431' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l limit-request-field-size -d 'Longest header field line, in bytes; longer is answered 431' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l min-body-rate -d 'A request body still arriving after 5 s at less than this many bytes a second on average is answered 408 (0: no minimum)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l max-body-size -d 'Largest request body, in bytes; larger is answered 413' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l forwarded-allow-ips -d 'Peers trusted to set X-Forwarded-For/-Proto (comma-separated addresses or CIDRs, or *)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l static-url -d 'URL prefix of static files [default: /static/, or Django\'s STATIC_URL]' -r

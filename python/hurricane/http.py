@@ -20,6 +20,7 @@ import select
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -41,6 +42,12 @@ CLIENT_IO_TIMEOUT_S = 30.0
 # While draining, a keep-alive connection idle this long is closed; until then its next request is
 # still served (with Connection: close), so a client in the middle of a request loop sees no error.
 DRAIN_IDLE_GRACE_S = 1.0
+# A Content-Length body that has not all arrived is read on the event loop before the app runs (a
+# client trickling it holds no worker): in memory up to this size, in a temporary file past it.
+BODY_MEMORY_BYTES = 1 << 20
+# A body still arriving after this grace period, at less than --min-body-rate bytes a second on
+# average, is answered 408 and its connection closed (Kestrel's rule and numbers).
+BODY_RATE_GRACE_S = 5.0
 # A chunk-size line (with extensions) or trailer line longer than this is an attack, not a request.
 MAX_CHUNK_LINE_BYTES = 4096
 # A chunked body up to this size is decoded before the app runs, so an oversized or malformed one
@@ -120,8 +127,9 @@ REJECTIONS: Dict[str, str] = {
     "chunk_line_too_long": "400 Bad Request",
     "bare_lf_in_chunk": "400 Bad Request",
     "chunk_longer_than_size": "400 Bad Request",
-    # Time (the client stalled mid-request past --keep-alive)
+    # Time (the client stalled mid-request past --keep-alive, or sent its body below --min-body-rate)
     "head_timeout": "408 Request Timeout",
+    "body_too_slow": "408 Request Timeout",
 }
 
 
@@ -142,10 +150,11 @@ class ClientGone(Exception):
 
 
 class Conn:
-    __slots__ = ("sock", "fd", "buf", "out", "addr", "port", "last", "trusted")
+    __slots__ = ("sock", "fd", "buf", "out", "addr", "port", "last", "trusted", "body")
 
     def __init__(self, sock: socket.socket, addr: Any, now: float) -> None:
         self.trusted = False  # may this peer set X-Forwarded-For/-Proto (--forwarded-allow-ips)
+        self.body: Optional["PendingBody"] = None  # a request head whose body is still arriving
         self.sock = sock
         self.fd = sock.fileno()
         self.buf = b""
@@ -353,6 +362,60 @@ def _has_input(sock: socket.socket) -> bool:
         return False
     except OSError:
         return False
+
+
+class PendingBody:
+    """A request whose Content-Length body is still arriving, read on the event loop.
+
+    The head is parsed once; the body goes to memory, or past BODY_MEMORY_BYTES to a temporary
+    file, so a 100 MB upload costs no 100 MB of worker memory. The app gets it as wsgi.input once
+    all of it is here.
+    """
+
+    __slots__ = ("head", "parsed", "length", "received", "since", "chunks", "spool")
+
+    def __init__(self, head: bytes, parsed: tuple, length: int, first: bytes, now: float) -> None:
+        self.head = head
+        self.parsed = parsed
+        self.length = length
+        self.received = 0
+        self.since = now
+        self.chunks: List[bytes] = []
+        self.spool: Any = None
+        self.add(first)
+
+    def add(self, data: bytes) -> bytes:
+        """Take what belongs to the body; return what follows it (a pipelined next request)."""
+        need = self.length - self.received
+        part, rest = (data, b"") if len(data) <= need else (data[:need], data[need:])
+        self.received += len(part)
+        if self.spool is not None:
+            self.spool.write(part)
+        elif self.received > BODY_MEMORY_BYTES:
+            self.spool = tempfile.TemporaryFile()
+            for chunk in self.chunks:
+                self.spool.write(chunk)
+            self.chunks = []
+            self.spool.write(part)
+        else:
+            self.chunks.append(part)
+        return rest
+
+    @property
+    def complete(self) -> bool:
+        return self.received >= self.length
+
+    def too_slow(self, now: float, min_rate: float) -> bool:
+        elapsed = now - self.since
+        return min_rate > 0 and elapsed > BODY_RATE_GRACE_S and self.received < min_rate * elapsed
+
+    def input(self) -> Any:
+        """wsgi.input: the body from memory or from its temporary file."""
+        if self.spool is None:
+            return BytesIO(b"".join(self.chunks))
+        self.spool.flush()
+        self.spool.seek(0)
+        return self.spool
 
 
 class EmptyInput:
@@ -992,6 +1055,7 @@ class Server:
         self.graceful_timeout_s = float(config.get("graceful_timeout", 30))
         http = config.get("http") or {}
         self.max_body = int(http.get("max_body_size", 100 * 1024 * 1024))
+        self.min_body_rate = float(http.get("min_body_rate", 240))
         self.limit_line = int(http.get("limit_request_line", 8190))
         self.limit_fields = int(http.get("limit_request_fields", 100))
         self.limit_field_size = int(http.get("limit_request_field_size", 8190))
@@ -1230,12 +1294,18 @@ class Server:
     def _sweep(self, epoll: Any, now: float, idle_s: float) -> None:
         """Close connections idle past ``idle_s``; one stuck mid-request gets a 408 first."""
         limit = now - idle_s
+        for conn in [c for c in self.conns.values() if c.body is not None]:
+            if conn.body.too_slow(now, self.min_body_rate):
+                self._reject(conn, "body_too_slow")
+                self._close(conn, epoll)
         for conn in [c for c in self.conns.values() if c.last < limit]:
             if not conn.buf and _has_input(conn.sock):
                 # The next request arrived after this pass read its sockets: serve it, do not
                 # close under it (the client would see its request go unanswered).
                 continue
-            if conn.buf:
+            if conn.body is not None:
+                self._reject(conn, "body_too_slow")  # silent mid-body for --keep-alive
+            elif conn.buf:
                 self._reject(conn, "head_timeout")
             self._close(conn, epoll)
         self.reject_log.tick()
@@ -1250,6 +1320,14 @@ class Server:
         if not data:
             self._close(conn, epoll)
             return
+        pending = conn.body
+        if pending is not None:
+            # A body arriving on the loop: the connection is alive while bytes come.
+            conn.last = now
+            rest = pending.add(data)
+            if not pending.complete:
+                return
+            data = rest
         if conn.buf:
             conn.buf += data
         else:
@@ -1264,6 +1342,21 @@ class Server:
 
     def _process(self, conn: Conn, app: Callable, now: float) -> bool:
         """Serve every complete request in the buffer, in order; False to close the connection."""
+        pending = conn.body
+        if pending is not None:
+            # Its body is all here: the request runs now, then whatever was pipelined after it.
+            conn.body = None
+            try:
+                keep = self._handle(conn, pending.head, 0, app, pending.parsed, pending.input())
+            except HTTPError as exc:
+                self._reject(conn, exc.reason)
+                return False
+            except ClientGone:
+                return False
+            if keep is HANDED_OFF or not keep:
+                return keep
+            if not conn.buf:
+                return True
         while True:
             buf = conn.buf
             end = buf.find(b"\r\n\r\n")
@@ -1291,8 +1384,20 @@ class Server:
                     conn.buf = stripped
                     continue
             conn.last = now
+            head = buf[:end]
             try:
-                keep = self._handle(conn, buf[:end], end + 4, app)
+                # A keep-alive client often sends the same head again (a poller, a health check, a
+                # page's assets): its parse is a pure function of the bytes, so it is looked up.
+                parsed = _HEAD_CACHE.get(head)
+                if parsed is None:
+                    parsed = self._parse_head(head)
+                length = parsed[5]
+                if length and not parsed[6] and len(buf) - end - 4 < length:
+                    # The body is not all here: read it on the loop, run the app when it is.
+                    conn.body = PendingBody(head, parsed, length, buf[end + 4 :], now)
+                    conn.buf = b""
+                    return True
+                keep = self._handle(conn, head, end + 4, app, parsed, None)
             except HTTPError as exc:
                 self._reject(conn, exc.reason)
                 return False
@@ -1446,17 +1551,16 @@ class Server:
             _HEAD_CACHE[head] = parsed
         return parsed
 
-    def _handle(self, conn: Conn, head: bytes, body_start: int, app: Callable) -> bool:
-        # A keep-alive client often sends the same head again (a poller, a health check, a page's
-        # assets): its parse is a pure function of the bytes, so it is looked up, not redone.
-        parsed = _HEAD_CACHE.get(head)
-        if parsed is None:
-            parsed = self._parse_head(head)
+    def _handle(self, conn: Conn, head: bytes, body_start: int, app: Callable, parsed: tuple,
+                ready_body: Any) -> bool:
+        """Run one parsed request; `ready_body` is its body read on the loop, if it was."""
         template, method, version11, keep_alive, chunked, length, expect_continue, target = parsed
         env = template.copy()
         conn.buf = conn.buf[body_start:]
         body: Any = EMPTY_INPUT
-        if chunked:
+        if ready_body is not None:
+            body = ready_body
+        elif chunked:
             body = BodyReader(conn, None, expect_continue, self.max_body)
             if not expect_continue:
                 body.prefetch(CHUNKED_PREFETCH_BYTES)

@@ -83,6 +83,18 @@ def _application(environ, start_response):
                 break
             chunks.append(chunk)
         body = b"".join(chunks)
+    elif path == "/digest":
+        # The body's length and sha256, read in 64 KiB pieces: a big upload never sits in memory here.
+        import hashlib
+
+        digest, size = hashlib.sha256(), 0
+        while True:
+            chunk = environ["wsgi.input"].read(65536)
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+        body = f"{size} {digest.hexdigest()}".encode()
     elif path == "/status":
         code = query.get("code", "204")
         start_response(f"{code} Whatever", [])
