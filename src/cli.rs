@@ -196,23 +196,6 @@ pub struct ConsumeArgs {
     #[arg(long, env = "HURRICANE_WORKERS", value_name = "N", value_parser = workers, allow_negative_numbers = true)]
     pub workers: Option<usize>,
 
-    /// Python interpreter for the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH]
-    #[arg(long, env = "HURRICANE_PYTHON", value_name = "PATH")]
-    pub python: Option<PathBuf>,
-
-    /// Change to this directory before loading the handler
-    #[arg(long, env = "HURRICANE_CHDIR", value_name = "DIR")]
-    pub chdir: Option<PathBuf>,
-
-    /// Directory to put first on the workers' sys.path (repeatable)
-    #[arg(
-        long,
-        env = "HURRICANE_PYTHONPATH",
-        value_name = "DIR",
-        value_delimiter = ':'
-    )]
-    pub pythonpath: Vec<PathBuf>,
-
     /// Address of the probe server
     #[arg(long, env = "HURRICANE_BIND", value_name = "ADDR", default_value = "0.0.0.0", value_parser = ip_address)]
     pub bind: std::net::IpAddr,
@@ -247,6 +230,9 @@ pub struct ConsumeArgs {
     /// restarts (repeatable)
     #[arg(long, env = "HURRICANE_WEBHOOK_URL", value_name = "URL", value_delimiter = ',', value_parser = webhook_url)]
     pub webhook_url: Vec<String>,
+
+    #[command(flatten)]
+    pub interpreter: InterpreterArgs,
 
     #[command(flatten)]
     pub probes: ProbeArgs,
@@ -306,6 +292,28 @@ fn probe_path(s: &str) -> Result<String, String> {
             "'{s}' is not a path: it must start with '/' and contain no spaces"
         ))
     }
+}
+
+/// Where the Python side runs, the same for every command.
+#[derive(Debug, Clone, Args)]
+pub struct InterpreterArgs {
+    /// Python interpreter of the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH;
+    /// celery: the interpreter the command names, or its script's #! line]
+    #[arg(long, env = "HURRICANE_PYTHON", value_name = "PATH")]
+    pub python: Option<PathBuf>,
+
+    /// Change to this directory before loading the app (the handler, the command)
+    #[arg(long, env = "HURRICANE_CHDIR", value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Directory to put first on the workers' sys.path (repeatable; in the environment, ':'-separated)
+    #[arg(
+        long,
+        env = "HURRICANE_PYTHONPATH",
+        value_name = "DIR",
+        value_delimiter = ':'
+    )]
+    pub pythonpath: Vec<PathBuf>,
 }
 
 /// The probe server's paths and switches, the same for every command.
@@ -400,23 +408,6 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     pub workers: Option<usize>,
-
-    /// Python interpreter for the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH]
-    #[arg(long, env = "HURRICANE_PYTHON", value_name = "PATH")]
-    pub python: Option<PathBuf>,
-
-    /// Change to this directory before loading the app
-    #[arg(long, env = "HURRICANE_CHDIR", value_name = "DIR")]
-    pub chdir: Option<PathBuf>,
-
-    /// Directory to put first on the workers' sys.path (repeatable; in the environment, ':'-separated)
-    #[arg(
-        long,
-        env = "HURRICANE_PYTHONPATH",
-        value_name = "DIR",
-        value_delimiter = ':'
-    )]
-    pub pythonpath: Vec<PathBuf>,
 
     /// Listen backlog: connections the kernel queues while every worker is busy
     #[arg(
@@ -624,6 +615,9 @@ pub struct ServeArgs {
     pub access_log: bool,
 
     #[command(flatten)]
+    pub interpreter: InterpreterArgs,
+
+    #[command(flatten)]
     pub probes: ProbeArgs,
 
     #[command(flatten)]
@@ -642,24 +636,6 @@ pub struct CeleryArgs {
     /// Seconds the worker's event loop (beat: its scheduler) may go without a tick before /alive fails
     #[arg(long, env = "HURRICANE_LIVENESS_TIMEOUT", value_name = "S", default_value = "60", value_parser = seconds)]
     pub liveness_timeout: Duration,
-
-    /// Python interpreter to run the command with [default: the command's own: its script's
-    /// shebang, or the python it names]
-    #[arg(long, env = "HURRICANE_PYTHON", value_name = "PATH")]
-    pub python: Option<PathBuf>,
-
-    /// Change to this directory before running the command
-    #[arg(long, env = "HURRICANE_CHDIR", value_name = "DIR")]
-    pub chdir: Option<PathBuf>,
-
-    /// Directory to put first on the command's sys.path (repeatable)
-    #[arg(
-        long,
-        env = "HURRICANE_PYTHONPATH",
-        value_name = "DIR",
-        value_delimiter = ':'
-    )]
-    pub pythonpath: Vec<PathBuf>,
 
     /// Seconds Celery gets for its warm shutdown (running tasks finish) after SIGTERM before SIGKILL
     #[arg(long, env = "HURRICANE_GRACEFUL_TIMEOUT", value_name = "S", default_value = "30", value_parser = seconds)]
@@ -681,6 +657,9 @@ pub struct CeleryArgs {
     /// POST a JSON event here on startup, readiness/liveness changes and shutdown (repeatable)
     #[arg(long, env = "HURRICANE_WEBHOOK_URL", value_name = "URL", value_delimiter = ',', value_parser = webhook_url)]
     pub webhook_url: Vec<String>,
+
+    #[command(flatten)]
+    pub interpreter: InterpreterArgs,
 
     #[command(flatten)]
     pub probes: ProbeArgs,

@@ -135,8 +135,8 @@ fn probe_config(
 }
 
 fn config(args: ServeArgs) -> Result<master::Config, Usage> {
-    let python = python(&args.python);
-    if let Some(dir) = &args.chdir {
+    let python = python(&args.interpreter.python);
+    if let Some(dir) = &args.interpreter.chdir {
         std::env::set_current_dir(dir)
             .map_err(|e| Usage(format!("--chdir '{}': {e}", dir.display())))?;
     }
@@ -162,6 +162,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
         apply_migrations: args.check_migrations_apply,
         python: python.clone(),
         pythonpath: args
+            .interpreter
             .pythonpath
             .iter()
             .map(|p| {
@@ -193,6 +194,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
     let worker = WorkerConfig {
         app: app.clone(),
         pythonpath: args
+            .interpreter
             .pythonpath
             .iter()
             .map(|p| p.display().to_string())
@@ -271,16 +273,16 @@ fn parse_args() -> (Run, Vec<String>) {
     }
     let (chdir, pythonpath, explicit_python, subcommand, prefixes) = match &first {
         Run::Serve(a) => (
-            &a.chdir,
-            &a.pythonpath,
-            &a.python,
+            &a.interpreter.chdir,
+            &a.interpreter.pythonpath,
+            &a.interpreter.python,
             "serve",
             &["HURRICANE_"][..],
         ),
         Run::Consume(a) => (
-            &a.chdir,
-            &a.pythonpath,
-            &a.python,
+            &a.interpreter.chdir,
+            &a.interpreter.pythonpath,
+            &a.interpreter.python,
             "consume",
             &["HURRICANE_", "AMQP_"][..],
         ),
@@ -344,8 +346,8 @@ fn broker_uri(args: &ConsumeArgs) -> Result<lapin::uri::AMQPUri, Usage> {
 }
 
 fn consume_config(args: ConsumeArgs) -> Result<master::Config, Usage> {
-    let python = python(&args.python);
-    if let Some(dir) = &args.chdir {
+    let python = python(&args.interpreter.python);
+    if let Some(dir) = &args.interpreter.chdir {
         std::env::set_current_dir(dir)
             .map_err(|e| Usage(format!("--chdir '{}': {e}", dir.display())))?;
     }
@@ -380,6 +382,7 @@ fn consume_config(args: ConsumeArgs) -> Result<master::Config, Usage> {
     let worker = WorkerConfig {
         app: handler.clone(),
         pythonpath: args
+            .interpreter
             .pythonpath
             .iter()
             .map(|p| p.display().to_string())
@@ -502,7 +505,11 @@ fn celery_command(args: &CeleryArgs) -> Result<(PathBuf, serde_json::Value), Usa
             "cannot find '{program}' on PATH; activate the virtualenv that has Celery, or give its path"
         ))
     })?;
-    let explicit = args.python.as_ref().map(|p| python(&Some(p.clone())));
+    let explicit = args
+        .interpreter
+        .python
+        .as_ref()
+        .map(|p| python(&Some(p.clone())));
     if is_python(&found) {
         let interpreter = explicit.unwrap_or(found);
         return match command.get(1).map(String::as_str) {
@@ -546,7 +553,7 @@ fn celery_command(args: &CeleryArgs) -> Result<(PathBuf, serde_json::Value), Usa
 
 fn celery_config(args: CeleryArgs) -> Result<master::Config, Usage> {
     let (python, mut command) = celery_command(&args)?;
-    if let Some(dir) = &args.chdir {
+    if let Some(dir) = &args.interpreter.chdir {
         std::env::set_current_dir(dir)
             .map_err(|e| Usage(format!("--chdir '{}': {e}", dir.display())))?;
     }
@@ -556,6 +563,7 @@ fn celery_config(args: CeleryArgs) -> Result<master::Config, Usage> {
     let worker = WorkerConfig {
         app: display.clone(),
         pythonpath: args
+            .interpreter
             .pythonpath
             .iter()
             .map(|p| p.display().to_string())

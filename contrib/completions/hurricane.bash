@@ -53,7 +53,7 @@ _hurricane() {
 
     case "${cmd}" in
         hurricane)
-            opts="-w -h -V --wsgi --bind --port --workers --python --chdir --pythonpath --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --min-body-rate --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help --version serve consume celery generate-docs help"
+            opts="-w -h -V --wsgi --bind --port --workers --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --min-body-rate --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help --version serve consume celery generate-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -76,18 +76,6 @@ _hurricane() {
                     return 0
                     ;;
                 --workers)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --python)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --chdir)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --pythonpath)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -203,6 +191,18 @@ _hurricane() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --python)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --chdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pythonpath)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --startup-probe)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -243,25 +243,13 @@ _hurricane() {
             return 0
             ;;
         hurricane__subcmd__celery)
-            opts="-h --liveness-timeout --python --chdir --pythonpath --graceful-timeout --bind --probe-port --webhook-url --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
+            opts="-h --liveness-timeout --graceful-timeout --bind --probe-port --webhook-url --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --liveness-timeout)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --python)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --chdir)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --pythonpath)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -278,6 +266,18 @@ _hurricane() {
                     return 0
                     ;;
                 --webhook-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --python)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --chdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pythonpath)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -321,7 +321,7 @@ _hurricane() {
             return 0
             ;;
         hurricane__subcmd__consume)
-            opts="-h --queue --exchange --amqp-host --amqp-port --amqp-vhost --amqp-user --amqp-password --amqp-url --routing-key --durable --prefetch --reconnect --reconnect-timeout --workers --python --chdir --pythonpath --bind --probe-port --graceful-timeout --boot-timeout --timeout --autoreload --webhook-url --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
+            opts="-h --queue --exchange --amqp-host --amqp-port --amqp-vhost --amqp-user --amqp-password --amqp-url --routing-key --durable --prefetch --reconnect --reconnect-timeout --workers --bind --probe-port --graceful-timeout --boot-timeout --timeout --autoreload --webhook-url --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -375,18 +375,6 @@ _hurricane() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --python)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --chdir)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --pythonpath)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --bind)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -408,6 +396,18 @@ _hurricane() {
                     return 0
                     ;;
                 --webhook-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --python)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --chdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pythonpath)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -549,7 +549,7 @@ _hurricane() {
             return 0
             ;;
         hurricane__subcmd__serve)
-            opts="-w -h --wsgi --bind --port --workers --python --chdir --pythonpath --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --min-body-rate --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
+            opts="-w -h --wsgi --bind --port --workers --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --min-body-rate --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -572,18 +572,6 @@ _hurricane() {
                     return 0
                     ;;
                 --workers)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --python)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --chdir)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --pythonpath)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -696,6 +684,18 @@ _hurricane() {
                     return 0
                     ;;
                 --webhook-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --python)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --chdir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pythonpath)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_hurricane_global_optspecs
-    string join \n w/wsgi= bind= port= workers= python= chdir= pythonpath= backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= min-body-rate= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= h/help V/version
+    string join \n w/wsgi= bind= port= workers= backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= min-body-rate= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log python= chdir= pythonpath= startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= h/help V/version
 end
 
 function __fish_hurricane_needs_command
@@ -28,9 +28,6 @@ complete -c hurricane -n "__fish_hurricane_needs_command" -s w -l wsgi -d 'The W
 complete -c hurricane -n "__fish_hurricane_needs_command" -l bind -d 'Address to listen on' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l port -d 'Port to listen on (0 picks a free one and logs it)' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l workers -d 'Number of worker processes [default: the CPUs this process may use, cgroup quota included]' -r
-complete -c hurricane -n "__fish_hurricane_needs_command" -l python -d 'Python interpreter for the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH]' -r -F
-complete -c hurricane -n "__fish_hurricane_needs_command" -l chdir -d 'Change to this directory before loading the app' -r -F
-complete -c hurricane -n "__fish_hurricane_needs_command" -l pythonpath -d 'Directory to put first on the workers\' sys.path (repeatable; in the environment, \':\'-separated)' -r -F
 complete -c hurricane -n "__fish_hurricane_needs_command" -l backlog -d 'Listen backlog: connections the kernel queues while every worker is busy' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l probe-port -d 'Port of the probe server [default: --port + 1]' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l req-queue-len -d '/ready answers 503 while the kernel\'s accept queue holds this many connections or more' -r
@@ -59,6 +56,9 @@ complete -c hurricane -n "__fish_hurricane_needs_command" -l reload-dir -d 'With
 complete -c hurricane -n "__fish_hurricane_needs_command" -l reload-include -d 'With --autoreload, file names that count as changes (repeatable) [default: *.py]' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l reload-exclude -d 'With --autoreload, file names that never count (repeatable; __pycache__, *.pyc, .git and editor temp files never count anyway)' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l webhook-url -d 'POST a JSON event here on startup, readiness/liveness changes, reloads, shutdown and worker restarts (repeatable; in the environment, \',\'-separated)' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l python -d 'Python interpreter of the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH; celery: the interpreter the command names, or its script\'s #! line]' -r -F
+complete -c hurricane -n "__fish_hurricane_needs_command" -l chdir -d 'Change to this directory before loading the app (the handler, the command)' -r -F
+complete -c hurricane -n "__fish_hurricane_needs_command" -l pythonpath -d 'Directory to put first on the workers\' sys.path (repeatable; in the environment, \':\'-separated)' -r -F
 complete -c hurricane -n "__fish_hurricane_needs_command" -l startup-probe -d 'Path of the startup probe' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l readiness-probe -d 'Path of the readiness probe' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l liveness-probe -d 'Path of the liveness probe (`--probe` is the same option)' -r
@@ -93,9 +93,6 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -s w -l wsgi 
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l bind -d 'Address to listen on' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l port -d 'Port to listen on (0 picks a free one and logs it)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l workers -d 'Number of worker processes [default: the CPUs this process may use, cgroup quota included]' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l python -d 'Python interpreter for the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH]' -r -F
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l chdir -d 'Change to this directory before loading the app' -r -F
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l pythonpath -d 'Directory to put first on the workers\' sys.path (repeatable; in the environment, \':\'-separated)' -r -F
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l backlog -d 'Listen backlog: connections the kernel queues while every worker is busy' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l probe-port -d 'Port of the probe server [default: --port + 1]' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l req-queue-len -d '/ready answers 503 while the kernel\'s accept queue holds this many connections or more' -r
@@ -124,6 +121,9 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l reload-dir
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l reload-include -d 'With --autoreload, file names that count as changes (repeatable) [default: *.py]' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l reload-exclude -d 'With --autoreload, file names that never count (repeatable; __pycache__, *.pyc, .git and editor temp files never count anyway)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l webhook-url -d 'POST a JSON event here on startup, readiness/liveness changes, reloads, shutdown and worker restarts (repeatable; in the environment, \',\'-separated)' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l python -d 'Python interpreter of the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH; celery: the interpreter the command names, or its script\'s #! line]' -r -F
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l chdir -d 'Change to this directory before loading the app (the handler, the command)' -r -F
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l pythonpath -d 'Directory to put first on the workers\' sys.path (repeatable; in the environment, \':\'-separated)' -r -F
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l startup-probe -d 'Path of the startup probe' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l readiness-probe -d 'Path of the readiness probe' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l liveness-probe -d 'Path of the liveness probe (`--probe` is the same option)' -r
@@ -160,15 +160,15 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l routing-
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l prefetch -d 'Deliveries the broker sends ahead of acks (basic.qos); they are spread over the workers' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l reconnect-timeout -d 'With --reconnect, /alive fails once the broker has been lost this many seconds (0: never; a restart does not fix a broker outage)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l workers -d 'Number of handler processes [default: the CPUs this process may use]' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l python -d 'Python interpreter for the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH]' -r -F
-complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l chdir -d 'Change to this directory before loading the handler' -r -F
-complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l pythonpath -d 'Directory to put first on the workers\' sys.path (repeatable)' -r -F
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l bind -d 'Address of the probe server' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l probe-port -d 'Port of the probe server' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l graceful-timeout -d 'Seconds a stopping worker gets to finish its message before it is killed' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l boot-timeout -d 'Seconds a worker may take to import the handler and report ready' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l timeout -d 'Seconds a handler may run on one message before its worker is killed (0: no limit); the message is requeued' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l webhook-url -d 'POST a JSON event here on startup, readiness/liveness changes, reloads, shutdown and worker restarts (repeatable)' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l python -d 'Python interpreter of the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH; celery: the interpreter the command names, or its script\'s #! line]' -r -F
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l chdir -d 'Change to this directory before loading the app (the handler, the command)' -r -F
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l pythonpath -d 'Directory to put first on the workers\' sys.path (repeatable; in the environment, \':\'-separated)' -r -F
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l startup-probe -d 'Path of the startup probe' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l readiness-probe -d 'Path of the readiness probe' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l liveness-probe -d 'Path of the liveness probe (`--probe` is the same option)' -r
@@ -191,13 +191,13 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l debug -d
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l log-probes -d 'Log probe requests too (they are not logged otherwise)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -s h -l help -d 'Print help'
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l liveness-timeout -d 'Seconds the worker\'s event loop (beat: its scheduler) may go without a tick before /alive fails' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l python -d 'Python interpreter to run the command with [default: the command\'s own: its script\'s shebang, or the python it names]' -r -F
-complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l chdir -d 'Change to this directory before running the command' -r -F
-complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l pythonpath -d 'Directory to put first on the command\'s sys.path (repeatable)' -r -F
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l graceful-timeout -d 'Seconds Celery gets for its warm shutdown (running tasks finish) after SIGTERM before SIGKILL' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l bind -d 'Address of the probe server' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l probe-port -d 'Port of the probe server' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l webhook-url -d 'POST a JSON event here on startup, readiness/liveness changes and shutdown (repeatable)' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l python -d 'Python interpreter of the workers [default: $VIRTUAL_ENV/bin/python, else python3 on PATH; celery: the interpreter the command names, or its script\'s #! line]' -r -F
+complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l chdir -d 'Change to this directory before loading the app (the handler, the command)' -r -F
+complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l pythonpath -d 'Directory to put first on the workers\' sys.path (repeatable; in the environment, \':\'-separated)' -r -F
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l startup-probe -d 'Path of the startup probe' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l readiness-probe -d 'Path of the readiness probe' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l liveness-probe -d 'Path of the liveness probe (`--probe` is the same option)' -r
