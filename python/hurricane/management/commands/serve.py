@@ -18,14 +18,15 @@ from django.core.management.base import BaseCommand, CommandError  # type: ignor
 
 
 def find_binary() -> Optional[str]:
-    """$HURRICANE_BINARY if set; else the `hurricane` that `pip install hurricane` put next to this
-    interpreter (the virtualenv's bin/, even when it is not activated); else `hurricane` on PATH."""
-    explicit = os.environ.get("HURRICANE_BINARY")
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
+    """The `hurricane` that `pip install hurricane` put next to this interpreter (the virtualenv's
+    bin/, even when it is not activated), so the binary always matches this Python package; else
+    $HURRICANE_BINARY; else `hurricane` on PATH."""
     beside = os.path.join(os.path.dirname(sys.executable), "hurricane")
     if os.access(beside, os.X_OK) and not os.path.isdir(beside):
         return beside
+    explicit = os.environ.get("HURRICANE_BINARY")
+    if explicit:
+        return explicit if os.access(explicit, os.X_OK) else None
     return shutil.which("hurricane")
 
 
