@@ -442,6 +442,11 @@ pub struct ServeArgs {
     #[arg(long, env = "HURRICANE_KEEP_ALIVE", value_name = "S", default_value = "5", value_parser = seconds)]
     pub keep_alive: Duration,
 
+    /// Seconds a client may take without reading any of a response before its connection is cut
+    /// (a response the socket cannot take waits on its connection, holding no worker; 0: never)
+    #[arg(long, env = "HURRICANE_WRITE_TIMEOUT", value_name = "S", default_value = "30", value_parser = seconds)]
+    pub write_timeout: Duration,
+
     /// Run this Django management command before the workers start, e.g. "migrate --noinput"
     /// (repeatable, in order; in the environment, ';'-separated). A failure stops startup.
     #[arg(

@@ -214,6 +214,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             "limit_request_field_size": args.limit_request_field_size,
             "max_body_size": args.max_body_size,
             "min_body_rate": args.min_body_rate,
+            "write_timeout": args.write_timeout.as_secs_f64(),
             "forwarded_allow_ips": args.forwarded_allow_ips.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>(),
             "static": mount(args.r#static, &args.static_url, &args.static_root, "/static/"),
             "media": mount(args.media, &args.media_url, &args.media_root, "/media/"),

@@ -412,7 +412,7 @@ mod tests {
         let names: Vec<_> = bundle::MODULES.iter().map(|m| m.0).collect();
         assert!(names.contains(&"hurricane"));
         assert!(names.contains(&"hurricane.worker"));
-        assert!(names.contains(&"hurricane.http"));
+        assert!(names.contains(&"hurricane.http.server"));
     }
 
     #[test]

@@ -214,7 +214,7 @@ fn a_request_over_the_timeout_has_its_worker_replaced_and_named_in_the_log() {
         server
             .log
             .wait_for(
-                "File \"<hurricane>/hurricane/http.py\"",
+                "File \"<hurricane>/hurricane/http/server.py\"",
                 Duration::from_secs(2)
             )
             .is_some()

@@ -15,6 +15,7 @@ mod logs;
 mod metrics;
 mod pip;
 mod serve;
+mod slow_readers;
 mod systemd;
 mod template;
 mod webhooks;

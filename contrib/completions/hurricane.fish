@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_hurricane_global_optspecs
-    string join \n w/wsgi= bind= port= workers= backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= min-body-rate= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log python= chdir= pythonpath= startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= h/help V/version
+    string join \n w/wsgi= bind= port= workers= backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= write-timeout= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= min-body-rate= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log python= chdir= pythonpath= startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= h/help V/version
 end
 
 function __fish_hurricane_needs_command
@@ -35,6 +35,7 @@ complete -c hurricane -n "__fish_hurricane_needs_command" -l graceful-timeout -d
 complete -c hurricane -n "__fish_hurricane_needs_command" -l shutdown-delay -d 'Seconds to keep serving after SIGTERM (with /ready failing) before workers drain' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l boot-timeout -d 'Seconds a worker may take to import the app and report ready' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l keep-alive -d 'Seconds an idle keep-alive connection stays open' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l write-timeout -d 'Seconds a client may take without reading any of a response before its connection is cut (a response the socket cannot take waits on its connection, holding no worker; 0: never)' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l command -d 'Run this Django management command before the workers start, e.g. "migrate --noinput" (repeatable, in order; in the environment, \';\'-separated). A failure stops startup' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l threads -d 'Threads per worker running the app (for I/O-bound views; 1: the app runs on the event loop)' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l limit-request-line -d 'Longest request line, in bytes; longer is answered 414' -r
@@ -100,6 +101,7 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l graceful-t
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l shutdown-delay -d 'Seconds to keep serving after SIGTERM (with /ready failing) before workers drain' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l boot-timeout -d 'Seconds a worker may take to import the app and report ready' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l keep-alive -d 'Seconds an idle keep-alive connection stays open' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l write-timeout -d 'Seconds a client may take without reading any of a response before its connection is cut (a response the socket cannot take waits on its connection, holding no worker; 0: never)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l command -d 'Run this Django management command before the workers start, e.g. "migrate --noinput" (repeatable, in order; in the environment, \';\'-separated). A failure stops startup' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l threads -d 'Threads per worker running the app (for I/O-bound views; 1: the app runs on the event loop)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l limit-request-line -d 'Longest request line, in bytes; longer is answered 414' -r

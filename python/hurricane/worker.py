@@ -60,7 +60,7 @@ class Activity:
     """
 
     __slots__ = ("current", "inflight", "requests", "counts", "dur_bounds", "dur", "dur_sum",
-                 "size_bounds", "size", "size_sum", "rejects")
+                 "size_bounds", "size_first", "size", "size_sum", "rejects")
 
     def __init__(self, dur_bounds: List[float], size_bounds: List[float]) -> None:
         self.current: Optional[tuple] = None  # (started, by time.monotonic(), method, path) while busy
@@ -72,9 +72,11 @@ class Activity:
         self.dur = [0] * (len(dur_bounds) + 1)
         self.dur_sum = 0.0
         self.size_bounds = size_bounds
+        # A size at or under the first bound is in bucket 0 (the server skips the search for it).
+        self.size_first = size_bounds[0] if size_bounds else float("inf")
         self.size = [0] * (len(size_bounds) + 1)
         self.size_sum = 0.0
-        self.rejects: Dict[str, int] = {}  # rejection name (http.REJECTIONS) -> requests refused
+        self.rejects: Dict[str, int] = {}  # rejection name (http.rejections.REJECTIONS) -> requests refused
 
     def reject(self, reason: str) -> None:
         """One refused request (the app never ran): counted apart from served requests."""
@@ -289,10 +291,11 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
         return
 
     # Import the server before the app: our own import errors are bugs, not the user's.
-    from hurricane import http
+    from hurricane.http.rejections import REJECTIONS
+    from hurricane.http.server import Server
 
     metrics = config.get("metrics") or {}
-    server = http.Server(config, Activity(metrics.get("duration_buckets", []), metrics.get("size_buckets", [])))
+    server = Server(config, Activity(metrics.get("duration_buckets", []), metrics.get("size_buckets", [])))
 
     # TERM before the app finished importing is handled like any other time: drain (nothing to drain).
     signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
@@ -331,7 +334,7 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
         boot_ms=int((time.monotonic() - booted) * 1000),
         dirs=dirs,
         django=checks.is_django(),
-        reject_reasons=sorted(http.REJECTIONS),
+        reject_reasons=sorted(REJECTIONS),
     )
     code = server.serve(app)
     heartbeat.beat()  # the last counters, so nothing served goes uncounted

@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 import time
 import warnings
 from wsgiref.validate import WSGIWarning, validator
@@ -23,6 +24,7 @@ def _fd_snapshot():
 INHERITED_FDS = _fd_snapshot()
 CALLS = 0  # how often the app ran: strictness tests prove a rejected request never reached it
 _HOARD = []
+_BIG = {}
 
 
 def _touch(path):
@@ -116,6 +118,30 @@ def _application(environ, start_response):
     elif path == "/stream":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return (part for part in (b"one ", b"two ", b"three"))
+    elif path == "/big":
+        # `mb` MiB, the same bytes object every time (a cached page): a parked response holds a
+        # view of it, not a copy.
+        size = int(query.get("mb", "4")) << 20
+        body = _BIG.get(size)
+        if body is None:
+            body = _BIG[size] = bytes(range(256)) * (size // 256)
+    elif path == "/bigfile":
+        # `mb` MiB from a real file through wsgi.file_wrapper: sendfile, resumed from its offset.
+        size = int(query.get("mb", "8")) << 20
+        name = f"/tmp/hurricane-test-bigfile-{os.getpid()}-{size}"
+        if not os.path.exists(name):
+            part = f"{name}.{threading.get_ident()}.part"  # --threads: each writes its own
+            with open(part, "wb") as f:
+                f.write(bytes(range(256)) * (size // 256))
+            os.replace(part, name)
+        start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                  ("Content-Length", str(size))])
+        return environ["wsgi.file_wrapper"](open(name, "rb"), 65536)
+    elif path == "/bigstream":
+        # `mb` MiB in fresh 64 KiB pieces from a generator: never all in memory at once.
+        count = int(query.get("mb", "200")) * 16
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return (bytes([i % 256]) * 65536 for i in range(count))
     elif path == "/alloc":
         # Memory that stays: the worker's resident set grows by `mb` MiB for good.
         _HOARD.append(b"\x01" * (int(query.get("mb", "100")) << 20))  # written, so resident

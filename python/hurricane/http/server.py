@@ -1,0 +1,908 @@
+"""The worker's event loop: accept on the shared socket, read requests, run the app, respond.
+
+Why one loop per process: one epoll loop multiplexes keep-alive connections; the app runs inline,
+one request at a time (a prefork worker, like gunicorn's sync worker, but with keep-alive and
+pipelining), or on a pool of --threads with the loop still owning every socket. Each connection
+is in one `State` (wire.py) and the loop watches its socket for what that state waits on: a
+request (IN) or a client that reads a parked response (OUT). Nothing here waits for one client:
+bodies arrive on the loop (body.py), responses park (wire.py) and continue as a `Tail`
+(response.py).
+
+Every per-request step is a dict lookup or a C-level bytes operation where it can be: the environ
+is a copy of a prebuilt dict (request.py's caches), and a small response leaves in a single
+send(). Where bookkeeping is inlined below rather than called, it was measured to pay; it says so.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from bisect import bisect_left as _bisect
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from hurricane import LISTEN_FD, __version__
+from hurricane.http.body import (
+    CHUNKED_PREFETCH_BYTES,
+    EMPTY_INPUT,
+    MAX_DISCARD_BYTES,
+    BodyReader,
+    PendingBody,
+)
+from hurricane.http.rejections import REJECTIONS, HTTPError, RejectLog, error_response
+from hurricane.http.request import HEAD_CACHE, METRIC_METHODS, HeadParser
+from hurricane.http.response import (
+    NO_BODY,
+    WRITE_TIMEOUT_S,
+    Exchange,
+    FileWrapper,
+    Tail,
+    refresh_date,
+)
+from hurricane.http.wire import (
+    CLOSED,
+    CLOSING,
+    EPOLLIN,
+    EPOLLOUT,
+    IN_THREAD,
+    READING,
+    RECV_SIZE,
+    SENDING,
+    UNSENT,
+    UNSENT_BUDGET_BYTES,
+    ClientGone,
+    Conn,
+    Outbox,
+    State,
+    close_soon,
+    conn_send,
+    has_input,
+    push,
+    register,
+)
+from hurricane.log import log_line as _log_line
+
+# While draining, a keep-alive connection idle this long is closed; until then its next request is
+# still served (with Connection: close), so a client in the middle of a request loop sees no error.
+DRAIN_IDLE_GRACE_S = 1.0
+SERVER_SOFTWARE = "hurricane/" + __version__
+# --threads, more than one worker: a busy worker stops accepting for at most this long.
+ACCEPT_PAUSE_MAX_S = 0.1
+# (method, status class) -> the same tuple, prebuilt: the counter key costs a lookup, not a new tuple.
+_COUNT_KEYS = {(m, c): (m, c) for m in METRIC_METHODS for c in range(1, 6)}
+_monotonic = time.monotonic
+
+EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
+
+
+class Request:
+    """What finishing a request needs once its response's tail has gone out (see Server._finish)."""
+
+    __slots__ = ("env", "method", "started", "body", "result", "fd")
+
+    def __init__(self, env: Dict[str, Any], method: str, started: float, body: Any, result: Any,
+                 fd: int) -> None:
+        self.env = env
+        self.method = method
+        self.started = started
+        self.body = body  # wsgi.input: a streamed body the app left unread is discarded at the end
+        self.result = result  # the app's iterable, closed at the end (PEP 3333)
+        self.fd = fd  # a static file's descriptor, ours to close; -1 if none
+
+
+class Server:
+    """The worker's event loop: accept on the shared socket, parse, call the app, respond."""
+
+    def __init__(self, config: Dict[str, Any], activity: Any) -> None:
+        self.activity = activity
+        http = config.get("http") or {}
+        self.reject_log = RejectLog(http.get("log_format") == "json")
+        self.keep_alive_s = float(config.get("keep_alive", 5))
+        self.graceful_timeout_s = float(config.get("graceful_timeout", 30))
+        self.write_timeout_s = float(http.get("write_timeout", 30))
+        WRITE_TIMEOUT_S[0] = self.write_timeout_s
+        self.min_body_rate = float(http.get("min_body_rate", 240))
+        self.max_body = int(http.get("max_body_size", 100 * 1024 * 1024))
+        limit_line = int(http.get("limit_request_line", 8190))
+        limit_fields = int(http.get("limit_request_fields", 100))
+        limit_field_size = int(http.get("limit_request_field_size", 8190))
+        self.parser = HeadParser(limit_line, limit_fields, limit_field_size, self.max_body)
+        self.limit_line = limit_line
+        # The most a legal head can take: every limit at its maximum (bounds a connection's buffer).
+        self.max_head = limit_line + 2 + limit_fields * (limit_field_size + 2)
+        allow = http.get("forwarded_allow_ips", ["127.0.0.1", "::1"])
+        self.trust_all = "*" in allow
+        self.trusted_ips = {a for a in allow if "/" not in a}
+        self.trusted_nets = [ipaddress.ip_network(a, strict=False) for a in allow if "/" in a]
+        self.mounts: List[Any] = []  # static/media, set by the worker once the app (and Django) loaded
+        self.access_log = bool(http.get("access_log"))
+        self.log_json = http.get("log_format") == "json"
+        self.worker_id = config.get("worker", 0)
+        self.threads = max(1, int(http.get("threads", 1)))
+        self.rotate_accept = int(config.get("workers", 1)) > 1
+        # --threads: requests run on a pool; the event loop stays on the main thread.
+        self.pool = ThreadPoolExecutor(self.threads, "hurricane-app") if self.threads > 1 else None
+        # Without threads, small keep-alive responses leave in bursts (see Outbox); with them, a
+        # response leaves from its own thread at once.
+        self.outbox = Outbox(self._wake) if self.pool is None else None
+        self._hold = self.outbox.hold if self.outbox is not None else None
+        self._done: Deque[Tuple[Conn, State]] = deque()
+        self._inflight = 0
+        self._count_lock = threading.Lock()
+        self.stopping = False
+        self.now = time.monotonic()  # the loop's clock, read once per wakeup
+        self._wake_w: Optional[socket.socket] = None
+        self.conns: Dict[int, Conn] = {}
+        self.base_environ: Dict[str, Any] = {}
+
+    def request_stop(self) -> None:
+        """Begin draining. Safe from a signal handler and from another thread."""
+        self.stopping = True
+        self._wake()
+
+    def _wake(self) -> None:
+        """Interrupt the event loop's epoll wait, from any thread."""
+        wake = self._wake_w
+        if wake is not None:
+            try:
+                wake.send(b"x")
+            except OSError:
+                pass
+
+    def serve(self, app: Callable) -> int:
+        listener = socket.socket(fileno=LISTEN_FD)
+        listener.setblocking(False)
+        sockname = listener.getsockname()
+        if isinstance(sockname, tuple):
+            server_name, server_port = str(sockname[0]), str(sockname[1])
+        else:
+            server_name, server_port = str(sockname), ""
+        self.base_environ = {
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
+            "SCRIPT_NAME": "",
+            "SERVER_NAME": server_name,
+            "SERVER_PORT": server_port,
+            "SERVER_SOFTWARE": SERVER_SOFTWARE,
+        }
+        self.parser.base_environ = self.base_environ
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        self._wake_w = wake_w
+        signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+
+        epoll = select.epoll()
+        lfd = listener.fileno()
+        # EPOLLEXCLUSIVE: a new connection wakes one idle worker, not the whole pool.
+        epoll.register(lfd, EPOLLIN | EPOLLEXCLUSIVE)
+        epoll.register(wake_r.fileno(), EPOLLIN)
+        conns = self.conns
+        outbox = self.outbox
+        if outbox is not None:
+            threading.Thread(target=outbox.run_flusher, name="hurricane-flusher", daemon=True).start()
+        listening = True
+        accepting = True  # the listener is in epoll
+        paused = False  # --threads: every thread busy, the siblings take new connections
+        paused_at = 0.0
+        deadline = 0.0
+        now = self.now = time.monotonic()
+        next_sweep = now + 1.0
+        next_date = now
+        refresh_date()
+
+        while True:
+            if self.stopping and listening:
+                listening = False
+                if accepting:
+                    epoll.unregister(lfd)
+                    accepting = False
+                listener.close()
+                deadline = now + self.graceful_timeout_s
+            if not listening and ((not conns and not self._inflight) or now > deadline):
+                for conn in list(conns.values()):
+                    self._close(conn, epoll)
+                return 0
+            if listening:
+                if self.pool is not None:
+                    # All threads busy: stop accepting, so an idle sibling worker takes the
+                    # connection. Only if there is a sibling, and never for long: when every worker
+                    # is busy, the keep-alive connections it serves would otherwise leave a new one
+                    # in the backlog for as long as they keep sending.
+                    busy = self.rotate_accept and self._inflight >= self.threads
+                    if busy and not paused:
+                        paused = True
+                        paused_at = now
+                    elif paused and (not busy or now - paused_at >= ACCEPT_PAUSE_MAX_S):
+                        paused = False
+                # Past the unsent budget, new connections wait in the backlog (or go to a sibling)
+                # until slow readers read or --write-timeout cuts them; the connections this worker
+                # has are served on (a connection with parked bytes is not read anyway), so memory
+                # is bounded by the budget plus one response per connection.
+                want = not paused and UNSENT[0] <= UNSENT_BUDGET_BYTES
+                if want != accepting:
+                    if want:
+                        epoll.register(lfd, EPOLLIN | EPOLLEXCLUSIVE)
+                    else:
+                        epoll.unregister(lfd)
+                    accepting = want
+            if paused:
+                timeout = ACCEPT_PAUSE_MAX_S
+            elif conns or not listening or self._inflight or self.reject_log.suppressed:
+                # (a count of left-out reject lines is due at the next second's sweep)
+                timeout = 1.0 if listening else 0.1
+            else:
+                timeout = -1
+            events = epoll.poll(timeout)
+            now = self.now = time.monotonic()
+            if now >= next_date:
+                refresh_date()
+                next_date = now + 0.25
+            while True:
+                for fd, _ in events:
+                    conn = conns.get(fd)
+                    if conn is not None:
+                        watched = conn.events
+                        if watched == EPOLLIN:
+                            self._on_readable(conn, app, epoll, now)
+                        elif watched:
+                            self._on_writable(conn, app, epoll, now)
+                    elif fd == lfd:
+                        if accepting:
+                            self._accept(listener, app, epoll, now)
+                    else:
+                        try:
+                            wake_r.recv(4096)
+                        except OSError:
+                            pass
+                        if self._done:
+                            self._take_back(app, epoll, now)
+                if outbox is None or not outbox.held:
+                    break
+                # Requests that arrived during this pass join its burst: their clients are woken
+                # once, not twice. The outbox's own bounds (64 connections, 256 KiB, 2 ms) end the pass.
+                events = epoll.poll(0)
+                if not events:
+                    break
+                now = self.now = time.monotonic()
+            if outbox is not None:
+                if outbox.held:
+                    outbox.flush()
+                if outbox.stalled:
+                    self._on_stalled(epoll)
+            if not listening:
+                self._sweep(epoll, now, min(self.keep_alive_s, DRAIN_IDLE_GRACE_S))
+            elif now >= next_sweep:
+                next_sweep = now + 1.0
+                self._sweep(epoll, now, self.keep_alive_s)
+
+    def _accept(self, listener: socket.socket, app: Callable, epoll: Any, now: float) -> None:
+        """Take one connection and serve it at once.
+
+        One per wakeup, never a batch: the app runs inline, so a worker that took three queued
+        connections would serve them one after another while its idle siblings wait. The master
+        sets TCP_DEFER_ACCEPT, so the request is usually already here when accept returns.
+        """
+        try:
+            sock, addr = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # EMFILE/ENFILE/ECONNABORTED: the connection stays queued or is gone; not our crash.
+            _log_line("ERROR", "accept_error", {"pid": os.getpid(), "error": str(exc)}, self.log_json)
+            return
+        sock.setblocking(False)
+        if self.rotate_accept:
+            # EPOLLEXCLUSIVE wakes waiters in wait-queue order, and an epoll entry never moves:
+            # the same worker would win every connection. Re-adding the listener puts this worker
+            # at the back of the queue, round-robin like a blocking accept().
+            epoll.unregister(listener.fileno())
+            epoll.register(listener.fileno(), EPOLLIN | EPOLLEXCLUSIVE)
+            # And let a sibling that was woken on this CPU run before we look at the queue again.
+            os.sched_yield()
+        conn = Conn(sock, addr, now)
+        conn.trusted = self._trusted(conn.addr)
+        # Serve what already arrived before registering with epoll: a Connection: close request
+        # then costs no epoll_ctl at all.
+        try:
+            data = sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            data = None
+        except OSError:
+            data = b""
+        if data == b"":
+            sock.close()
+            return
+        self.conns[conn.fd] = conn
+        state = READING
+        if data is not None:
+            conn.buf = data
+            state = self._process(conn, app, now)
+        self._settle(conn, state, epoll)
+
+    def _settle(self, conn: Conn, state: State, epoll: Any) -> None:
+        """Put `conn` in `state` and make epoll watch its socket for what that state waits on."""
+        if state is READING:
+            if conn.parked:  # its last response did not all fit: wait for the client to read
+                state = SENDING
+                register(epoll, conn, EPOLLOUT)
+            else:
+                register(epoll, conn, EPOLLIN)
+        elif state is SENDING or state is CLOSING:
+            register(epoll, conn, EPOLLOUT)
+        elif state is IN_THREAD:
+            register(epoll, conn, 0)
+            self.conns.pop(conn.fd, None)
+        else:
+            self._close(conn, epoll)
+            return
+        conn.state = state
+
+    def _close(self, conn: Conn, epoll: Any) -> None:
+        if conn.state is CLOSED:
+            return
+        conn.state = CLOSED
+        if self.conns.get(conn.fd) is conn:
+            del self.conns[conn.fd]
+        register(epoll, conn, 0)
+        close_soon(conn)
+        tail = conn.tail
+        if tail is not None:  # cut mid-response: the app's iterable is closed, the request counted
+            conn.tail = None
+            tail.ex.keep_alive = False
+            self._finish(tail.ex, tail.context)
+        conn.sock.close()
+
+    def _on_stalled(self, epoll: Any) -> None:
+        """Connections whose held responses the socket did not take: wait for them to read."""
+        for conn in self.outbox.take_stalled():  # type: ignore[union-attr]
+            if conn.state is READING and conn.parked and self.conns.get(conn.fd) is conn:
+                self._settle(conn, SENDING, epoll)
+
+    def _sweep(self, epoll: Any, now: float, idle_s: float) -> None:
+        """Close connections idle past ``idle_s``, or that read nothing for --write-timeout; one
+        stuck mid-request gets a 408 first."""
+        limit = now - idle_s
+        write_limit = now - self.write_timeout_s if self.write_timeout_s > 0 else -1.0
+        for conn in list(self.conns.values()):
+            state = conn.state
+            if state is SENDING or state is CLOSING:
+                if conn.last < write_limit:
+                    self.reject_log.write_timeout(conn.addr, sum(len(d) for d in conn.parked))
+                    self._close(conn, epoll)
+                continue
+            if conn.body is not None and conn.body.too_slow(now, self.min_body_rate):
+                self._reject(conn, "body_too_slow")
+                self._close(conn, epoll)
+                continue
+            if conn.last >= limit:
+                continue
+            if not conn.buf and has_input(conn.sock):
+                # The next request arrived after this pass read its sockets: serve it, do not
+                # close under it (the client would see its request go unanswered).
+                continue
+            if conn.body is not None:
+                self._reject(conn, "body_too_slow")  # silent mid-body for --keep-alive
+            elif conn.buf:
+                self._reject(conn, "head_timeout")
+            self._close(conn, epoll)
+        self.reject_log.tick()
+
+    def _on_readable(self, conn: Conn, app: Callable, epoll: Any, now: float) -> None:
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn, epoll)
+            return
+        pending = conn.body
+        if pending is not None:
+            # A body arriving on the loop: the connection is alive while bytes come.
+            conn.last = now
+            rest = pending.add(data)
+            if not pending.complete:
+                return
+            data = rest
+        if conn.buf:
+            conn.buf += data
+        else:
+            conn.buf = data
+        state = self._process(conn, app, now)
+        if state is not READING or conn.parked:
+            self._settle(conn, state, epoll)
+
+    def _on_writable(self, conn: Conn, app: Callable, epoll: Any, now: float) -> None:
+        """The client read some of what waits for it: send on, produce more, or move on."""
+        try:
+            drained = push(conn)
+        except ClientGone:
+            self._close(conn, epoll)
+            return
+        conn.last = now
+        if not drained:
+            return
+        tail = conn.tail
+        if tail is not None:
+            if self.pool is not None and tail.it is not None:
+                # The app's iterator runs on a thread, as the request did: a slow one holds no loop.
+                self._inflight += 1
+                self._settle(conn, IN_THREAD, epoll)
+                self.pool.submit(self._resume_in_thread, conn)
+                return
+            state = self._resume(conn)
+        elif conn.state is CLOSING:
+            self._close(conn, epoll)
+            return
+        else:
+            state = READING
+        if state is READING and conn.buf:
+            state = self._process(conn, app, now)
+        self._settle(conn, state, epoll)
+
+    def _resume(self, conn: Conn) -> State:
+        """Produce more of a parked response's tail; finish its request when it is all out."""
+        tail = conn.tail
+        ex = tail.ex
+        request = tail.context
+        threaded = self.pool is not None
+        activity = self.activity
+        # The app's iterator runs again: --timeout watches it as it watched the app.
+        busy = (self.now, request.method, request.env["PATH_INFO"])
+        if threaded:
+            ident = threading.get_ident()
+            activity.inflight[ident] = busy
+        else:
+            activity.current = busy
+        gone = False
+        try:
+            done = tail.advance()
+        except ClientGone:
+            ex.keep_alive = False
+            done = gone = True
+        except Exception:
+            self._log_app_error(request.env)
+            ex.keep_alive = False  # the client sees a cut response
+            done = True
+        finally:
+            if threaded:
+                activity.inflight.pop(ident, None)
+            else:
+                activity.current = None
+        if not done:
+            return SENDING
+        conn.tail = None
+        keep = self._finish(ex, request)
+        if gone:
+            return CLOSED
+        if conn.parked:
+            return SENDING if keep else CLOSING
+        return READING if keep else CLOSED
+
+    def _resume_in_thread(self, conn: Conn) -> None:
+        state = CLOSED
+        try:
+            state = self._resume(conn)
+        except BaseException:  # noqa: BLE001 - a thread must always hand its connection back
+            self._log_app_error({})
+        finally:
+            self._done.append((conn, state))
+            self._wake()
+
+    def _finish(self, ex: Exchange, request: Request) -> bool:
+        """The end of a request whose response went out as its client read: close what the app
+        returned, count and log it; True to keep the connection."""
+        result = request.result
+        if result is not None and hasattr(result, "close"):
+            try:
+                result.close()
+            except Exception:
+                self._log_app_error(request.env)
+        if request.fd >= 0:
+            os.close(request.fd)
+        if ex.length is not None and ex.written < ex.length:
+            ex.keep_alive = False  # the app declared more than it gave
+        seconds = _monotonic() - request.started
+        method = request.method
+        label = method if method in METRIC_METHODS else "other"
+        with self._count_lock:
+            self.activity.record(label, ex.code, seconds, ex.written)
+        if self.access_log:
+            self._log_access(request.env, ex.code, ex.written, seconds)
+        return self._discard_body(ex.keep_alive, request.body)
+
+    def _discard_body(self, keep: bool, body: Any) -> bool:
+        """A streamed body the app did not read all of: read and drop a little to keep the
+        connection, else close it."""
+        if keep and body is not EMPTY_INPUT and type(body) is BodyReader:
+            try:
+                if not body.finished and not body.discard(MAX_DISCARD_BYTES):
+                    return False
+            except (ClientGone, HTTPError):
+                return False
+        return keep
+
+    def _process(self, conn: Conn, app: Callable, now: float) -> State:
+        """Serve every complete request in the buffer, in order; returns the connection's state."""
+        pending = conn.body
+        if pending is not None:
+            # Its body is all here: the request runs now, then whatever was pipelined after it.
+            conn.body = None
+            try:
+                state = self._handle(conn, pending.head, 0, app, pending.parsed, pending.input())
+            except HTTPError as exc:
+                return self._reject(conn, exc.reason)
+            except ClientGone:
+                return CLOSED
+            if state is not READING or not conn.buf:
+                return state
+        while True:
+            buf = conn.buf
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self.max_head:
+                    return self._reject(conn, "header_too_large")
+                limit = self.limit_line + 2
+                if len(buf) > limit and buf.find(b"\n", 0, limit) < 0:
+                    return self._reject(conn, "request_line_too_long")
+                if buf.count(b"\n") != buf.count(b"\r\n"):
+                    # A bare LF head would never end in CRLFCRLF: refuse it now, not at the timeout.
+                    return self._reject(conn, "bare_lf")
+                if buf[:2] == b"\r\n" and len(buf) >= 2:
+                    conn.buf = buf.lstrip(b"\r\n")  # RFC 9112 2.2: ignore CRLF before a request
+                return READING
+            if end > self.max_head:
+                return self._reject(conn, "header_too_large")
+            if end == 0 or buf[0] in b"\r\n":
+                stripped = buf.lstrip(b"\r\n")
+                if stripped is not buf and len(buf) - len(stripped) <= 8:
+                    conn.buf = stripped
+                    continue
+            conn.last = now
+            head = buf[:end]
+            try:
+                # A keep-alive client often sends the same head again (a poller, a health check, a
+                # page's assets): its parse is a pure function of the bytes, so it is looked up.
+                parsed = HEAD_CACHE.get(head)
+                if parsed is None:
+                    parsed = self.parser.parse(head)
+                length = parsed[5]
+                if length and not parsed[6] and len(buf) - end - 4 < length:
+                    # The body is not all here: read it on the loop, run the app when it is.
+                    conn.body = PendingBody(head, parsed, length, buf[end + 4 :], now)
+                    conn.buf = b""
+                    return READING
+                state = self._handle(conn, head, end + 4, app, parsed, None)
+            except HTTPError as exc:
+                return self._reject(conn, exc.reason)
+            except ClientGone:
+                return CLOSED
+            if state is not READING:
+                return state
+            if self.stopping:
+                conn.last = time.monotonic()  # the drain grace counts from the end of the response
+            if not conn.buf:
+                return READING
+
+    def _reject(self, conn: Conn, reason: str) -> State:
+        """Answer a refused request with its status and its reason's name; logged and counted."""
+        status = REJECTIONS[reason]
+        self.activity.reject(reason)
+        self.reject_log.note(status, reason, conn.addr)
+        try:
+            conn_send(conn, error_response(status, reason))
+        except ClientGone:
+            return CLOSED
+        return CLOSING if conn.parked else CLOSED
+
+    def _handle(self, conn: Conn, head: bytes, body_start: int, app: Callable, parsed: tuple,
+                ready_body: Any) -> State:
+        """Run one parsed request; `ready_body` is its body read on the loop, if it was."""
+        template, method, version11, keep_alive, chunked, length, expect_continue, target = parsed
+        env = template.copy()
+        conn.buf = conn.buf[body_start:]
+        body: Any = EMPTY_INPUT
+        if ready_body is not None:
+            body = ready_body
+        elif chunked:
+            body = BodyReader(conn, None, expect_continue, self.max_body)
+            if not expect_continue:
+                body.prefetch(CHUNKED_PREFETCH_BYTES)
+        elif length:
+            if len(conn.buf) >= length:
+                body = BytesIO(conn.buf[:length])
+                conn.buf = conn.buf[length:]
+            else:
+                body = BodyReader(conn, length, expect_continue, self.max_body)
+        env["REMOTE_ADDR"] = conn.addr
+        env["REMOTE_PORT"] = conn.port
+        env["wsgi.input"] = body
+        if conn.trusted:
+            forwarded_for = env.get("HTTP_X_FORWARDED_FOR")
+            if forwarded_for:
+                env["REMOTE_ADDR"] = self._forwarded_client(forwarded_for)
+            proto = env.get("HTTP_X_FORWARDED_PROTO")
+            if proto:
+                scheme = proto.split(",")[0].strip().lower()
+                if scheme == "http" or scheme == "https":
+                    env["wsgi.url_scheme"] = scheme
+        if self.stopping:
+            keep_alive = False
+        if self.mounts:
+            path_info = env["PATH_INFO"]
+            for mount in self.mounts:
+                if mount.matches(path_info):
+                    return self._serve_static(conn, mount, env, target, version11, keep_alive, body)
+        if self.pool is not None:
+            env["wsgi.multithread"] = True
+            self._inflight += 1
+            self.pool.submit(self._in_thread, conn, app, env, method, version11, keep_alive, body)
+            return IN_THREAD
+        return self._run_app(conn, app, env, method, version11, keep_alive, body)
+
+    def _in_thread(
+        self, conn: Conn, app: Callable, env: Dict[str, Any], method: str,
+        version11: bool, keep_alive: bool, body: Any,
+    ) -> None:
+        """--threads: run one request off the event loop, then hand the connection back."""
+        state = CLOSED
+        try:
+            state = self._run_app(conn, app, env, method, version11, keep_alive, body)
+        except HTTPError as exc:
+            state = self._reject(conn, exc.reason)
+        except ClientGone:
+            pass
+        except BaseException:  # noqa: BLE001 - a thread must always hand its connection back
+            self._log_app_error(env)
+        finally:
+            self._done.append((conn, state))  # deque.append is atomic: no lock needed
+            self._wake()
+
+    def _take_back(self, app: Callable, epoll: Any, now: float) -> None:
+        """Connections a thread is done with: close them, or watch them again."""
+        done = self._done
+        while done:
+            conn, state = done.popleft()
+            self._inflight -= 1
+            conn.state = IN_THREAD
+            self.conns[conn.fd] = conn
+            if state is CLOSED:
+                self._close(conn, epoll)
+                continue
+            conn.last = now
+            if state is READING and conn.buf:
+                state = self._process(conn, app, now)
+            self._settle(conn, state, epoll)
+
+    def _serve_static(
+        self, conn: Conn, mount: Any, env: Dict[str, Any], target: bytes,
+        version11: bool, keep_alive: bool, body: Any,
+    ) -> State:
+        # A body sent to a static file is never read: the connection ends after the response
+        # rather than parse that body as the next request.
+        ex = Exchange(conn, version11, env["REQUEST_METHOD"] == "HEAD", keep_alive and body is EMPTY_INPUT,
+                      self.stopping, self._hold)
+        reply = mount.reply(env, target)
+        method = env["REQUEST_METHOD"]
+        tail = None
+        try:
+            ex.start_response(reply.status, reply.headers)
+            head = ex._head_bytes(None)
+            if reply.fd < 0 or ex.framing is NO_BODY:
+                ex._send_last(head)
+            else:
+                left = ex.send_range(head, reply.fd, reply.offset, reply.count)
+                if left:
+                    start = reply.offset + reply.count - left
+                    request = Request(env, method, self.now, body, None, reply.fd)
+                    tail = Tail(ex, None, reply.fd, start, left, request)
+        except ClientGone:
+            ex.keep_alive = False
+        finally:
+            if reply.fd >= 0 and tail is None:
+                os.close(reply.fd)
+        if tail is not None:
+            conn.tail = tail  # the rest of the file goes out as the client reads (sendfile)
+            return SENDING
+        seconds = time.monotonic() - self.now
+        label = method if method in METRIC_METHODS else "other"
+        if self.pool is not None:
+            with self._count_lock:
+                self.activity.record(label, ex.code, seconds, ex.written)
+        else:
+            self.activity.record(label, ex.code, seconds, ex.written)
+        if self.access_log:
+            self._log_access(env, ex.code, ex.written, seconds)
+        if conn.parked:
+            return SENDING if ex.keep_alive else CLOSING
+        return READING if ex.keep_alive else CLOSED
+
+    def _run_app(
+        self, conn: Conn, app: Callable, env: Dict[str, Any], method: str,
+        version11: bool, keep_alive: bool, body: Any,
+    ) -> State:
+        ex = Exchange(conn, version11, method == "HEAD", keep_alive, self.stopping, self._hold)
+        activity = self.activity
+        # The loop's clock (read once per wakeup) is precise enough for --timeout and saves a call.
+        threaded = self.pool is not None
+        started = self.now
+        if threaded:
+            ident = threading.get_ident()
+            activity.inflight[ident] = (self.now, method, env["PATH_INFO"])
+        else:
+            activity.current = (self.now, method, env["PATH_INFO"])
+        result = None
+        tail: Optional[Tail] = None
+        try:
+            result = app(env, ex.start_response)
+            if type(result) is list and len(result) == 1 and ex.status is not None:
+                ex.send_one(result[0])
+            elif type(result) is FileWrapper and ex.status is not None and ex.file_fd(result) is not None:
+                tail = self._send_file(ex, result)
+            else:
+                # Hold the first chunk: if it is also the last, it goes out with a Content-Length.
+                first: Optional[bytes] = None
+                it = iter(result)
+                for data in it:
+                    if not data:
+                        continue
+                    if ex.sent:
+                        ex.write(data)
+                    elif first is None:
+                        first = data
+                        continue
+                    else:
+                        ex.write(first)
+                        ex.write(data)
+                        first = None
+                    if conn.parked:
+                        # The client reads slower than the app yields: the rest of the iterator is
+                        # advanced as it reads, and the worker serves others meanwhile.
+                        tail = Tail(ex, it, -1, 0, 0, None)
+                        break
+                else:
+                    if first is not None and not ex.sent:
+                        ex.send_one(first)
+                    else:
+                        ex.finish()
+        except ClientGone:
+            ex.keep_alive = False
+        except HTTPError:
+            raise
+        except Exception:
+            self._log_app_error(env)
+            if ex.sent:
+                ex.keep_alive = False  # never a second status line; the client sees a cut response
+            else:
+                try:
+                    conn_send(conn, error_response("500 Internal Server Error"))
+                except ClientGone:
+                    pass
+                ex.code = 500
+                ex.keep_alive = False
+        finally:
+            if tail is not None:
+                # Not finished: the request ends when its tail is out (Server._finish).
+                if threaded:
+                    activity.inflight.pop(ident, None)
+                else:
+                    activity.current = None
+            else:
+                if result is not None and hasattr(result, "close"):
+                    try:
+                        result.close()
+                    except Exception:
+                        self._log_app_error(env)
+                ended = _monotonic()
+                seconds = ended - started
+                if not threaded:
+                    # The next request of this pass starts now, not when the loop woke up.
+                    self.now = ended
+                    if self.outbox is not None:
+                        self.outbox.expire(ended)
+                if threaded:
+                    activity.inflight.pop(ident, None)
+                    label = method if method in METRIC_METHODS else "other"  # bounded label values
+                    with self._count_lock:
+                        activity.record(label, ex.code, seconds, ex.written)
+                else:
+                    # Inline Activity.record: this runs for every request, a call would cost ~10 %.
+                    activity.current = None
+                    activity.requests += 1
+                    key = _COUNT_KEYS.get((method, ex.code // 100))
+                    if key is None:
+                        key = (method if method in METRIC_METHODS else "other", ex.code // 100)
+                    counts = activity.counts
+                    counts[key] = counts.get(key, 0) + 1
+                    activity.dur[_bisect(activity.dur_bounds, seconds)] += 1
+                    activity.dur_sum += seconds
+                    size = ex.written
+                    # Small bodies skip the search: they fall in the first bucket.
+                    activity.size[0 if size <= activity.size_first else _bisect(activity.size_bounds, size)] += 1
+                    activity.size_sum += size
+                if self.access_log:
+                    self._log_access(env, ex.code, ex.written, seconds)
+        if tail is not None:
+            tail.context = Request(env, method, started, body, result, -1)
+            conn.tail = tail
+            return SENDING
+        keep = ex.keep_alive
+        if keep and body is not EMPTY_INPUT and type(body) is BodyReader:
+            keep = self._discard_body(keep, body)
+        if conn.parked:
+            return SENDING if keep else CLOSING
+        return READING if keep else CLOSED
+
+    def _send_file(self, ex: Exchange, wrapper: FileWrapper) -> Optional[Tail]:
+        """wsgi.file_wrapper around a real file: sendfile(2), the rest as the client reads."""
+        fd, offset, size = ex.file_fd(wrapper)  # type: ignore[misc]
+        head = ex._head_bytes(size)
+        if ex.framing is NO_BODY:
+            ex._send_last(head)
+            return None
+        count = min(size, ex.length if ex.length is not None else size)
+        left = ex.send_range(head, fd, offset, count)
+        if left:
+            return Tail(ex, None, fd, offset + count - left, left, None)
+        if ex.length is not None and ex.written < ex.length:
+            ex.keep_alive = False  # the app declared more than the file holds
+        return None
+
+    def _trusted(self, addr: str) -> bool:
+        if self.trust_all or addr in self.trusted_ips:
+            return True
+        if not self.trusted_nets or not addr:
+            return False
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted_nets)
+
+    def _forwarded_client(self, header: str) -> str:
+        """The client behind trusted proxies: the rightmost X-Forwarded-For hop we do not trust."""
+        hops = [h.strip() for h in header.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._trusted(hop):
+                return hop
+        return hops[0] if hops else ""
+
+    def _log_access(self, env: Dict[str, Any], code: int, size: int, seconds: float) -> None:
+        """--access-log: one line per request, in the master's format, in one write(2)."""
+        fields = {
+            "remote": env["REMOTE_ADDR"],
+            "method": env["REQUEST_METHOD"],
+            "path": env["PATH_INFO"],
+            "query": env["QUERY_STRING"],
+            "status": code,
+            "size": size,
+            "duration_ms": round(seconds * 1000, 3),
+            "worker": self.worker_id,
+        }
+        _log_line("INFO", "access", fields, self.log_json)
+
+    def _log_app_error(self, env: Dict[str, Any]) -> None:
+        fields = {
+            "pid": os.getpid(),
+            "method": env.get("REQUEST_METHOD"),
+            "path": env.get("PATH_INFO"),
+            "traceback": traceback.format_exc(),
+        }
+        _log_line("ERROR", "app_error", fields, self.log_json)
