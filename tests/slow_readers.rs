@@ -145,7 +145,7 @@ fn a_streaming_response_to_a_slow_reader_is_never_held_in_memory() {
         }
         received += n;
         reads += 1;
-        if reads % 16 == 0 {
+        if reads.is_multiple_of(16) {
             peak_kb = peak_kb.max(rss_kb(worker));
             std::thread::sleep(Duration::from_millis(5)); // a slow reader
         }
