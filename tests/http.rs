@@ -748,28 +748,38 @@ fn a_multi_megabyte_chunked_upload_from_curl_arrives_byte_for_byte() {
     }
 }
 
-/// Issue 11, point 1b: a request body is read on the event loop before the app runs, so clients
-/// trickling bodies hold no worker.
+/// Issue 11, point 1b: bodies are read on the event loop, so clients trickling them (with
+/// Content-Length, chunked, or after `Expect: 100-continue`) hold no worker: with more of them
+/// than workers, every other request is still served within 1 s.
 #[test]
 fn clients_trickling_request_bodies_hold_no_worker() {
     let server = Server::start("app", &["--workers", "2", "--min-body-rate", "0"]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trickles: Vec<_> = (0..2)
-        .map(|_| {
+    let kinds: [(&[u8], &[u8]); 4] = [
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n", b"x"),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"1\r\nx\r\n"),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\nExpect: 100-continue\r\n\r\n",
+            b"x",
+        ),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+            b"1\r\nx\r\n",
+        ),
+    ];
+    let trickles: Vec<_> = kinds
+        .into_iter()
+        .map(|(head, piece)| {
             let (addr, stop) = (server.addr, stop.clone());
             std::thread::spawn(move || {
                 let mut stream = TcpStream::connect(addr).unwrap();
-                stream
-                    .write_all(
-                        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
-                    )
-                    .unwrap();
-                // One byte every 50 ms, bounded to 20 s.
+                stream.write_all(head).unwrap();
+                // One piece every 50 ms, bounded to 20 s.
                 for _ in 0..400 {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
-                    if stream.write_all(b"x").is_err() {
+                    if stream.write_all(piece).is_err() {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(50));
@@ -777,7 +787,7 @@ fn clients_trickling_request_bodies_hold_no_worker() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500)); // both trickles are under way
+    std::thread::sleep(Duration::from_millis(500)); // the trickles are under way
     let mut slowest = Duration::ZERO;
     for _ in 0..50 {
         let started = Instant::now();
@@ -792,6 +802,45 @@ fn clients_trickling_request_bodies_hold_no_worker() {
         slowest < Duration::from_secs(1),
         "slowest GET took {slowest:?}"
     );
+}
+
+/// A chunked body read on the loop reaches the app whole, a pipelined request after it is
+/// served in order, and a chunked body below --min-body-rate gets 408 like any other.
+#[test]
+fn a_chunked_body_is_read_on_the_loop_and_a_trickled_one_gets_408() {
+    let server = Server::start("app", &["--workers", "1", "--keep-alive", "30"]);
+    let answer = exchange(
+        &server,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /environ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+    let hello = answer.find("\r\n\r\nhello").expect("the echoed body");
+    let second = answer
+        .find("\"PATH_INFO\": \"/environ\"")
+        .expect("the pipelined request");
+    assert!(hello < second, "{answer:?}");
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    while started.elapsed() < Duration::from_secs(15) {
+        let _ = stream.write_all(b"1\r\nx\r\n"); // 6 bytes a second, far below 240 B/s
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!(answer.ends_with(": body_too_slow\n"), "{answer:?}");
 }
 
 /// Issue 11, point 1b: a body below --min-body-rate after the 5 s grace is answered 408.

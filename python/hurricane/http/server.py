@@ -31,13 +31,7 @@ from io import BytesIO
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from hurricane import LISTEN_FD, __version__
-from hurricane.http.body import (
-    CHUNKED_PREFETCH_BYTES,
-    EMPTY_INPUT,
-    MAX_DISCARD_BYTES,
-    BodyReader,
-    PendingBody,
-)
+from hurricane.http.body import EMPTY_INPUT, ChunkedBody, PendingBody
 from hurricane.http.rejections import REJECTIONS, HTTPError, RejectLog, error_response
 from hurricane.http.request import HEAD_CACHE, METRIC_METHODS, HeadParser
 from hurricane.http.response import (
@@ -87,14 +81,12 @@ EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 class Request:
     """What finishing a request needs once its response's tail has gone out (see Server._finish)."""
 
-    __slots__ = ("env", "method", "started", "body", "result", "fd")
+    __slots__ = ("env", "method", "started", "result", "fd")
 
-    def __init__(self, env: Dict[str, Any], method: str, started: float, body: Any, result: Any,
-                 fd: int) -> None:
+    def __init__(self, env: Dict[str, Any], method: str, started: float, result: Any, fd: int) -> None:
         self.env = env
         self.method = method
         self.started = started
-        self.body = body  # wsgi.input: a streamed body the app left unread is discarded at the end
         self.result = result  # the app's iterable, closed at the end (PEP 3333)
         self.fd = fd  # a static file's descriptor, ours to close; -1 if none
 
@@ -417,7 +409,11 @@ class Server:
         if pending is not None:
             # A body arriving on the loop: the connection is alive while bytes come.
             conn.last = now
-            rest = pending.add(data)
+            try:
+                rest = pending.add(data)
+            except HTTPError as exc:
+                self._settle(conn, self._reject(conn, exc.reason), epoll)
+                return
             if not pending.complete:
                 return
             data = rest
@@ -526,18 +522,7 @@ class Server:
             self.activity.record(label, ex.code, seconds, ex.written)
         if self.access_log:
             self._log_access(request.env, ex.code, ex.written, seconds)
-        return self._discard_body(ex.keep_alive, request.body)
-
-    def _discard_body(self, keep: bool, body: Any) -> bool:
-        """A streamed body the app did not read all of: read and drop a little to keep the
-        connection, else close it."""
-        if keep and body is not EMPTY_INPUT and type(body) is BodyReader:
-            try:
-                if not body.finished and not body.discard(MAX_DISCARD_BYTES):
-                    return False
-            except (ClientGone, HTTPError):
-                return False
-        return keep
+        return ex.keep_alive
 
     def _process(self, conn: Conn, app: Callable, now: float) -> State:
         """Serve every complete request in the buffer, in order; returns the connection's state."""
@@ -584,12 +569,23 @@ class Server:
                 if parsed is None:
                     parsed = self.parser.parse(head)
                 length = parsed[5]
-                if length and not parsed[6] and len(buf) - end - 4 < length:
-                    # The body is not all here: read it on the loop, run the app when it is.
-                    conn.body = PendingBody(head, parsed, length, buf[end + 4 :], now)
-                    conn.buf = b""
-                    return READING
-                state = self._handle(conn, head, end + 4, app, parsed, None)
+                if parsed[4] or (length and len(buf) - end - 4 < length):
+                    # A chunked body, or one not all here: read it on the loop (a client trickling
+                    # it holds no worker), run the app when it is complete.
+                    if parsed[4]:
+                        pending: PendingBody = ChunkedBody(head, parsed, self.max_body, now)
+                    else:
+                        pending = PendingBody(head, parsed, length, now)
+                    conn.buf = pending.add(buf[end + 4 :])
+                    if not pending.complete:
+                        if parsed[6]:
+                            # Expect: 100-continue: the server wants the body now (RFC 9110 10.1.1).
+                            conn_send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+                        conn.body = pending
+                        return READING
+                    state = self._handle(conn, head, 0, app, parsed, pending.input())
+                else:
+                    state = self._handle(conn, head, end + 4, app, parsed, None)
             except HTTPError as exc:
                 return self._reject(conn, exc.reason)
             except ClientGone:
@@ -615,22 +611,15 @@ class Server:
     def _handle(self, conn: Conn, head: bytes, body_start: int, app: Callable, parsed: tuple,
                 ready_body: Any) -> State:
         """Run one parsed request; `ready_body` is its body read on the loop, if it was."""
-        template, method, version11, keep_alive, chunked, length, expect_continue, target = parsed
+        template, method, version11, keep_alive, _chunked, length, _expect, target = parsed
         env = template.copy()
         conn.buf = conn.buf[body_start:]
         body: Any = EMPTY_INPUT
         if ready_body is not None:
             body = ready_body
-        elif chunked:
-            body = BodyReader(conn, None, expect_continue, self.max_body)
-            if not expect_continue:
-                body.prefetch(CHUNKED_PREFETCH_BYTES)
-        elif length:
-            if len(conn.buf) >= length:
-                body = BytesIO(conn.buf[:length])
-                conn.buf = conn.buf[length:]
-            else:
-                body = BodyReader(conn, length, expect_continue, self.max_body)
+        elif length:  # all here (see _process): the common small POST, no copy of the buffer's rest
+            body = BytesIO(conn.buf[:length])
+            conn.buf = conn.buf[length:]
         env["REMOTE_ADDR"] = conn.addr
         env["REMOTE_PORT"] = conn.port
         env["wsgi.input"] = body
@@ -711,7 +700,7 @@ class Server:
                 left = ex.send_range(head, reply.fd, reply.offset, reply.count)
                 if left:
                     start = reply.offset + reply.count - left
-                    request = Request(env, method, self.now, body, None, reply.fd)
+                    request = Request(env, method, self.now, None, reply.fd)
                     tail = Tail(ex, None, reply.fd, start, left, request)
         except ClientGone:
             ex.keep_alive = False
@@ -840,12 +829,10 @@ class Server:
                 if self.access_log:
                     self._log_access(env, ex.code, ex.written, seconds)
         if tail is not None:
-            tail.context = Request(env, method, started, body, result, -1)
+            tail.context = Request(env, method, started, result, -1)
             conn.tail = tail
             return SENDING
         keep = ex.keep_alive
-        if keep and body is not EMPTY_INPUT and type(body) is BodyReader:
-            keep = self._discard_body(keep, body)
         if conn.parked:
             return SENDING if keep else CLOSING
         return READING if keep else CLOSED

@@ -25,7 +25,8 @@ from collections import deque
 from typing import Any, Callable, Deque, List
 
 RECV_SIZE = 65536
-# A client that stalls mid-body for this long is dropped (reads inside the app block on it).
+# The app's write() callable waits this long for a client that reads nothing, if
+# --write-timeout is 0 (never cut a parked response).
 CLIENT_IO_TIMEOUT_S = 30.0
 # Unsent response bytes a worker holds in all before it stops accepting connections (issue 11).
 UNSENT_BUDGET_BYTES = 64 << 20
@@ -226,22 +227,6 @@ def sendfile_some(conn: Conn, fd: int, offset: int, count: int) -> int:
         count -= sent
         total += sent
     return total
-
-
-def recv_some(conn: Conn) -> bytes:
-    """Block (bounded) until the client sends more; b"" never returns, EOF raises ClientGone."""
-    deadline = time.monotonic() + CLIENT_IO_TIMEOUT_S
-    while True:
-        try:
-            data = conn.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            _wait(conn.sock, select.POLLIN, deadline)
-            continue
-        except OSError as exc:
-            raise ClientGone(str(exc)) from None
-        if not data:
-            raise ClientGone("client closed the connection mid-body")
-        return data
 
 
 def has_input(sock: socket.socket) -> bool:
