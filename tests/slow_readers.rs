@@ -251,3 +251,37 @@ fn past_the_unsent_budget_new_connections_wait_and_nothing_is_lost() {
         "served after {waited:?}"
     );
 }
+
+/// The app's write() callable (PEP 3333) cannot park: each call waits for the client to take the
+/// bytes. A slow reader still gets every byte, in order.
+#[test]
+fn the_write_callable_waits_for_a_slow_reader_and_loses_nothing() {
+    let server = Server::start("app", &["--workers", "1"]);
+    let mut stream = stalled_client(&server, "/writecall?mb=8");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut data = Vec::new();
+    let mut chunk = vec![0u8; 256 * 1024];
+    let started = Instant::now();
+    let body_at = loop {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed after {} bytes", data.len());
+        data.extend_from_slice(&chunk[..n]);
+        std::thread::sleep(Duration::from_millis(10)); // a slow reader
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            if data.len() >= end + 4 + (8 << 20) {
+                break end + 4;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "bounded");
+    };
+    let body = &data[body_at..];
+    assert_eq!(body.len(), 8 << 20);
+    for (i, piece) in body.chunks(65536).enumerate() {
+        assert!(
+            piece.iter().all(|&b| b == (i % 256) as u8),
+            "piece {i} out of order"
+        );
+    }
+}

@@ -142,6 +142,14 @@ def _application(environ, start_response):
         count = int(query.get("mb", "200")) * 16
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return (bytes([i % 256]) * 65536 for i in range(count))
+    elif path == "/writecall":
+        # PEP 3333's write() callable, `mb` MiB in 64 KiB pieces: each call returns once sent.
+        count = int(query.get("mb", "8")) * 16
+        write = start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                          ("Content-Length", str(count * 65536))])
+        for i in range(count):
+            write(bytes([i % 256]) * 65536)
+        return []
     elif path == "/alloc":
         # Memory that stays: the worker's resident set grows by `mb` MiB for good.
         _HOARD.append(b"\x01" * (int(query.get("mb", "100")) << 20))  # written, so resident

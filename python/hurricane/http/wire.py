@@ -21,6 +21,7 @@ import select
 import socket
 import threading
 import time
+from _socket import socket as CSocket  # what the server accepts (socket.socket's base)
 from collections import deque
 from typing import Any, Callable, Deque, List
 
@@ -71,7 +72,7 @@ class Conn:
     __slots__ = ("sock", "fd", "buf", "out", "parked", "tail", "state", "events", "addr", "port",
                  "last", "trusted", "body")
 
-    def __init__(self, sock: socket.socket, addr: Any, now: float) -> None:
+    def __init__(self, sock: CSocket, addr: Any, now: float) -> None:
         self.trusted = False  # may this peer set X-Forwarded-For/-Proto (--forwarded-allow-ips)
         self.body: Any = None  # a PendingBody: a request head whose body is still arriving
         self.sock = sock
@@ -184,7 +185,7 @@ def conn_send2(conn: Conn, head: bytes, body: Any) -> None:
                 _park_locked(conn, memoryview(body)[sent - len(head):])
 
 
-def _wait(sock: socket.socket, events: int, deadline: float) -> None:
+def _wait(sock: CSocket, events: int, deadline: float) -> None:
     poller = select.poll()
     poller.register(sock.fileno(), events)
     while True:
@@ -229,7 +230,7 @@ def sendfile_some(conn: Conn, fd: int, offset: int, count: int) -> int:
     return total
 
 
-def has_input(sock: socket.socket) -> bool:
+def has_input(sock: CSocket) -> bool:
     """Bytes (or an EOF) wait to be read on `sock`; never blocks."""
     try:
         return sock.recv(1, socket.MSG_PEEK) != b""
