@@ -3,7 +3,7 @@
 Why these caches: an app answers the same way again and again, so a response head is a pure
 function of (status, headers, body length, request flags, the Date second) and is looked up, and
 each distinct (name, value) header pair and status string is validated once. A small response leaves
-with its head in a single send (or through the outbox); a big one with one sendmsg, no copy.
+with its head in a single send (or through the outbox); a big one without a copy.
 
 Nothing here waits for a client: what the socket does not take is parked on the connection
 (wire.py), and a response the app still produces (an iterator, a file) continues as a `Tail` when
@@ -25,7 +25,6 @@ from hurricane.http.wire import (
     HOLD_MAX_BYTES,
     Conn,
     conn_send,
-    conn_send2,
     sendfile_some,
     wait_sent,
 )
@@ -279,7 +278,10 @@ class Exchange:
             else:
                 conn_send(self.conn, data)
         else:
-            conn_send2(self.conn, head, body)  # no copy of a big body
+            # No copy of a big body: the head waits (MSG_MORE) and leaves with its first bytes.
+            # (One sendmsg of both measured ~10 % slower on 1 MiB responses.)
+            conn_send(self.conn, head, socket.MSG_MORE)
+            conn_send(self.conn, body)
 
     def _send_last(self, data: bytes) -> None:
         """The whole (rest of the) response in one buffer: the outbox may hold it for its pass."""
@@ -311,7 +313,8 @@ class Exchange:
             if len(data) <= HOLD_MAX_BYTES:
                 self._send_last(head + data)
             else:
-                conn_send2(conn, head, data)
+                conn_send(conn, head, socket.MSG_MORE)  # leaves with the body's first bytes
+                conn_send(conn, data)
             return 0
         # MSG_MORE: the head waits for the file's first bytes and leaves in the same segment.
         conn_send(conn, head, socket.MSG_MORE)

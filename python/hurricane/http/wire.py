@@ -41,6 +41,10 @@ FLUSH_AFTER_S = 0.002
 # ... and its flusher thread looks this often while responses are held, parking after an idle while.
 FLUSH_TICK_S = 0.005
 FLUSHER_PARK_TICKS = 100
+# A response that overflows the socket buffer is sent on inline while its client takes it, for at
+# most this long; a client that takes nothing for STALL_MS is a slow reader (see _send_on).
+INLINE_SEND_S = 0.01
+STALL_MS = 1
 # sendmsg takes at most this many buffers at a time (well under IOV_MAX).
 MAX_IOV = 64
 
@@ -144,8 +148,34 @@ def push(conn: Conn) -> bool:
         return push_locked(conn)
 
 
+def _send_on(conn: Conn, view: memoryview) -> memoryview:
+    """Go on sending `view` while the client takes it; return what is left (to park).
+
+    Why not park at once: for a client that reads as fast as we send (most of them), sending a
+    response to its end before the next one finishes equal responses soonest (first come, first
+    served); parking every response that overflows the socket buffer shares the worker among them
+    instead, and every one of them ends late (1 MiB static files to 50 clients: p99 39 -> 55 ms).
+    A client that takes nothing for STALL_MS, or a response still going after INLINE_SEND_S, is
+    left to the event loop: a slow reader costs the worker at most a few milliseconds.
+    """
+    poller = select.poll()
+    poller.register(conn.fd, select.POLLOUT)
+    sock = conn.sock
+    deadline = _monotonic() + INLINE_SEND_S
+    while view and poller.poll(STALL_MS):
+        try:
+            view = view[sock.send(view):]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            raise ClientGone(str(exc)) from None
+        if _monotonic() > deadline:
+            break
+    return view
+
+
 def conn_send(conn: Conn, data: Any, flags: int = 0) -> None:
-    """Send what the socket takes now, in order after what already waits; park the rest."""
+    """Send `data` in order after what already waits; what a slow reader does not take is parked."""
     if conn.out or conn.parked:
         with _OUT_LOCK:
             _park_locked(conn, data)
@@ -158,31 +188,10 @@ def conn_send(conn: Conn, data: Any, flags: int = 0) -> None:
     except OSError as exc:
         raise ClientGone(str(exc)) from None
     if sent != len(data):
-        with _OUT_LOCK:
-            _park_locked(conn, memoryview(data)[sent:])
-
-
-def conn_send2(conn: Conn, head: bytes, body: Any) -> None:
-    """conn_send(head + body) without copying the body into a new buffer (one sendmsg)."""
-    if conn.out or conn.parked:
-        with _OUT_LOCK:
-            _park_locked(conn, head)
-            _park_locked(conn, body)
-            push_locked(conn)
-        return
-    try:
-        sent = conn.sock.sendmsg([head, body])
-    except (BlockingIOError, InterruptedError):
-        sent = 0
-    except OSError as exc:
-        raise ClientGone(str(exc)) from None
-    if sent != len(head) + len(body):
-        with _OUT_LOCK:
-            if sent < len(head):
-                _park_locked(conn, memoryview(head)[sent:])
-                _park_locked(conn, body)
-            else:
-                _park_locked(conn, memoryview(body)[sent - len(head):])
+        rest = _send_on(conn, memoryview(data)[sent:])
+        if rest:
+            with _OUT_LOCK:
+                _park_locked(conn, rest)
 
 
 def _wait(sock: CSocket, events: int, deadline: float) -> None:
@@ -212,14 +221,22 @@ def wait_sent(conn: Conn, timeout_s: float) -> None:
 
 
 def sendfile_some(conn: Conn, fd: int, offset: int, count: int) -> int:
-    """os.sendfile until the socket is full: bytes sent, 0 when the file ended early, -1 when the
-    socket took nothing (wait for it to drain). Raises ClientGone."""
+    """os.sendfile while the client takes it (see _send_on): bytes sent, 0 when the file ended
+    early, -1 when the socket took nothing (wait for it to drain). Raises ClientGone."""
     total = 0
+    poller: Any = None
+    deadline = 0.0
     while count > 0:
         try:
             sent = os.sendfile(conn.fd, fd, offset, count)
         except (BlockingIOError, InterruptedError):
-            return total if total else -1
+            if poller is None:
+                poller = select.poll()
+                poller.register(conn.fd, select.POLLOUT)
+                deadline = _monotonic() + INLINE_SEND_S
+            if _monotonic() > deadline or not poller.poll(STALL_MS):
+                return total if total else -1
+            continue
         except OSError as exc:
             raise ClientGone(str(exc)) from None
         if sent == 0:
