@@ -269,10 +269,10 @@ fn the_write_callable_waits_for_a_slow_reader_and_loses_nothing() {
         assert!(n > 0, "closed after {} bytes", data.len());
         data.extend_from_slice(&chunk[..n]);
         std::thread::sleep(Duration::from_millis(10)); // a slow reader
-        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            if data.len() >= end + 4 + (8 << 20) {
-                break end + 4;
-            }
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n")
+            && data.len() >= end + 4 + (8 << 20)
+        {
+            break end + 4;
         }
         assert!(started.elapsed() < Duration::from_secs(60), "bounded");
     };
