@@ -24,6 +24,27 @@ fn exchange(server: &Server, raw: &[u8]) -> String {
     String::from_utf8_lossy(&data).into_owned()
 }
 
+/// Writes `piece` about once a second (bounded to 15 s) until the server answers and closes;
+/// returns what the server sent.
+fn trickle_until_answered(stream: &mut TcpStream, piece: &[u8]) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    while started.elapsed() < Duration::from_secs(15) {
+        let _ = stream.write_all(piece);
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(900));
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 fn strict_server() -> Server {
     Server::start(
         "app",
@@ -821,24 +842,10 @@ fn a_chunked_body_is_read_on_the_loop_and_a_trickled_one_gets_408() {
     assert!(hello < second, "{answer:?}");
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    stream
         .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
         .unwrap();
-    let started = Instant::now();
-    let mut answer = Vec::new();
-    while started.elapsed() < Duration::from_secs(15) {
-        let _ = stream.write_all(b"1\r\nx\r\n"); // 6 bytes a second, far below 240 B/s
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&chunk[..n]),
-            Err(_) => {}
-        }
-        std::thread::sleep(Duration::from_millis(900));
-    }
-    let answer = String::from_utf8_lossy(&answer);
+    // 6 bytes a second, far below 240 B/s.
+    let answer = trickle_until_answered(&mut stream, b"1\r\nx\r\n");
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
     assert!(answer.ends_with(": body_too_slow\n"), "{answer:?}");
 }
@@ -849,25 +856,11 @@ fn a_body_below_the_minimum_rate_gets_408_after_the_grace() {
     let server = Server::start("app", &["--workers", "1", "--keep-alive", "30"]);
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    stream
         .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
         .unwrap();
     let started = Instant::now();
-    let mut answer = Vec::new();
-    // 10 bytes a second, far below 240 B/s; bounded to 15 s.
-    while started.elapsed() < Duration::from_secs(15) {
-        let _ = stream.write_all(b"0123456789");
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&chunk[..n]),
-            Err(_) => {}
-        }
-        std::thread::sleep(Duration::from_millis(900));
-    }
-    let answer = String::from_utf8_lossy(&answer);
+    // 10 bytes a second, far below 240 B/s.
+    let answer = trickle_until_answered(&mut stream, b"0123456789");
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
     assert!(answer.ends_with(": body_too_slow\n"), "{answer:?}");
     let took = started.elapsed();
@@ -887,14 +880,7 @@ fn a_body_below_the_minimum_rate_gets_408_after_the_grace() {
 fn a_hundred_megabyte_upload_is_spooled_not_held_in_memory() {
     let server = Server::start("app", &["--workers", "1"]);
     let worker = server.worker_pids()[0];
-    let peak = |pid: i32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    };
+    let peak = |pid: i32| proc_status_kb(pid, "VmHWM");
     let before = peak(worker);
     let dir = TempDir::new("big-upload");
     let input = dir.path("upload.bin");

@@ -9,12 +9,7 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 fn rss_kb(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
+    proc_status_kb(pid, "VmRSS")
 }
 
 /// Connects, asks for `path`, and reads nothing.

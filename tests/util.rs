@@ -301,6 +301,16 @@ pub fn stat(pid: i32) -> Option<(i32, char)> {
 }
 
 /// True once the process is gone or only a zombie (it has exited).
+/// A kB field of /proc/PID/status (VmRSS, VmHWM, ...).
+pub fn proc_status_kb(pid: i32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} for pid {pid}"))
+}
+
 pub fn has_exited(pid: i32) -> bool {
     stat(pid).is_none_or(|(_, state)| state == 'Z' || state == 'X')
 }
