@@ -316,6 +316,16 @@ pub struct InterpreterArgs {
     pub pythonpath: Vec<PathBuf>,
 }
 
+impl InterpreterArgs {
+    /// --pythonpath as the strings the worker puts on sys.path.
+    pub fn pythonpath_strings(&self) -> Vec<String> {
+        self.pythonpath
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    }
+}
+
 /// The probe server's paths and switches, the same for every command.
 #[derive(Debug, Clone, Args)]
 pub struct ProbeArgs {

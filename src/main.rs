@@ -193,12 +193,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
     check_process_limit(workers)?;
     let worker = WorkerConfig {
         app: app.clone(),
-        pythonpath: args
-            .interpreter
-            .pythonpath
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
+        pythonpath: args.interpreter.pythonpath_strings(),
         keep_alive: args.keep_alive,
         graceful_timeout: args.graceful_timeout,
         heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
@@ -382,12 +377,7 @@ fn consume_config(args: ConsumeArgs) -> Result<master::Config, Usage> {
     };
     let worker = WorkerConfig {
         app: handler.clone(),
-        pythonpath: args
-            .interpreter
-            .pythonpath
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
+        pythonpath: args.interpreter.pythonpath_strings(),
         keep_alive: Duration::ZERO,
         graceful_timeout: args.graceful_timeout,
         heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
@@ -563,12 +553,7 @@ fn celery_config(args: CeleryArgs) -> Result<master::Config, Usage> {
     command["display"] = serde_json::json!(display);
     let worker = WorkerConfig {
         app: display.clone(),
-        pythonpath: args
-            .interpreter
-            .pythonpath
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
+        pythonpath: args.interpreter.pythonpath_strings(),
         keep_alive: Duration::ZERO,
         graceful_timeout: args.graceful_timeout,
         heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),

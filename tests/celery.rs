@@ -62,11 +62,7 @@ impl Run {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("HURRICANE_") && key != "HURRICANE_TEST_PYTHON" {
-                cmd.env_remove(key);
-            }
-        }
+        without_hurricane_env(&mut cmd);
         cmd
     }
 
@@ -109,15 +105,11 @@ fn redis() {
 }
 
 fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    parse_classic(&server.probe("/metrics").text())
-        .into_iter()
-        .find(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.2)
+    sample_value(
+        &parse_classic(&server.probe("/metrics").text()),
+        name,
+        labels,
+    )
 }
 
 fn wait_metric(server: &Server, name: &str, labels: &[(&str, &str)], at_least: f64) {

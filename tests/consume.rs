@@ -77,10 +77,9 @@ fn consume_command(names: &Names, handler: &str, args: &[&str]) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    without_hurricane_env(&mut cmd);
     for (key, _) in std::env::vars() {
-        if (key.starts_with("HURRICANE_") && key != "HURRICANE_TEST_PYTHON")
-            || key.starts_with("AMQP_")
-        {
+        if key.starts_with("AMQP_") {
             cmd.env_remove(key);
         }
     }
@@ -103,15 +102,12 @@ fn wait_consuming(server: &Server) {
 
 /// A metric's value from /metrics (classic format), 0 when absent.
 fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> f64 {
-    parse_classic(&server.probe("/metrics").text())
-        .into_iter()
-        .find(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map_or(0.0, |s| s.2)
+    sample_value(
+        &parse_classic(&server.probe("/metrics").text()),
+        name,
+        labels,
+    )
+    .unwrap_or(0.0)
 }
 
 #[test]

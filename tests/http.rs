@@ -151,11 +151,11 @@ fn hostile_requests_get_their_status_a_closed_connection_and_never_reach_the_app
     let counted = wait_for(Duration::from_secs(5), || {
         let samples = parse_classic(&server.probe("/metrics").text());
         let all = expected.iter().all(|(reason, n)| {
-            samples.iter().any(|(name, labels, value)| {
-                name == "hurricane_requests_rejected_total"
-                    && labels.get("reason").map(String::as_str) == Some(*reason)
-                    && value == n
-            })
+            sample_value(
+                &samples,
+                "hurricane_requests_rejected_total",
+                &[("reason", reason)],
+            ) == Some(*n)
         });
         all.then_some(())
     });
@@ -189,14 +189,12 @@ fn ten_thousand_bad_requests_leave_a_bounded_log() {
     let seconds = started.elapsed().as_secs() + 2;
     let rejected = wait_for(Duration::from_secs(5), || {
         let samples = parse_classic(&server.probe("/metrics").text());
-        samples
-            .iter()
-            .find(|(name, labels, _)| {
-                name == "hurricane_requests_rejected_total"
-                    && labels.get("reason").map(String::as_str) == Some("bare_lf")
-            })
-            .map(|s| s.2)
-            .filter(|n| *n == 10_000.0)
+        sample_value(
+            &samples,
+            "hurricane_requests_rejected_total",
+            &[("reason", "bare_lf")],
+        )
+        .filter(|n| *n == 10_000.0)
     });
     assert_eq!(rejected, Some(10_000.0), "every rejection counted");
     // At most 10 lines a second (the seconds this took, rounded up), plus one summary a second.

@@ -9,15 +9,7 @@ use crate::util::*;
 type Sample = (String, BTreeMap<String, String>, f64);
 
 fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .find(|(n, l, _)| {
-            n == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.2)
+    sample_value(samples, name, labels)
 }
 
 /// /metrics as Prometheus asks for it (Accept: OpenMetrics), parsed by prometheus_client.

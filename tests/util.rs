@@ -125,12 +125,18 @@ pub fn command_with(python: &str, dir: &Path, app: &str, args: &[&str]) -> Comma
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    without_hurricane_env(&mut cmd);
+    cmd
+}
+
+/// Drops the HURRICANE_* settings of whoever runs the tests (all but HURRICANE_TEST_PYTHON), so
+/// a test sees only what it sets.
+pub fn without_hurricane_env(cmd: &mut Command) {
     for (key, _) in std::env::vars() {
         if key.starts_with("HURRICANE_") && key != "HURRICANE_TEST_PYTHON" {
             cmd.env_remove(key);
         }
     }
-    cmd
 }
 
 fn capture(stream: impl Read + Send + 'static, log: Log) {
@@ -635,6 +641,23 @@ pub fn parse_openmetrics(
     text: &str,
 ) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
     parse_with("prometheus_client.openmetrics.parser", text)
+}
+
+/// The value of the sample `name` whose labels include all of `labels`, from parsed /metrics.
+pub fn sample_value(
+    samples: &[(String, std::collections::BTreeMap<String, String>, f64)],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.2)
 }
 
 /// Parses the classic text format (0.0.4) with prometheus_client's classic parser.

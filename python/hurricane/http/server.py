@@ -535,14 +535,21 @@ class Server:
             os.close(request.fd)
         if ex.length is not None and ex.written < ex.length:
             ex.keep_alive = False  # the app declared more than it gave
-        seconds = _monotonic() - request.started
-        method = request.method
-        label = method if method in METRIC_METHODS else "other"
-        with self._count_lock:
+        self._count(request.env, ex, _monotonic() - request.started)
+        return ex.keep_alive
+
+    def _count(self, env: Dict[str, Any], ex: Exchange, seconds: float) -> None:
+        """Count a finished request and write its access line (off the hot path: _run_app inlines
+        this for the common request)."""
+        method = env["REQUEST_METHOD"]
+        label = method if method in METRIC_METHODS else "other"  # bounded label values
+        if self.pool is not None:
+            with self._count_lock:
+                self.activity.record(label, ex.code, seconds, ex.written)
+        else:
             self.activity.record(label, ex.code, seconds, ex.written)
         if self.access_log:
-            self._log_access(request.env, ex.code, ex.written, seconds)
-        return ex.keep_alive
+            self._log_access(env, ex.code, ex.written, seconds)
 
     def _process(self, conn: Conn, app: Callable, now: float) -> State:
         """Serve every complete request in the buffer, in order; returns the connection's state."""
@@ -730,15 +737,7 @@ class Server:
         if tail is not None:
             conn.tail = tail  # the rest of the file goes out as the client reads (sendfile)
             return SENDING
-        seconds = time.monotonic() - self.now
-        label = method if method in METRIC_METHODS else "other"
-        if self.pool is not None:
-            with self._count_lock:
-                self.activity.record(label, ex.code, seconds, ex.written)
-        else:
-            self.activity.record(label, ex.code, seconds, ex.written)
-        if self.access_log:
-            self._log_access(env, ex.code, ex.written, seconds)
+        self._count(env, ex, time.monotonic() - self.now)
         if conn.parked:
             return SENDING if ex.keep_alive else CLOSING
         return READING if ex.keep_alive else CLOSED
@@ -763,8 +762,9 @@ class Server:
             result = app(env, ex.start_response)
             if type(result) is list and len(result) == 1 and ex.status is not None:
                 ex.send_one(result[0])
-            elif type(result) is FileWrapper and ex.status is not None and ex.file_fd(result) is not None:
-                tail = self._send_file(ex, result)
+            elif type(result) is FileWrapper and ex.status is not None and (
+                    where := ex.file_fd(result)) is not None:
+                tail = self._send_file(ex, where)
             else:
                 # Hold the first chunk: if it is also the last, it goes out with a Content-Length.
                 first: Optional[bytes] = None
@@ -857,9 +857,10 @@ class Server:
             return SENDING if keep else CLOSING
         return READING if keep else CLOSED
 
-    def _send_file(self, ex: Exchange, wrapper: FileWrapper) -> Optional[Tail]:
-        """wsgi.file_wrapper around a real file: sendfile(2), the rest as the client reads."""
-        fd, offset, size = ex.file_fd(wrapper)  # type: ignore[misc]
+    def _send_file(self, ex: Exchange, where: Tuple[int, int, int]) -> Optional[Tail]:
+        """wsgi.file_wrapper around a real file (fd, offset, size): sendfile(2), the rest as the
+        client reads."""
+        fd, offset, size = where
         head = ex._head_bytes(size)
         if ex.framing is NO_BODY:
             ex._send_last(head)

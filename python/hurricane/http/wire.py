@@ -100,11 +100,16 @@ UNSENT = [0]  # bytes parked over all connections (changed under _OUT_LOCK)
 _unsent = UNSENT
 
 
-def _park_locked(conn: Conn, data: Any) -> None:
-    if conn.out:  # held bytes were first: they go first
+def _unhold_locked(conn: Conn) -> None:
+    """What the outbox holds for `conn` goes first in line: before anything parked after it."""
+    if conn.out:
         out, conn.out = conn.out, b""
         conn.parked.append(out)
         _unsent[0] += len(out)
+
+
+def _park_locked(conn: Conn, data: Any) -> None:
+    _unhold_locked(conn)
     if len(data):
         conn.parked.append(data)
         _unsent[0] += len(data)
@@ -212,8 +217,7 @@ def wait_sent(conn: Conn, timeout_s: float) -> None:
     deadline = time.monotonic() + (timeout_s if timeout_s > 0 else CLIENT_IO_TIMEOUT_S)
     while conn.out or conn.parked:
         with _OUT_LOCK:
-            if conn.out:
-                _park_locked(conn, b"")
+            _unhold_locked(conn)
             if push_locked(conn):
                 return
         _wait(conn.sock, select.POLLOUT, deadline)
@@ -261,8 +265,7 @@ def close_soon(conn: Conn) -> None:
     """Last bytes out if the socket takes them now (an error response after parked ones), then
     forget the rest: the connection is being closed."""
     with _OUT_LOCK:
-        if conn.out:
-            _park_locked(conn, b"")
+        _unhold_locked(conn)
         try:
             push_locked(conn)
         except ClientGone:
