@@ -196,6 +196,12 @@ pub struct ConsumeArgs {
     #[arg(long, env = "HURRICANE_WORKERS", value_name = "N", value_parser = workers, allow_negative_numbers = true)]
     pub workers: Option<usize>,
 
+    /// Import the handler once in a zygote process and fork the workers from it: they share its memory
+    /// and start in milliseconds; HUP and --autoreload start a new zygote, so new code still loads.
+    /// The handler module must not start threads at import (refused, exit 2)
+    #[arg(long, env = "HURRICANE_PRELOAD", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub preload: bool,
+
     /// Address of the probe server
     #[arg(long, env = "HURRICANE_BIND", value_name = "ADDR", default_value = "0.0.0.0", value_parser = ip_address)]
     pub bind: std::net::IpAddr,
@@ -418,6 +424,12 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     pub workers: Option<usize>,
+
+    /// Import the app once in a zygote process and fork the workers from it: they share its memory
+    /// and start in milliseconds; HUP and --autoreload start a new zygote, so new code still loads.
+    /// The app must not start threads at import (refused, exit 2)
+    #[arg(long, env = "HURRICANE_PRELOAD", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub preload: bool,
 
     /// Listen backlog: connections the kernel queues while every worker is busy
     #[arg(

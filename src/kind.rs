@@ -10,7 +10,8 @@
 //!   request counters).
 //!
 //! Three kinds exist: the HTTP worker (`serve`), the AMQP handler worker (`consume`) and the user's
-//! own command with our hooks in it (`celery`).
+//! own command with our hooks in it (`celery`). The first two can be forked from a --preload
+//! zygote instead of exec'd (`zygote`); a user's command cannot.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,24 @@ pub trait Kind: Rules {
     fn forwards_log_reopen(&self) -> bool {
         true
     }
+    /// --preload: how to start the zygote of generation `generation`, which workers are then
+    /// forked from; None when this kind's workers are exec'd each.
+    fn zygote(&self, _generation: u64) -> Option<Launch> {
+        None
+    }
+}
+
+/// The zygote of a kind whose workers run our embedded worker, when --preload asks for one.
+fn embedded_zygote(python: &Path, config: &WorkerConfig, generation: u64) -> Option<Launch> {
+    config.preload.then(|| Launch {
+        program: python.to_path_buf(),
+        args: vec![
+            OsString::from("-c"),
+            OsString::from(worker::STAGE_ONE),
+            OsString::from(format!("hurricane-zygote-{generation}")),
+        ],
+        bootstrap: worker::zygote_bootstrap(config, generation),
+    })
 }
 
 /// Our embedded worker in `python`, set up by `config` (its mode says HTTP, AMQP or Celery): stage
@@ -68,6 +87,10 @@ impl Kind for Http {
     fn launch(&self, worker: WorkerId, generation: u64) -> Launch {
         embedded_worker(&self.python, &self.config, worker, generation)
     }
+
+    fn zygote(&self, generation: u64) -> Option<Launch> {
+        embedded_zygote(&self.python, &self.config, generation)
+    }
 }
 
 /// `hurricane consume`: our embedded handler worker, in the user's interpreter, with no socket;
@@ -88,6 +111,10 @@ impl Kind for AmqpHandler {
 
     fn launch(&self, worker: WorkerId, generation: u64) -> Launch {
         embedded_worker(&self.python, &self.config, worker, generation)
+    }
+
+    fn zygote(&self, generation: u64) -> Option<Launch> {
+        embedded_zygote(&self.python, &self.config, generation)
     }
 }
 
@@ -145,6 +172,7 @@ mod tests {
                 workers: 2,
                 http: serde_json::json!({}),
                 mode: crate::worker::Mode::Http,
+                preload: false,
             },
         };
         let launch = http.launch(7, 2);
@@ -154,5 +182,28 @@ mod tests {
         assert_eq!(launch.bootstrap, worker::bootstrap(&http.config, 7, 2));
         assert!(!http.service_ends_with_process());
         assert_eq!(http.name(), "http");
+        assert_eq!(http.zygote(2), None, "no zygote without --preload");
+    }
+
+    #[test]
+    fn with_preload_an_http_kind_has_a_zygote_per_generation() {
+        let http = Http {
+            python: PathBuf::from("/venv/bin/python"),
+            config: WorkerConfig {
+                app: "mysite.wsgi".into(),
+                pythonpath: vec![],
+                keep_alive: Duration::from_secs(5),
+                graceful_timeout: Duration::from_secs(30),
+                heartbeat: Duration::from_secs(1),
+                autoreload: false,
+                workers: 2,
+                http: serde_json::json!({}),
+                mode: crate::worker::Mode::Http,
+                preload: true,
+            },
+        };
+        let zygote = http.zygote(3).expect("--preload");
+        assert_eq!(zygote.args[2], OsString::from("hurricane-zygote-3"));
+        assert_eq!(zygote.bootstrap, worker::zygote_bootstrap(&http.config, 3));
     }
 }

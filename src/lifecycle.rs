@@ -86,6 +86,9 @@ impl Reason {
 pub enum ExitStatus {
     Code(i32),
     Signal(i32),
+    /// --preload: the zygote could not fork the process (it died, hung or failed to import), so
+    /// there was never a process to exit.
+    NotForked,
 }
 
 impl ExitStatus {
@@ -94,6 +97,7 @@ impl ExitStatus {
         match self {
             ExitStatus::Code(code) => code,
             ExitStatus::Signal(signal) => 128 + signal,
+            ExitStatus::NotForked => 1,
         }
     }
 }
@@ -103,6 +107,7 @@ impl fmt::Display for ExitStatus {
         match self {
             ExitStatus::Code(c) => write!(f, "exit_code={c}"),
             ExitStatus::Signal(s) => write!(f, "signal={s}"),
+            ExitStatus::NotForked => write!(f, "exit=not_forked"),
         }
     }
 }

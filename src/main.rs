@@ -26,6 +26,7 @@ mod state;
 mod sys;
 mod webhook;
 mod worker;
+mod zygote;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -215,6 +216,7 @@ fn config(args: ServeArgs) -> Result<master::Config, Usage> {
             "media": mount(args.media, &args.media_url, &args.media_root, "/media/"),
         }),
         mode: Mode::Http,
+        preload: args.preload,
     };
     Ok(master::Config {
         listen: Some(master::Listen {
@@ -397,6 +399,7 @@ fn consume_config(args: ConsumeArgs) -> Result<master::Config, Usage> {
             "user": uri.authority.userinfo.username,
             "password": uri.authority.userinfo.password,
         })),
+        preload: args.preload,
     };
     let prefetch = usize::from(args.prefetch);
     Ok(master::Config {
@@ -561,6 +564,7 @@ fn celery_config(args: CeleryArgs) -> Result<master::Config, Usage> {
         workers: 1,
         http: serde_json::json!({}),
         mode: Mode::Celery(command),
+        preload: false,
     };
     Ok(master::Config {
         listen: None,

@@ -42,6 +42,7 @@ use crate::state::{self, Doorbell, Health, Shared};
 use crate::sys;
 use crate::webhook;
 use crate::worker;
+use crate::zygote::{self, ZygoteId, Zygotes};
 
 /// The loop wakes at least this often, so the probe thread can tell a live loop from a stuck one.
 const LOOP_TICK_MS: u64 = 1000;
@@ -93,9 +94,14 @@ enum Source {
     Status(WorkerId),
     /// A worker's control pipe has room for pending bytes.
     Control(WorkerId),
+    /// A --preload zygote's status pipe has lines to read.
+    ZygoteStatus(ZygoteId),
+    /// A zygote's socket has room for the rest of its bootstrap.
+    ZygoteControl(ZygoteId),
 }
 
-/// Tokens below this are the fixed sources; above it, two per worker.
+/// Tokens below this are the fixed sources; above it, four per id: a worker's two pipes, then
+/// the zygote's of the same number (workers and zygotes count apart).
 const FIRST_WORKER_TOKEN: usize = 16;
 
 impl Source {
@@ -105,8 +111,10 @@ impl Source {
             Source::Autoreload => 1,
             Source::CheckWanted => 2,
             Source::Broker => 3,
-            Source::Status(id) => FIRST_WORKER_TOKEN + id as usize * 2,
-            Source::Control(id) => FIRST_WORKER_TOKEN + id as usize * 2 + 1,
+            Source::Status(id) => FIRST_WORKER_TOKEN + id as usize * 4,
+            Source::Control(id) => FIRST_WORKER_TOKEN + id as usize * 4 + 1,
+            Source::ZygoteStatus(id) => FIRST_WORKER_TOKEN + id as usize * 4 + 2,
+            Source::ZygoteControl(id) => FIRST_WORKER_TOKEN + id as usize * 4 + 3,
         })
     }
 
@@ -117,11 +125,12 @@ impl Source {
             2 => Some(Source::CheckWanted),
             3 => Some(Source::Broker),
             t if t >= FIRST_WORKER_TOKEN => {
-                let id = ((t - FIRST_WORKER_TOKEN) / 2) as WorkerId;
-                Some(if (t - FIRST_WORKER_TOKEN).is_multiple_of(2) {
-                    Source::Status(id)
-                } else {
-                    Source::Control(id)
+                let id = ((t - FIRST_WORKER_TOKEN) / 4) as u64;
+                Some(match (t - FIRST_WORKER_TOKEN) % 4 {
+                    0 => Source::Status(id),
+                    1 => Source::Control(id),
+                    2 => Source::ZygoteStatus(id),
+                    _ => Source::ZygoteControl(id),
                 })
             }
             _ => None,
@@ -139,6 +148,18 @@ struct Proc {
     control_out: Vec<u8>,
     /// Requests in flight, as of its last heartbeat.
     inflight: u64,
+}
+
+/// Why a process could not be exec'd, saying what to do.
+fn spawn_error(launch: &spawn::Launch, e: &std::io::Error) -> String {
+    let program = launch.program.display();
+    if e.kind() == ErrorKind::NotFound {
+        format!(
+            "cannot run python '{program}': not found; pass --python PATH or activate a virtualenv"
+        )
+    } else {
+        format!("cannot run python '{program}': {e}")
+    }
 }
 
 fn become_subreaper() {
@@ -183,8 +204,9 @@ fn read_status(poll: &Poll, proc_: &mut Proc) -> Vec<Vec<u8>> {
     worker::take_lines(&mut proc_.status_buf)
 }
 
-/// Writes what it can of the pending control bytes; keeps the pipe registered while any remain.
-fn flush_control(poll: &Poll, id: WorkerId, proc_: &mut Proc) {
+/// Writes what it can of the pending control bytes; keeps the pipe registered (as `source`) while
+/// any remain.
+fn flush_control(poll: &Poll, source: Source, proc_: &mut Proc) {
     let raw = proc_.control.as_raw_fd();
     let was_pending = !proc_.control_out.is_empty();
     while !proc_.control_out.is_empty() {
@@ -196,7 +218,7 @@ fn flush_control(poll: &Poll, id: WorkerId, proc_: &mut Proc) {
             Err(Errno::EAGAIN) => {
                 let _ = poll.registry().register(
                     &mut SourceFd(&raw),
-                    Source::Control(id).token(),
+                    source.token(),
                     Interest::WRITABLE,
                 );
                 return;
@@ -221,6 +243,9 @@ struct Master {
     poll: Poll,
     pool: Pool,
     procs: HashMap<WorkerId, Proc>,
+    /// --preload: the zygotes' state, and their processes.
+    zygotes: Option<Zygotes>,
+    zygote_procs: HashMap<ZygoteId, Proc>,
     shared: Arc<Shared>,
     watcher: Option<reload::Watcher>,
     /// Read ends of the doorbells: the autoreload watcher's and the probes'.
@@ -241,16 +266,33 @@ struct Master {
 }
 
 impl Master {
-    /// Carries out the pool's actions until it has none; Some(code) when the master should exit.
+    /// Carries out the pool's (and the zygotes') actions until neither has any; Some(code) when
+    /// the master should exit.
     fn carry_out_actions(&mut self) -> Option<i32> {
         loop {
             let actions = self.pool.take_actions();
-            if actions.is_empty() {
+            let zygote_actions = self
+                .zygotes
+                .as_mut()
+                .map(Zygotes::take_actions)
+                .unwrap_or_default();
+            if actions.is_empty() && zygote_actions.is_empty() {
                 return None;
+            }
+            for action in zygote_actions {
+                self.carry_out_zygote_action(action);
             }
             for action in actions {
                 match action {
-                    Action::Spawn { worker, generation } => self.spawn(worker, generation),
+                    Action::Spawn { worker, generation } => match &mut self.zygotes {
+                        Some(zygotes) => zygotes.want(worker, generation, Instant::now()),
+                        None => self.spawn(worker, generation),
+                    },
+                    Action::Cancel { worker } => {
+                        if let Some(zygotes) = &mut self.zygotes {
+                            zygotes.cancel(worker);
+                        }
+                    }
                     Action::Signal { pid, signal } => {
                         if signal != Signal::DumpTraceback
                             && let Some(consume) = &mut self.consume
@@ -264,6 +306,7 @@ impl Master {
                         if let Some(consume) = &mut self.consume {
                             consume.close();
                         }
+                        self.end_zygotes();
                         return Some(code);
                     }
                 }
@@ -271,41 +314,131 @@ impl Master {
         }
     }
 
+    /// Execs worker `id`.
     fn spawn(&mut self, id: WorkerId, generation: u64) {
         let launch = self.config.kind.launch(id, generation);
-        match spawn::spawn(&launch, self.listener.as_ref().map(|l| l.as_raw_fd())) {
+        let listener = self.listener.as_ref().map(|l| l.as_raw_fd());
+        match spawn::spawn(&launch, listener, spawn::Control::Pipe) {
             Ok(spawned) => {
-                let status_raw = spawned.status.as_raw_fd();
-                if let Err(e) = self.poll.registry().register(
-                    &mut SourceFd(&status_raw),
-                    Source::Status(id).token(),
-                    Interest::READABLE,
-                ) {
-                    log::error!("event=register_failed worker={id} error={e}");
-                }
-                let mut proc_ = Proc {
-                    pid: spawned.pid,
-                    status: Some(spawned.status),
-                    status_buf: Vec::new(),
-                    control: spawned.control,
-                    control_out: launch.bootstrap,
-                    inflight: 0,
-                };
-                flush_control(&self.poll, id, &mut proc_);
-                self.procs.insert(id, proc_);
-                self.pool.spawned(id, spawned.pid);
+                let pid = spawned.pid;
+                self.procs
+                    .insert(id, self.watch(Source::Status(id), Source::Control(id), spawned, launch.bootstrap));
+                self.pool.spawned(id, pid);
             }
             Err(e) => {
-                let program = launch.program.display();
-                let error = if e.kind() == ErrorKind::NotFound {
-                    format!(
-                        "cannot run python '{program}': not found; pass --python PATH or activate a virtualenv"
-                    )
-                } else {
-                    format!("cannot run python '{program}': {e}")
-                };
+                let error = spawn_error(&launch, &e);
                 self.pool.spawn_failed(id, error, Instant::now());
             }
+        }
+    }
+
+    /// Registers a started process's status pipe and sends it `control_out`.
+    fn watch(
+        &self,
+        status: Source,
+        control: Source,
+        spawned: spawn::Spawned,
+        control_out: Vec<u8>,
+    ) -> Proc {
+        let status_raw = spawned.status.as_raw_fd();
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&status_raw),
+            status.token(),
+            Interest::READABLE,
+        ) {
+            log::error!("event=register_failed pid={} error={e}", spawned.pid);
+        }
+        let mut proc_ = Proc {
+            pid: spawned.pid,
+            status: Some(spawned.status),
+            status_buf: Vec::new(),
+            control: spawned.control,
+            control_out,
+            inflight: 0,
+        };
+        flush_control(&self.poll, control, &mut proc_);
+        proc_
+    }
+
+    fn carry_out_zygote_action(&mut self, action: zygote::Action) {
+        let now = Instant::now();
+        match action {
+            zygote::Action::Start { zygote, generation } => self.start_zygote(zygote, generation),
+            zygote::Action::Fork {
+                zygote,
+                worker,
+                generation,
+            } => self.fork(zygote, worker, generation),
+            zygote::Action::Lost { worker, failure } => self.pool.lost(worker, failure, now),
+            zygote::Action::Signal { pid, signal } => send_signal(pid, signal),
+            zygote::Action::LogTraceback(text) => crate::logging::traceback(&text),
+        }
+    }
+
+    /// Execs zygote `id` of `generation` (--preload).
+    fn start_zygote(&mut self, id: ZygoteId, generation: u64) {
+        let Some(launch) = self.config.kind.zygote(generation) else {
+            return;
+        };
+        let listener = self.listener.as_ref().map(|l| l.as_raw_fd());
+        let zygotes = self.zygotes.as_mut().expect("a zygote action");
+        match spawn::spawn(&launch, listener, spawn::Control::Socket) {
+            Ok(spawned) => {
+                let pid = spawned.pid;
+                zygotes.started(id, pid);
+                log::info!("event=zygote_spawn zygote={id} gen={generation} pid={pid}");
+                let proc_ = self.watch(
+                    Source::ZygoteStatus(id),
+                    Source::ZygoteControl(id),
+                    spawned,
+                    launch.bootstrap,
+                );
+                self.zygote_procs.insert(id, proc_);
+            }
+            Err(e) => {
+                zygotes.start_failed(id);
+                let error = spawn_error(&launch, &e);
+                self.pool.abort(1, error, Instant::now());
+            }
+        }
+    }
+
+    /// Asks zygote `zygote` for worker `id`: watched like an exec'd worker once it answers.
+    fn fork(&mut self, zygote: ZygoteId, id: WorkerId, generation: u64) {
+        let now = Instant::now();
+        let Some(zproc) = self.zygote_procs.get(&zygote) else {
+            self.pool.lost(id, None, now);
+            return;
+        };
+        match spawn::fork_from(&zproc.control, id, generation) {
+            Ok(spawned) => {
+                let pid = spawned.pid;
+                log::info!(
+                    "event=fork worker={id} zygote={zygote} zygote_pid={} pid={pid}",
+                    zproc.pid
+                );
+                self.procs.insert(
+                    id,
+                    self.watch(Source::Status(id), Source::Control(id), spawned, Vec::new()),
+                );
+                self.pool.spawned(id, pid);
+            }
+            Err(e) => {
+                log::error!("event=fork_failed worker={id} zygote={zygote} error=\"{e}\"");
+                if let (spawn::ForkError::Broken(_), Some(zygotes)) = (&e, &mut self.zygotes) {
+                    zygotes.broken(zygote, now);
+                }
+                self.pool.lost(id, None, now);
+            }
+        }
+    }
+
+    /// The master is exiting: zygotes still there are killed and reaped, so none outlives it.
+    fn end_zygotes(&mut self) {
+        for (_, proc_) in self.zygote_procs.drain() {
+            let pid = Pid::from_raw(proc_.pid);
+            let _ = kill(pid, Sig::SIGKILL);
+            let _ = waitpid(pid, None);
         }
     }
 
@@ -338,7 +471,9 @@ impl Master {
             Ok(true) => {
                 log::info!("event=signal signal=USR1 action=reopen_log");
                 let pids = if self.config.kind.forwards_log_reopen() {
-                    self.pool.pids()
+                    // Zygotes too: a worker forked after the rotation inherits their log file.
+                    let zygotes = self.zygote_procs.values().map(|p| p.pid);
+                    self.pool.pids().into_iter().chain(zygotes).collect()
                 } else {
                     Vec::new()
                 };
@@ -365,6 +500,20 @@ impl Master {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(_) => continue, // stopped or continued: not an exit
             };
+            if let Some(zid) = self
+                .zygote_procs
+                .iter()
+                .find(|(_, p)| p.pid == pid)
+                .map(|(id, _)| *id)
+            {
+                let mut proc_ = self.zygote_procs.remove(&zid).expect("found above");
+                self.deliver_zygote_messages(zid, &mut proc_);
+                self.forget_control(&proc_);
+                if let Some(zygotes) = &mut self.zygotes {
+                    zygotes.exited(zid, exit, Instant::now());
+                }
+                continue;
+            }
             let id = self
                 .procs
                 .iter()
@@ -379,12 +528,38 @@ impl Master {
                         consume.worker_gone(pid);
                     }
                     self.pool.exited(pid, exit, Instant::now());
-                    let raw = proc_.control.as_raw_fd();
-                    if !proc_.control_out.is_empty() {
-                        let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
-                    }
+                    self.forget_control(&proc_);
                 }
                 None => log::debug!("event=reaped_orphan pid={pid} {exit}"),
+            }
+        }
+    }
+
+    /// A reaped process's control fd leaves the poll if it was waiting to write.
+    fn forget_control(&self, proc_: &Proc) {
+        if !proc_.control_out.is_empty() {
+            let raw = proc_.control.as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&raw));
+        }
+    }
+
+    /// A zygote's lines: boot, ready, or why it failed.
+    fn deliver_zygote_messages(&mut self, id: ZygoteId, proc_: &mut Proc) {
+        let now = Instant::now();
+        for line in read_status(&self.poll, proc_) {
+            let Some(message) = worker::parse_message(&line) else {
+                log::warn!(
+                    "event=bad_zygote_message pid={} line={:?}",
+                    proc_.pid,
+                    String::from_utf8_lossy(&line)
+                );
+                continue;
+            };
+            if let worker::Message::Ready { django: true, .. } = message {
+                self.shared.set_django();
+            }
+            if let Some(zygotes) = &mut self.zygotes {
+                zygotes.message(id, &message, now);
             }
         }
     }
@@ -461,13 +636,25 @@ impl Master {
     }
 
     fn handle_worker_io(&mut self, id: WorkerId, source: Source) {
+        if let Source::ZygoteStatus(_) | Source::ZygoteControl(_) = source {
+            let Some(mut proc_) = self.zygote_procs.remove(&id) else {
+                return;
+            };
+            if source == Source::ZygoteStatus(id) {
+                self.deliver_zygote_messages(id, &mut proc_);
+            } else {
+                flush_control(&self.poll, source, &mut proc_);
+            }
+            self.zygote_procs.insert(id, proc_);
+            return;
+        }
         let Some(mut proc_) = self.procs.remove(&id) else {
             return;
         };
         if source == Source::Status(id) {
             self.deliver_messages(&mut proc_);
         } else {
-            flush_control(&self.poll, id, &mut proc_);
+            flush_control(&self.poll, Source::Control(id), &mut proc_);
         }
         self.procs.insert(id, proc_);
     }
@@ -485,6 +672,7 @@ impl Master {
                 self.pool.next_deadline(),
                 self.consume.as_ref().and_then(Consume::next_deadline),
                 self.celery.as_ref().and_then(Celery::next_deadline),
+                self.zygotes.as_ref().and_then(Zygotes::next_deadline),
             ]
             .into_iter()
             .flatten()
@@ -518,14 +706,23 @@ impl Master {
                             self.request_check();
                         }
                     }
-                    Some(source @ (Source::Status(id) | Source::Control(id))) => {
-                        self.handle_worker_io(id, source)
-                    }
+                    Some(
+                        source @ (Source::Status(id)
+                        | Source::Control(id)
+                        | Source::ZygoteStatus(id)
+                        | Source::ZygoteControl(id)),
+                    ) => self.handle_worker_io(id, source),
                     Some(Source::Autoreload) | None => {}
                 }
             }
             self.check_memory();
             self.pool.tick(Instant::now());
+            if let Some(zygotes) = &mut self.zygotes {
+                if self.pool.health().stopping {
+                    zygotes.shutdown(Instant::now());
+                }
+                zygotes.tick(Instant::now());
+            }
             self.pump_deliveries();
         }
     }
@@ -544,7 +741,7 @@ impl Master {
         for (pid, frame) in consume.assign() {
             if let Some((&id, proc_)) = self.procs.iter_mut().find(|(_, p)| p.pid == pid) {
                 proc_.control_out.extend_from_slice(&frame);
-                flush_control(&self.poll, id, proc_);
+                flush_control(&self.poll, Source::Control(id), proc_);
             }
         }
     }
@@ -566,7 +763,7 @@ impl Master {
         let pid = pids[self.check_turn];
         if let Some((&id, proc_)) = self.procs.iter_mut().find(|(_, p)| p.pid == pid) {
             proc_.control_out.extend_from_slice(b"{\"t\":\"check\"}\n");
-            flush_control(&self.poll, id, proc_);
+            flush_control(&self.poll, Source::Control(id), proc_);
             self.check_in_flight = Some(now);
             log::debug!("event=check_requested pid={pid}");
         }
@@ -610,6 +807,7 @@ impl Master {
             ..Snapshot::default()
         };
         self.pool.fill_metrics(&mut snapshot);
+        snapshot.zygotes = self.zygotes.as_ref().map(Zygotes::live).unwrap_or_default();
         snapshot.amqp = self.consume.as_ref().map(Consume::snapshot);
         snapshot.celery = self.celery.as_ref().map(Celery::snapshot);
         snapshot
@@ -761,6 +959,10 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
         broker_rx = Some(rx);
     }
     let celery = config.celery.map(Celery::new);
+    let zygotes = config
+        .kind
+        .zygote(0)
+        .map(|_| Zygotes::new(config.pool.boot_timeout));
     let mut master = Master {
         config,
         listener,
@@ -770,6 +972,8 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
         poll,
         pool,
         procs: HashMap::new(),
+        zygotes,
+        zygote_procs: HashMap::new(),
         shared,
         watcher,
         autoreload_rx,

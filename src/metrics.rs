@@ -139,6 +139,8 @@ pub struct Snapshot {
     pub startup_seconds: Option<f64>,
     /// (slot, pid) of each live worker, for its resident memory.
     pub workers: Vec<(usize, i32)>,
+    /// --preload: (generation, pid) of each zygote starting or ready, for its resident memory.
+    pub zygotes: Vec<(u64, i32)>,
     /// `consume`: the broker link and its messages (then no HTTP request metrics are shown).
     pub amqp: Option<AmqpSnapshot>,
     /// `celery`: tasks, the broker link, beat (then no HTTP request metrics are shown).
@@ -326,6 +328,21 @@ fn render_openmetrics(snapshot: &Snapshot, listen_fd: RawFd) -> String {
         "Resident memory of each worker, by slot",
         worker_memory,
     );
+    if !snapshot.zygotes.is_empty() {
+        let zygote_memory = Family::<Labels, Gauge>::default();
+        for (generation, pid) in &snapshot.zygotes {
+            if let Some(bytes) = sys::resident_bytes(*pid) {
+                zygote_memory
+                    .get_or_create(&labels(&[("generation", &generation.to_string())]))
+                    .set(bytes as i64);
+            }
+        }
+        registry.register(
+            "hurricane_zygote_resident_memory_bytes",
+            "Resident memory of each --preload zygote, by generation (its pages are shared with the workers forked from it)",
+            zygote_memory,
+        );
+    }
 
     let mut out = String::with_capacity(4096);
     // Writing to a String cannot fail.

@@ -83,6 +83,10 @@ pub enum Action {
     },
     /// A boot traceback to write to the log, once however many workers report it.
     LogTraceback(String),
+    /// --preload: a worker asked for (`Spawn`) but not forked yet is no longer wanted.
+    Cancel {
+        worker: WorkerId,
+    },
     /// Every worker is gone: the master exits with this code.
     Exit {
         code: i32,
@@ -394,11 +398,14 @@ impl Pool {
             since: now,
             last_heartbeat: now,
         };
+        // boot_ms is the worker's own count (from exec, or from its fork); spawn_ms the pool's,
+        // from deciding to start it (for a --preload worker, its zygote's import included).
         log::info!(
-            "event=ready worker={id} slot={} pid={} gen={} boot_ms={boot_ms}",
+            "event=ready worker={id} slot={} pid={} gen={} boot_ms={boot_ms} spawn_ms={}",
             w.slot,
             w.pid.unwrap_or(0),
-            w.generation
+            w.generation,
+            now.duration_since(w.spawned_at).as_millis()
         );
         if let Plan::Succeed { old } = w.plan {
             w.plan = Plan::Serve;
@@ -489,13 +496,15 @@ impl Pool {
 
     fn boot_failed(&mut self, failure: BootFailure, now: Instant) {
         // The traceback is logged once, not once per worker or per respawn.
-        if self.last_traceback.as_deref() != Some(failure.traceback.as_str()) {
+        if !failure.traceback.is_empty()
+            && self.last_traceback.as_deref() != Some(failure.traceback.as_str())
+        {
             self.actions
                 .push(Action::LogTraceback(failure.traceback.clone()));
             self.last_traceback = Some(failure.traceback.clone());
         }
         if self.phase == Phase::Starting {
-            self.fail(EXIT_BOOT_FAILED, failure.summary(), now);
+            self.fail(failure.exit_code(), failure.summary(), now);
         } else {
             log::error!("event=boot_failed {}", failure.summary());
         }
@@ -525,27 +534,48 @@ impl Pool {
             return;
         };
         let worker = self.workers.remove(&id).expect("found above");
+        self.ended(id, &worker, status, now);
+        self.tick(now);
+    }
+
+    /// --preload: worker `worker` was never forked (its zygote failed to load the app, died or
+    /// hung). With the import failure, as a failed boot (fatal at startup, a failed reload after);
+    /// without, as a crash: respawned with backoff.
+    pub fn lost(&mut self, worker: WorkerId, failure: Option<BootFailure>, now: Instant) {
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
+        if let Some(failure) = failure
+            && !matches!(self.phase, Phase::Failing { .. })
+        {
+            self.boot_failed(failure, now);
+        }
+        self.ended(worker, &w, ExitStatus::NotForked, now);
+        self.tick(now);
+    }
+
+    /// A worker is gone (reaped, or never forked): what follows from its plan and the phase.
+    fn ended(&mut self, id: WorkerId, worker: &Worker, status: ExitStatus, now: Instant) {
         if self.rules.service_ends_with_process() {
-            self.service_ended(id, &worker, status, now);
+            self.service_ended(id, worker, status, now);
         } else if let (Plan::Succeed { old }, true) = (worker.plan, !worker.state.is_ready()) {
-            self.successor_failed(id, &worker, old, status, now);
+            self.successor_failed(id, worker, old, status, now);
         } else if matches!(self.phase, Phase::Failing { .. } | Phase::Draining { .. }) {
-            log_exit(id, &worker, status);
+            log_exit(id, worker, status);
         } else if let Plan::End(reason) = worker.plan
             && reason != Reason::BootTimeout
         {
-            log_exit(id, &worker, status);
+            log_exit(id, worker, status);
             // Retired and scaled-down workers were counted when the pool ended them; a hung one
             // counts once it is gone.
             if reason == Reason::Timeout {
                 *self.restarts.entry(reason).or_default() += 1;
             }
         } else if self.phase == Phase::Starting && !worker.state.is_ready() {
-            self.failed_at_startup(id, &worker, status, now);
+            self.failed_at_startup(id, worker, status, now);
         } else {
-            self.crashed(id, &worker, status, now);
+            self.crashed(id, worker, status, now);
         }
-        self.tick(now);
     }
 
     /// The process that is the service exited: the master follows with its code.
@@ -605,6 +635,9 @@ impl Pool {
                 self.config.boot_timeout.as_secs_f64()
             ),
             (_, ExitStatus::Code(EXIT_BOOT_FAILED)) => "the app failed to load".to_string(),
+            (_, ExitStatus::NotForked) => {
+                "the --preload zygote could not fork a worker; see the log above".to_string()
+            }
             (_, status) => format!("worker died while loading the app ({status})"),
         };
         log::error!(
@@ -860,8 +893,18 @@ impl Pool {
     fn enforce_deadlines(&mut self, now: Instant) {
         let mut hung = Vec::new();
         let mut kills = Vec::new();
+        let mut unforked = Vec::new();
         for (id, w) in self.workers.iter_mut() {
-            let Some(pid) = w.pid else { continue };
+            let Some(pid) = w.pid else {
+                // --preload: asked of a zygote, not forked yet. Once stopped (there is no process
+                // to signal) or past its boot timeout, it is given up.
+                if w.state.is_stopping()
+                    || now.duration_since(w.spawned_at) >= self.config.boot_timeout
+                {
+                    unforked.push(*id);
+                }
+                continue;
+            };
             match w.state {
                 WorkerState::Spawned | WorkerState::Booting
                     if now.duration_since(w.spawned_at) >= self.config.boot_timeout =>
@@ -905,6 +948,14 @@ impl Pool {
         }
         for id in hung {
             self.kill_hung(id, now);
+        }
+        for id in unforked {
+            let w = self.workers.remove(&id).expect("listed above");
+            if !w.state.is_stopping() {
+                log::error!("event=boot_timeout worker={id} slot={} pid=0", w.slot);
+            }
+            self.actions.push(Action::Cancel { worker: id });
+            self.ended(id, &w, ExitStatus::NotForked, now);
         }
     }
 
@@ -1124,7 +1175,7 @@ fn log_exit(id: WorkerId, worker: &Worker, status: ExitStatus) {
 }
 
 /// Respawn delay after the n-th quick crash in a row: the first is immediate, then doubling.
-fn backoff(crashes: u32) -> Duration {
+pub fn backoff(crashes: u32) -> Duration {
     if crashes <= 1 {
         return Duration::ZERO;
     }

@@ -7,6 +7,10 @@
 //!
 //! The child's fds: 0-2 as the master's (stdin from /dev/null), 3 the listening socket, 4 the
 //! status pipe (worker -> master), 5 the control pipe (master -> worker). Nothing else survives exec.
+//!
+//! A --preload zygote gets a unix socket at fd 5 instead of the control pipe: the master sends
+//! each new worker's two pipes over it (SCM_RIGHTS) and reads back the forked worker's pid
+//! (`fork_from`; the protocol is python/hurricane/zygote.py's).
 
 use std::ffi::OsString;
 use std::io;
@@ -15,7 +19,13 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use std::time::Duration;
+
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
+};
 use nix::unistd::pipe2;
 
 /// The fds the child gets, in order, starting at 3.
@@ -48,8 +58,34 @@ pub struct Spawned {
     pub control: OwnedFd,
 }
 
+/// What fd 5 of an exec'd process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// A pipe, master -> process: a worker's (or the supervised command's) control pipe.
+    Pipe,
+    /// A unix stream socket, both ways: a zygote's (the bootstrap down it, then fork requests and
+    /// their answers).
+    Socket,
+}
+
+/// How long the master waits for a zygote to answer a fork request. A fork of even a large app
+/// takes milliseconds; a zygote that takes longer is stuck, and the worker counts as lost.
+pub const FORK_ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(pipe2(OFlag::O_CLOEXEC)?)
+}
+
+/// A worker's two pipes: (master's status read end, child's status write end, child's control
+/// read end, master's control write end); the master's ends are non-blocking.
+fn worker_pipes() -> io::Result<(OwnedFd, OwnedFd, OwnedFd, OwnedFd)> {
+    let (status_r, status_w) = pipe()?;
+    let (control_r, control_w) = pipe()?;
+    // Failure only means a smaller buffer and a few more writes.
+    let _ = fcntl(&control_w, FcntlArg::F_SETPIPE_SZ(CONTROL_PIPE_BYTES));
+    set_nonblocking(&status_r)?;
+    set_nonblocking(&control_w)?;
+    Ok((status_r, status_w, control_r, control_w))
 }
 
 pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
@@ -118,20 +154,30 @@ fn in_child(sources: [RawFd; CHILD_FDS]) -> io::Result<()> {
     Ok(())
 }
 
-/// Forks and execs `launch` with the listening socket (or /dev/null in its place) and fresh pipes.
-pub fn spawn(launch: &Launch, listener: Option<RawFd>) -> io::Result<Spawned> {
+/// Forks and execs `launch` with the listening socket (or /dev/null in its place) and fresh pipes
+/// (or, for a zygote, a socket at fd 5).
+pub fn spawn(launch: &Launch, listener: Option<RawFd>, control: Control) -> io::Result<Spawned> {
     // Opened before the fork, closed after it: the child has its own copy at fd 3.
     let null = match listener {
         Some(_) => None,
         None => Some(std::fs::File::open("/dev/null")?),
     };
     let listener = listener.unwrap_or_else(|| null.as_ref().map_or(-1, |f| f.as_raw_fd()));
-    let (status_r, status_w) = pipe()?;
-    let (control_r, control_w) = pipe()?;
-    // Failure only means a smaller buffer and a few more writes.
-    let _ = fcntl(&control_w, FcntlArg::F_SETPIPE_SZ(CONTROL_PIPE_BYTES));
-    set_nonblocking(&status_r)?;
-    set_nonblocking(&control_w)?;
+    let (status_r, status_w, control_r, control_w) = match control {
+        Control::Pipe => worker_pipes()?,
+        Control::Socket => {
+            let (status_r, status_w) = pipe()?;
+            set_nonblocking(&status_r)?;
+            let (ours, theirs) = socketpair(
+                AddressFamily::Unix,
+                SockType::Stream,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )?;
+            set_nonblocking(&ours)?;
+            (status_r, status_w, theirs, ours)
+        }
+    };
 
     let sources = [listener, status_w.as_raw_fd(), control_r.as_raw_fd()];
     let mut command = Command::new(&launch.program);
@@ -150,4 +196,108 @@ pub fn spawn(launch: &Launch, listener: Option<RawFd>) -> io::Result<Spawned> {
         status: status_r,
         control: control_w,
     })
+}
+
+/// Why a zygote did not fork a worker.
+#[derive(Debug)]
+pub enum ForkError {
+    /// The zygote answered: its fork failed (out of memory or processes, say). It still works.
+    Refused(String),
+    /// The zygote did not answer properly (gone, stuck, or an answer out of step): it must go.
+    Broken(io::Error),
+}
+
+impl std::fmt::Display for ForkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForkError::Refused(e) => write!(f, "{e}"),
+            ForkError::Broken(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Asks the zygote behind `zygote` (its fd-5 socket, non-blocking) to fork worker `worker` of
+/// `generation`; waits up to FORK_ANSWER_TIMEOUT for its pid. The worker's pipes are made here and
+/// their child ends sent along, so the master holds its ends exactly as for an exec'd worker.
+pub fn fork_from(zygote: &OwnedFd, worker: u64, generation: u64) -> Result<Spawned, ForkError> {
+    // Out of fds is not the zygote's fault.
+    let (status_r, status_w, control_r, control_w) =
+        worker_pipes().map_err(|e| ForkError::Refused(e.to_string()))?;
+    let request = format!("{{\"t\":\"fork\",\"worker\":{worker},\"generation\":{generation}}}\n");
+    let fds = [status_w.as_raw_fd(), control_r.as_raw_fd()];
+    let iov = [io::IoSlice::new(request.as_bytes())];
+    let sent = sendmsg::<()>(
+        zygote.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(|e| ForkError::Broken(e.into()))?;
+    if sent != request.len() {
+        // The request is a few dozen bytes into an idle socket: a short write means a stuck zygote.
+        return Err(ForkError::Broken(io::Error::other(
+            "the zygote's socket is full",
+        )));
+    }
+    // The zygote holds its copies now (and the worker will); ours would keep the pipes open.
+    drop((status_w, control_r));
+    let answer = read_answer(zygote).map_err(ForkError::Broken)?;
+    let value: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| {
+        ForkError::Broken(io::Error::other(format!("bad answer from the zygote: {e}")))
+    })?;
+    if value.get("worker").and_then(serde_json::Value::as_u64) != Some(worker) {
+        return Err(ForkError::Broken(io::Error::other(
+            "the zygote answered for another worker",
+        )));
+    }
+    match value.get("pid").and_then(serde_json::Value::as_i64) {
+        Some(pid) if pid > 1 => Ok(Spawned {
+            pid: pid as i32,
+            status: status_r,
+            control: control_w,
+        }),
+        _ => Err(ForkError::Refused(
+            value
+                .get("error")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("no pid in the zygote's answer")
+                .to_string(),
+        )),
+    }
+}
+
+/// One answer line from the zygote, within FORK_ANSWER_TIMEOUT.
+fn read_answer(zygote: &OwnedFd) -> io::Result<Vec<u8>> {
+    let deadline = std::time::Instant::now() + FORK_ANSWER_TIMEOUT;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 256];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the zygote did not answer",
+            ));
+        }
+        let mut fds = [PollFd::new(zygote.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX).max(1);
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match nix::unistd::read(zygote, &mut chunk) {
+            Ok(0) => return Err(io::Error::other("the zygote is gone")),
+            Ok(n) => {
+                answer.extend_from_slice(&chunk[..n]);
+                if let Some(end) = answer.iter().position(|&b| b == b'\n') {
+                    answer.truncate(end);
+                    return Ok(answer);
+                }
+            }
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -19,6 +19,9 @@ pub const STAGE_ONE: &str = "import os;f=os.fdopen(5,'rb');exec(f.read(int(f.rea
 
 /// Exit code of a worker whose app failed to import; the same number in python/hurricane/worker.py.
 pub const EXIT_BOOT_FAILED: i32 = 3;
+/// Exit code of a --preload zygote that refuses to preload (the app started threads at import),
+/// and so the master's at startup: a usage error. The same number in python/hurricane/zygote.py.
+pub const EXIT_PRELOAD_REFUSED: i32 = 2;
 
 /// Settings a worker needs, sent as the last line of the bootstrap.
 #[derive(Debug, Clone)]
@@ -36,6 +39,8 @@ pub struct WorkerConfig {
     pub http: Value,
     /// What the worker runs: the HTTP server, an AMQP handler, or the user's Celery command.
     pub mode: Mode,
+    /// --preload: workers are forked from a zygote per generation (see `zygote`).
+    pub preload: bool,
 }
 
 /// The worker's mode, with what that mode needs beyond the common settings.
@@ -50,6 +55,16 @@ pub enum Mode {
 
 /// The bytes written to a new worker's control pipe: stage two, the embedded package, the config.
 pub fn bootstrap(config: &WorkerConfig, worker: u64, generation: u64) -> Vec<u8> {
+    bootstrap_as(config, worker, generation, false)
+}
+
+/// The bytes written to a --preload zygote's socket: the same, with `zygote` set; it imports the
+/// app and then forks workers (python/hurricane/zygote.py), which get their ids in the fork request.
+pub fn zygote_bootstrap(config: &WorkerConfig, generation: u64) -> Vec<u8> {
+    bootstrap_as(config, 0, generation, true)
+}
+
+fn bootstrap_as(config: &WorkerConfig, worker: u64, generation: u64, zygote: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 * 1024);
     out.extend_from_slice(format!("{}\n", bundle::BOOT.len()).as_bytes());
     out.extend_from_slice(bundle::BOOT.as_bytes());
@@ -88,6 +103,7 @@ pub fn bootstrap(config: &WorkerConfig, worker: u64, generation: u64) -> Vec<u8>
         },
         "worker": worker,
         "generation": generation,
+        "zygote": zygote,
     });
     out.extend_from_slice(line.to_string().as_bytes());
     out.push(b'\n');
@@ -184,9 +200,10 @@ fn verdict(value: Option<&Value>) -> Verdict {
 }
 
 /// What a worker reported about its app failing to load.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct BootFailure {
-    /// "import" (the app failed to load) or "config" (hurricane's settings do not fit the app).
+    /// "import" (the app failed to load), "config" (hurricane's settings do not fit the app) or
+    /// "preload" (a --preload zygote refuses: the app started threads at import).
     pub kind: String,
     pub app: String,
     pub error: String,
@@ -197,9 +214,18 @@ pub struct BootFailure {
 }
 
 impl BootFailure {
+    /// The master's exit code when this failure stops startup.
+    pub fn exit_code(&self) -> i32 {
+        if self.kind == "preload" {
+            EXIT_PRELOAD_REFUSED
+        } else {
+            EXIT_BOOT_FAILED
+        }
+    }
+
     /// The one line a user reads first, saying what to do.
     pub fn summary(&self) -> String {
-        if self.kind == "config" {
+        if self.kind == "config" || self.kind == "preload" {
             return self.error.clone();
         }
         format!(
@@ -427,6 +453,7 @@ mod tests {
             workers: 1,
             http: json!({}),
             mode: Mode::Http,
+            preload: false,
         };
         let data = bootstrap(&config, 1, 0);
         let newline = data.iter().position(|&b| b == b'\n').unwrap();

@@ -14,6 +14,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod pip;
+mod preload;
 mod serve;
 mod slow_readers;
 mod systemd;

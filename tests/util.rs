@@ -241,11 +241,22 @@ impl Server {
         wait_for(timeout, || self.child.try_wait().unwrap())
     }
 
-    /// Worker processes: children of the master running a hurricane worker.
+    /// Worker processes: children of the master running a hurricane worker, exec'd (named on
+    /// their command line) or forked from a --preload zygote (named by their comm).
     pub fn worker_pids(&self) -> Vec<i32> {
         children(self.pid())
             .into_iter()
-            .filter(|pid| cmdline(*pid).contains("hurricane-worker"))
+            .filter(|pid| {
+                cmdline(*pid).contains("hurricane-worker") || comm(*pid).starts_with("hurricane-w")
+            })
+            .collect()
+    }
+
+    /// --preload zygotes: children of the master named so by their comm.
+    pub fn zygote_pids(&self) -> Vec<i32> {
+        children(self.pid())
+            .into_iter()
+            .filter(|pid| comm(*pid) == "hurricane-zygot")
             .collect()
     }
 
@@ -309,7 +320,12 @@ pub fn stat(pid: i32) -> Option<(i32, char)> {
 /// True once the process is gone or only a zombie (it has exited).
 /// A kB field of /proc/PID/status (VmRSS, VmHWM, ...).
 pub fn proc_status_kb(pid: i32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_kb(pid, "status", field)
+}
+
+/// A `Field:   123 kB` line of /proc/PID/`file` (status, smaps_rollup), in kB.
+pub fn proc_kb(pid: i32, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap()
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
@@ -319,6 +335,13 @@ pub fn proc_status_kb(pid: i32, field: &str) -> u64 {
 
 pub fn has_exited(pid: i32) -> bool {
     stat(pid).is_none_or(|(_, state)| state == 'Z' || state == 'X')
+}
+
+/// The kernel's short name of a process (what ps -e shows), "" if it is gone.
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_default()
 }
 
 pub fn cmdline(pid: i32) -> String {

@@ -248,6 +248,33 @@ def _boot_failure(status: StatusPipe, config: Dict[str, Any], exc: BaseException
     )
 
 
+class Stopper:
+    """Who a stop request (SIGTERM, the master gone) goes to: remembered while the app imports,
+    passed on once the serving loop exists, so a TERM during a slow import drains (nothing) and exits."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._target: Optional[Callable[[], None]] = None
+        self._watching = False
+
+    def __call__(self, *_: Any) -> None:
+        self.asked = True
+        if self._target is not None:
+            self._target()
+
+    def attach(self, target: Callable[[], None]) -> None:
+        self._target = target
+        if self.asked:
+            target()
+
+    def watch_control(self, control: IO[bytes], status: "StatusPipe") -> None:
+        """Read the control pipe on a thread of its own (checks; EOF: the master is gone), once."""
+        if not self._watching:
+            self._watching = True
+            threading.Thread(target=control_loop, args=(control, self, status), name="hurricane-control",
+                             daemon=True).start()
+
+
 def main(config: Dict[str, Any], control: IO[bytes]) -> None:
     for fd in (LISTEN_FD, STATUS_FD, CONTROL_FD):
         os.set_inheritable(fd, False)  # subprocesses of the app must not hold our pipes
@@ -287,21 +314,26 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
     if config.get("mode") == "amqp":
         from hurricane.amqp import consumer
 
-        consumer.main(config, control, status, booted, extra_paths)
+        load, serve = consumer.load, consumer.serve
+    else:
+        load, serve = load_http, serve_http
+    if config.get("zygote"):
+        from hurricane import zygote
+
+        zygote.main(config, control, status, booted, load, serve)
         return
-
-    # Import the server before the app: our own import errors are bugs, not the user's.
-    from hurricane.http.rejections import REJECTIONS
-    from hurricane.http.server import Server
-
-    metrics = config.get("metrics") or {}
-    server = Server(config, Activity(metrics.get("duration_buckets", []), metrics.get("size_buckets", [])))
-
     # TERM before the app finished importing is handled like any other time: drain (nothing to drain).
-    signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
-    threading.Thread(
-        target=control_loop, args=(control, server.request_stop, status), name="hurricane-control", daemon=True
-    ).start()
+    stopper = Stopper()
+    signal.signal(signal.SIGTERM, stopper)
+    if serve is serve_http:
+        stopper.watch_control(control, status)  # a master gone during a slow import ends us too
+    serve(config, control, status, booted, load(config, status), stopper)
+
+
+def load_http(config: Dict[str, Any], status: StatusPipe) -> Tuple[Callable, List[Any]]:
+    """Import the WSGI app and build the static mounts; a failure ends the process (boot_failure)."""
+    # Import the server before the app: our own import errors are bugs, not the user's.
+    import hurricane.http.server  # noqa: F401
 
     kind = "import"
     try:
@@ -309,16 +341,31 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
         kind = "config"
         from hurricane import static
 
-        server.mounts = static.mounts_from_config(config.get("http") or {})
+        mounts = static.mounts_from_config(config.get("http") or {})
     except BaseException as exc:  # noqa: BLE001 - SystemExit from an app's import is a failure too
         boot_failure(status, config, exc, kind)
-
     # Everything the app allocated at import lives as long as the worker: move it out of the
     # collector's sight, so full collections stop rescanning a large app's module-level objects
     # on the hot path (and its pages stay untouched, which keeps memory shared with nothing
     # copied on write).
     gc.collect()
     gc.freeze()
+    return app, mounts
+
+
+def serve_http(config: Dict[str, Any], control: IO[bytes], status: StatusPipe, booted: float,
+               loaded: Tuple[Callable, List[Any]], stopper: Stopper) -> None:
+    """Serve HTTP with the loaded app until told to stop (`stopper`, the TERM handler); ends the
+    process with the server's exit code."""
+    from hurricane.http.rejections import REJECTIONS
+    from hurricane.http.server import Server
+
+    app, mounts = loaded
+    metrics = config.get("metrics") or {}
+    server = Server(config, Activity(metrics.get("duration_buckets", []), metrics.get("size_buckets", [])))
+    server.mounts = mounts
+    stopper.watch_control(control, status)
+    stopper.attach(server.request_stop)
     heartbeat = Heartbeat(status, server.activity)
     threading.Thread(
         target=heartbeat.run,
@@ -326,6 +373,7 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
         name="hurricane-heartbeat",
         daemon=True,
     ).start()
+    extra_paths: List[str] = config.get("pythonpath", [])
     dirs = source_dirs([os.getcwd()] + [os.path.abspath(p) for p in extra_paths]) if config.get("autoreload") else []
     from hurricane import checks
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -177,27 +176,39 @@ class Consumer:
         self.current = None
 
 
-def main(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float, extra_paths: List[str]) -> None:
+def load(config: Dict[str, Any], status: Any) -> Any:
+    """Import the handler class; a failure ends the process (worker.boot_failure)."""
+    from hurricane import worker
+
+    try:
+        return load_handler(config["app"])
+    except BaseException as exc:  # noqa: BLE001 - SystemExit at import is a failure too
+        worker.boot_failure(status, config, exc, "import")
+
+
+def serve(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float, handler_class: Any,
+          stopper: Any) -> None:
+    """Handle deliveries from the control pipe until SIGTERM (`stopper`) or EOF; ends the process."""
     from hurricane import checks, worker
 
     amqp = config.get("amqp") or {}
     as_json = (config.get("http") or {}).get("log_format") == "json"
+    extra_paths: List[str] = config.get("pythonpath", [])
     state = State()
 
-    def on_term(*_: Any) -> None:
+    def on_term() -> None:
         state.stopping = True
         if state.idle:
             raise Stop()
 
-    signal.signal(signal.SIGTERM, on_term)
+    stopper.attach(on_term)
     try:
-        handler_class = load_handler(config["app"])
         handler = handler_class(
             amqp.get("queue", ""), amqp.get("exchange", ""), amqp.get("host", ""), amqp.get("port", 5672),
             amqp.get("vhost", "/"), amqp.get("user"), amqp.get("password"),
         )
         routing_keys = [str(k) for k in (handler.get_routing_keys(amqp.get("queue", "")) or [])]
-    except BaseException as exc:  # noqa: BLE001 - SystemExit at import is a failure too
+    except BaseException as exc:  # noqa: BLE001 - SystemExit in a constructor is a failure too
         worker.boot_failure(status, config, exc, "import")
         return
 
