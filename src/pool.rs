@@ -1227,6 +1227,10 @@ mod tests {
         signals: Vec<(i32, Signal)>,
         tracebacks: Vec<String>,
         exit: Option<i32>,
+        /// --preload: spawns wait here (like asks of a zygote still importing) instead of starting.
+        deferred: bool,
+        asked: Vec<WorkerId>,
+        cancelled: Vec<WorkerId>,
     }
 
     impl Harness {
@@ -1244,9 +1248,42 @@ mod tests {
                 signals: vec![],
                 tracebacks: vec![],
                 exit: None,
+                deferred: false,
+                asked: vec![],
+                cancelled: vec![],
             };
             h.run();
             h
+        }
+
+        /// A pool whose spawns wait (as with --preload before the zygote is ready).
+        fn deferred(size: usize) -> Harness {
+            let now = Instant::now();
+            let mut h = Harness {
+                pool: Pool::new(config(size), Rc::new(Workers), now),
+                now,
+                next_pid: 100,
+                alive: vec![],
+                signals: vec![],
+                tracebacks: vec![],
+                exit: None,
+                deferred: true,
+                asked: vec![],
+                cancelled: vec![],
+            };
+            h.run();
+            h
+        }
+
+        /// The zygote forks every worker asked for.
+        fn fork_asked(&mut self) {
+            for worker in std::mem::take(&mut self.asked) {
+                let pid = self.next_pid;
+                self.next_pid += 1;
+                self.alive.push(pid);
+                self.pool.spawned(worker, pid);
+            }
+            self.run();
         }
 
         fn with(mut self, f: impl FnOnce(&mut PoolConfig)) -> Harness {
@@ -1262,6 +1299,8 @@ mod tests {
                 }
                 for action in actions {
                     match action {
+                        Action::Spawn { worker, .. } if self.deferred => self.asked.push(worker),
+                        Action::Cancel { worker } => self.cancelled.push(worker),
                         Action::Spawn { worker, .. } => {
                             let pid = self.next_pid;
                             self.next_pid += 1;
@@ -1582,6 +1621,71 @@ mod tests {
         h.pool.reload(h.now);
         h.run();
         assert_eq!(h.alive, vec![100, 101, 103], "the next HUP tries again");
+    }
+
+    #[test]
+    fn a_worker_lost_before_its_fork_stops_startup_with_its_failure() {
+        let mut h = Harness::deferred(2);
+        assert_eq!(h.asked, vec![1, 2]);
+        let refused = BootFailure {
+            kind: "preload".into(),
+            error: "--preload: the app started threads".into(),
+            traceback: "Traceback: ...".into(),
+            ..failure()
+        };
+        h.pool.lost(1, Some(refused.clone()), h.now);
+        h.run();
+        h.pool.lost(2, Some(refused), h.now);
+        h.run();
+        assert_eq!(h.exit, Some(crate::worker::EXIT_PRELOAD_REFUSED));
+        assert_eq!(
+            h.pool.fatal_error(),
+            Some("--preload: the app started threads")
+        );
+        assert_eq!(h.tracebacks.len(), 1, "logged once");
+    }
+
+    #[test]
+    fn a_worker_lost_after_startup_is_respawned_like_a_crash() {
+        let mut h = Harness::deferred(2);
+        h.fork_asked();
+        h.ready_all();
+        h.exit(100, ExitStatus::Signal(9));
+        assert_eq!(h.asked, vec![3], "respawn asked at once");
+        h.asked.clear();
+        h.pool.lost(3, None, h.now);
+        h.run();
+        assert!(h.asked.is_empty() && h.exit.is_none(), "not fatal; backing off");
+        h.advance(Duration::from_secs(1));
+        assert_eq!(h.asked, vec![4], "asked again after the backoff");
+    }
+
+    #[test]
+    fn unforked_workers_are_cancelled_at_shutdown_and_the_master_can_exit() {
+        let mut h = Harness::deferred(2);
+        h.pool.shutdown(Shutdown::Graceful, h.now);
+        h.run();
+        assert_eq!(h.cancelled, vec![1, 2]);
+        assert_eq!(h.exit, Some(0), "nothing left to wait for");
+    }
+
+    #[test]
+    fn an_unforked_successor_of_a_stale_reload_is_cancelled_and_past_its_boot_timeout_given_up() {
+        let mut h = Harness::deferred(1);
+        h.fork_asked();
+        h.ready_all();
+        h.pool.reload(h.now);
+        h.run();
+        assert_eq!(h.asked, vec![2]);
+        h.pool.reload(h.now);
+        h.run();
+        assert_eq!(h.cancelled, vec![2], "the stale successor is dropped");
+        assert_eq!(h.asked, vec![2, 3], "the newest generation asked for");
+        h.asked.clear();
+        h.advance(config(1).boot_timeout);
+        assert_eq!(h.cancelled, vec![2, 3], "never forked: given up");
+        assert_eq!(h.pool.reloads_failed, 1);
+        assert!(h.signals.is_empty(), "the old worker keeps serving");
     }
 
     #[test]

@@ -572,9 +572,29 @@ fn manage_py_consume_takes_the_broker_from_django_settings_and_the_environment()
 
 #[test]
 fn a_hup_reloads_the_handler_workers_and_loses_no_delivery() {
-    let names = Names::new("hup");
-    let server = consumer(&names, "handlers.Recorder", &["--workers", "2"]);
-    let before = server.worker_pids();
+    hup_loses_no_delivery("hup", &["--workers", "2"]);
+}
+
+#[test]
+fn with_preload_handlers_fork_from_a_zygote_and_a_hup_loses_no_delivery() {
+    let server = hup_loses_no_delivery("hup-preload", &["--workers", "2", "--preload"]);
+    let log = server.log.text();
+    assert_eq!(
+        log.matches("event=fork ").count(),
+        4,
+        "two workers forked per generation:\n{log}"
+    );
+    assert!(
+        log.contains("event=zygote_ready zygote=2 gen=1") && log.contains("event=zygote_exit zygote=1 gen=0"),
+        "the zygote replaced by the next generation's:\n{log}"
+    );
+}
+
+/// 300 deliveries stream through while a HUP replaces every worker: each is handled exactly once.
+fn hup_loses_no_delivery(test: &str, args: &[&str]) -> Server {
+    let names = Names::new(test);
+    let server = consumer(&names, "handlers.Recorder", args);
+    let before = server.wait_workers(2, START_TIMEOUT);
     let key = format!("{}.h", names.queue);
     // 300 messages of 10 ms each: the reload happens while they stream through.
     publish(&names.exchange, &key, "hup", 300, r#"{"sleep": "0.01"}"#);
@@ -603,4 +623,5 @@ fn a_hup_reloads_the_handler_workers_and_loses_no_delivery() {
     .unwrap_or_else(|| panic!("lost deliveries: {} of 300", names.bodies("hup").len()));
     assert_eq!(names.bodies("hup").len(), 300, "none handled twice");
     assert_eq!(queue_depth(&names.queue), 0);
+    server
 }
