@@ -321,8 +321,15 @@ impl Master {
         match spawn::spawn(&launch, listener, spawn::Control::Pipe) {
             Ok(spawned) => {
                 let pid = spawned.pid;
-                self.procs
-                    .insert(id, self.watch(Source::Status(id), Source::Control(id), spawned, launch.bootstrap));
+                self.procs.insert(
+                    id,
+                    self.watch(
+                        Source::Status(id),
+                        Source::Control(id),
+                        spawned,
+                        launch.bootstrap,
+                    ),
+                );
                 self.pool.spawned(id, pid);
             }
             Err(e) => {

@@ -1655,7 +1655,10 @@ mod tests {
         h.asked.clear();
         h.pool.lost(3, None, h.now);
         h.run();
-        assert!(h.asked.is_empty() && h.exit.is_none(), "not fatal; backing off");
+        assert!(
+            h.asked.is_empty() && h.exit.is_none(),
+            "not fatal; backing off"
+        );
         h.advance(Duration::from_secs(1));
         assert_eq!(h.asked, vec![4], "asked again after the backoff");
     }

@@ -55,7 +55,10 @@ pub struct Zygote {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Exec the zygote of `generation`; answer with `started`, or `start_failed`.
-    Start { zygote: ZygoteId, generation: u64 },
+    Start {
+        zygote: ZygoteId,
+        generation: u64,
+    },
     /// Ask the ready `zygote` to fork worker `worker` of `generation`; answer the pool with
     /// `spawned`, or with `lost` (and `broken` here if the zygote did not answer).
     Fork {
@@ -68,7 +71,10 @@ pub enum Action {
         worker: WorkerId,
         failure: Option<BootFailure>,
     },
-    Signal { pid: i32, signal: Signal },
+    Signal {
+        pid: i32,
+        signal: Signal,
+    },
     /// A failed import's traceback no waiting worker carries to the pool's log.
     LogTraceback(String),
 }
@@ -133,7 +139,12 @@ impl Zygotes {
     pub fn live(&self) -> Vec<(u64, i32)> {
         self.zygotes
             .values()
-            .filter(|z| matches!(z.state, ZygoteState::Starting { .. } | ZygoteState::Ready { .. }))
+            .filter(|z| {
+                matches!(
+                    z.state,
+                    ZygoteState::Starting { .. } | ZygoteState::Ready { .. }
+                )
+            })
             .filter_map(|z| Some((z.generation, z.pid?)))
             .collect()
     }
@@ -141,7 +152,9 @@ impl Zygotes {
     fn ready_of(&self, generation: u64) -> Option<ZygoteId> {
         self.zygotes
             .iter()
-            .find(|(_, z)| z.generation == generation && matches!(z.state, ZygoteState::Ready { .. }))
+            .find(|(_, z)| {
+                z.generation == generation && matches!(z.state, ZygoteState::Ready { .. })
+            })
             .map(|(id, _)| *id)
     }
 
@@ -154,9 +167,10 @@ impl Zygotes {
     }
 
     fn starting(&self, generation: u64) -> bool {
-        self.zygotes.values().any(|z| {
-            z.generation == generation && matches!(z.state, ZygoteState::Starting { .. })
-        }) || self.restart.is_some_and(|r| r.generation == generation)
+        self.zygotes
+            .values()
+            .any(|z| z.generation == generation && matches!(z.state, ZygoteState::Starting { .. }))
+            || self.restart.is_some_and(|r| r.generation == generation)
     }
 
     /// The pool wants worker `worker` of `generation`.
@@ -702,7 +716,10 @@ mod tests {
         );
         // The next reload tries again.
         z.want(9, 2, t0 + Duration::from_secs(2));
-        assert!(matches!(z.take_actions()[0], Action::Start { generation: 2, .. }));
+        assert!(matches!(
+            z.take_actions()[0],
+            Action::Start { generation: 2, .. }
+        ));
     }
 
     #[test]
@@ -735,7 +752,10 @@ mod tests {
         let at = z.next_deadline().expect("a restart is due");
         assert!(at > t1 + Duration::from_secs(1));
         z.tick(at);
-        assert!(matches!(z.take_actions()[0], Action::Start { generation: 0, .. }));
+        assert!(matches!(
+            z.take_actions()[0],
+            Action::Start { generation: 0, .. }
+        ));
     }
 
     #[test]
@@ -831,6 +851,9 @@ mod tests {
         );
         z.exited(id, ExitStatus::Signal(9), t0);
         z.tick(t0);
-        assert!(matches!(z.take_actions()[0], Action::Start { generation: 0, .. }));
+        assert!(matches!(
+            z.take_actions()[0],
+            Action::Start { generation: 0, .. }
+        ));
     }
 }

@@ -585,7 +585,8 @@ fn with_preload_handlers_fork_from_a_zygote_and_a_hup_loses_no_delivery() {
         "two workers forked per generation:\n{log}"
     );
     assert!(
-        log.contains("event=zygote_ready zygote=2 gen=1") && log.contains("event=zygote_exit zygote=1 gen=0"),
+        log.contains("event=zygote_ready zygote=2 gen=1")
+            && log.contains("event=zygote_exit zygote=1 gen=0"),
         "the zygote replaced by the next generation's:\n{log}"
     );
 }

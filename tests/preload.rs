@@ -108,8 +108,12 @@ fn django_workers_forked_from_the_zygote_share_its_memory_and_start_in_milliseco
     let fifth = wait_for(START_TIMEOUT, || {
         let pids = server.worker_pids();
         let new: Vec<i32> = pids.into_iter().filter(|p| !workers.contains(p)).collect();
-        (new.len() == 1 && server.log.text().contains(&format!(" pid={} gen=0 boot_ms=", new[0])))
-            .then(|| new[0])
+        (new.len() == 1
+            && server
+                .log
+                .text()
+                .contains(&format!(" pid={} gen=0 boot_ms=", new[0])))
+        .then(|| new[0])
     })
     .unwrap_or_else(|| panic!("a fifth worker; log:\n{}", server.log.text()));
     let ms = spawn_ms(&server, fifth);
@@ -184,18 +188,29 @@ fn hup_under_load_with_preload_loads_new_code_replaces_every_worker_and_the_zygo
     assert!(seen.ok > 100, "the load ran: {} requests", seen.ok);
 
     // A broken new version: the new zygote fails to import, the old generation keeps serving.
-    std::fs::write(dir.0.join("versioned.py"), "raise ImportError('half-deployed')\n").unwrap();
+    std::fs::write(
+        dir.0.join("versioned.py"),
+        "raise ImportError('half-deployed')\n",
+    )
+    .unwrap();
     server.signal(libc::SIGHUP);
     server
         .log
         .wait_for("event=reload result=failed", START_TIMEOUT)
         .unwrap_or_else(|| panic!("reload failed; log:\n{}", server.log.text()));
-    assert!(server.log.text().contains("half-deployed"), "the traceback is logged");
+    assert!(
+        server.log.text().contains("half-deployed"),
+        "the traceback is logged"
+    );
     for _ in 0..20 {
         assert!(server.get("/").text().starts_with("v2 "));
     }
     assert_eq!(server.worker_pids(), pids, "the old workers keep serving");
-    assert_eq!(server.zygote_pids(), vec![zygote], "and the old zygote stays");
+    assert_eq!(
+        server.zygote_pids(),
+        vec![zygote],
+        "and the old zygote stays"
+    );
     // A worker needed now (scale up) forks from the old zygote: no re-import of broken code.
     server.signal(libc::SIGTTIN);
     let four = server.wait_workers(4, START_TIMEOUT);
@@ -246,6 +261,22 @@ fn a_killed_zygote_is_replaced_while_workers_serve_and_the_next_worker_forks_fro
     })
     .unwrap_or_else(|| panic!("forked from the new zygote; log:\n{}", server.log.text()));
     assert_eq!(server.get("/").status, 200);
+    // Its fds 4 and 5 are its own pipes; nothing of the zygote's socket came along.
+    let link = |pid: i32, fd: i32| {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    let zygote_socket = link(new_zygote, 5);
+    assert!(zygote_socket.starts_with("socket:"), "{zygote_socket}");
+    assert!(link(new, 4).starts_with("pipe:") && link(new, 5).starts_with("pipe:"));
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{new}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(!fds.contains(&zygote_socket), "{fds:?}");
     assert_eq!(
         stat(new).map(|(ppid, _)| ppid),
         Some(server.pid()),
@@ -255,7 +286,10 @@ fn a_killed_zygote_is_replaced_while_workers_serve_and_the_next_worker_forks_fro
 
 #[test]
 fn preload_refuses_an_app_that_starts_threads_at_import_with_exit_2() {
-    let mut server = Server::spawn(&mut command("threadimport", &["--workers", "2", "--preload"]));
+    let mut server = Server::spawn(&mut command(
+        "threadimport",
+        &["--workers", "2", "--preload"],
+    ));
     let status = server
         .wait_exit(START_TIMEOUT)
         .unwrap_or_else(|| panic!("exits; log:\n{}", server.log.text()));
@@ -263,8 +297,9 @@ fn preload_refuses_an_app_that_starts_threads_at_import_with_exit_2() {
     let log = server.log.text();
     let last = log.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("error: --preload: the app started threads while it was imported (metrics-pusher)")
-            && last.contains("without --preload"),
+        last.starts_with(
+            "error: --preload: the app started threads while it was imported (metrics-pusher)"
+        ) && last.contains("without --preload"),
         "one line saying why and what to do: {last}\nlog:\n{log}"
     );
     // Without --preload the same app serves: each exec'd worker starts its own thread.
@@ -287,5 +322,30 @@ fn preload_with_a_broken_app_fails_startup_like_without() {
             .starts_with("error: cannot import 'broken'"),
         "log:\n{log}"
     );
-    assert_eq!(log.matches("Traceback").count(), 1, "the traceback once:\n{log}");
+    assert_eq!(
+        log.matches("Traceback").count(),
+        1,
+        "the traceback once:\n{log}"
+    );
+}
+
+/// The serve and lifecycle suites again, every server with --preload: orphans, signals, drains,
+/// reloads and PID 1 duties behave the same with forked workers. Runs this test binary itself.
+#[test]
+fn the_serve_and_lifecycle_suites_pass_with_preload() {
+    if preload_run() {
+        return; // already inside the preload run
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["serve::", "lifecycle::", "--test-threads", "2"])
+        .env("HURRICANE_TEST_PRELOAD", "1")
+        .output()
+        .expect("run the suites");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "with --preload:\n{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains(" passed; 0 failed"), "{text}");
 }

@@ -126,14 +126,24 @@ pub fn command_with(python: &str, dir: &Path, app: &str, args: &[&str]) -> Comma
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     without_hurricane_env(&mut cmd);
+    // The serve suites run once more with every worker forked from a --preload zygote.
+    if preload_run() && !args.contains(&"--preload") {
+        cmd.arg("--preload");
+    }
     cmd
+}
+
+/// Whether this run adds --preload to every server (HURRICANE_TEST_PRELOAD; see
+/// preload::the_serve_and_lifecycle_suites_pass_with_preload).
+pub fn preload_run() -> bool {
+    std::env::var_os("HURRICANE_TEST_PRELOAD").is_some()
 }
 
 /// Drops the HURRICANE_* settings of whoever runs the tests (all but HURRICANE_TEST_PYTHON), so
 /// a test sees only what it sets.
 pub fn without_hurricane_env(cmd: &mut Command) {
     for (key, _) in std::env::vars() {
-        if key.starts_with("HURRICANE_") && key != "HURRICANE_TEST_PYTHON" {
+        if key.starts_with("HURRICANE_") && !key.starts_with("HURRICANE_TEST_") {
             cmd.env_remove(key);
         }
     }

@@ -91,8 +91,16 @@ def main(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float,
 
     name_process("hurricane-zygot")
     # Nothing to drain: the master's TERM (or its disappearance) ends the zygote at once.
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    def exit_now(*_: Any) -> None:
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, exit_now)
     loaded = load(config, status)
+    # An app that set its own TERM handler at import keeps it in its workers, as an exec'd worker
+    # does (its import runs after the worker installed its own).
+    app_term = signal.getsignal(signal.SIGTERM)
+    if app_term is not exit_now:
+        config = dict(config, app_term=True)
     close_connections()
     threads = other_threads()
     if threads:
@@ -186,7 +194,8 @@ def _become_worker(request: Dict[str, Any], status_fd: int, control_fd: int, req
     os.close(status_fd)
     os.close(control_fd)
     stopper = worker.Stopper()
-    signal.signal(signal.SIGTERM, stopper)
+    if not config.get("app_term"):
+        signal.signal(signal.SIGTERM, stopper)
     config = dict(config, worker=request["worker"], generation=request["generation"], zygote=False)
     status = worker.StatusPipe(STATUS_FD)
     status.send(t="boot", pid=os.getpid())
