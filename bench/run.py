@@ -4,6 +4,7 @@
     python3 bench/run.py                 # every scenario, median of 3 runs (about 15 minutes)
     python3 bench/run.py hello close     # only these scenarios
     python3 bench/run.py consume         # AMQP consumers against the local RabbitMQ (bench/consume.py)
+    python3 bench/run.py memory          # 4 Django workers' total PSS, --preload and not, vs gunicorn
 
 Sets up the peers itself (gunicorn, granian, pyuwsgi, Django into target/bench-venv; wrk from
 Debian if missing), builds hurricane in release mode, then for each scenario starts each server with
@@ -87,8 +88,12 @@ def server_command(name: str, app: str, port: int, workers: int, extra: Dict[str
         if "static" in extra:
             cmd += ["--static-root", extra["static"]]
         return cmd
+    if name == "hurricane --preload":
+        return server_command("hurricane", app, port, workers, extra) + ["--preload"]
     if name == "gunicorn sync":
         return [str(venv / "gunicorn"), "-w", str(workers), "-b", bind, "--log-level", "warning", app]
+    if name == "gunicorn --preload":
+        return server_command("gunicorn sync", app, port, workers, extra) + ["--preload"]
     if name == "gunicorn gthread":
         return [str(venv / "gunicorn"), "-w", str(workers), "-k", "gthread", "--threads", extra.get("threads", "8"),
                 "-b", bind, "--log-level", "warning", app]
@@ -203,6 +208,95 @@ def fair_spread() -> None:
           f"(target <= 1.5: {'met' if worst <= 1.5 else 'NOT met'})")
 
 
+def tree(root: int) -> List[int]:
+    """`root` and every process below it (from /proc/*/stat), for memory totals."""
+    parents: Dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parents.items() if ppid in frontier]
+        found += frontier
+    return found
+
+
+def smaps_kb(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def memory() -> None:
+    """4 workers of the bench Django project: every process's PSS, summed (what the pod is billed),
+    after each served requests; and for hurricane, how long a fifth worker takes to be ready."""
+    log("== memory, 4 Django workers")
+    workers = 4
+    servers = ["hurricane --preload", "hurricane", "gunicorn --preload", "gunicorn sync", "granian"]
+    runs: Dict[str, List[int]] = {name: [] for name in servers}
+    spawns: Dict[str, List[int]] = {name: [] for name in servers}
+    env = dict(os.environ, PYTHONPATH=str(APPS), DJANGO_SETTINGS_MODULE="benchsite.settings")
+    env.pop("VIRTUAL_ENV", None)
+    for round_, name in ((r, n) for r in range(REPEAT) for n in servers):
+        log(f"  {name} (run {round_ + 1}/{REPEAT}) ...")
+        port = free_port()
+        cmd = server_command(name, "benchsite.wsgi", port, workers, {})
+        if name.startswith("hurricane"):
+            cmd[cmd.index("--log-level") + 1] = "info"  # the ready lines carry spawn_ms
+        with tempfile.TemporaryFile() as logf:
+            proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=logf, stderr=logf, start_new_session=True)
+            try:
+                wait_http(port, "/json")
+                time.sleep(2)  # every worker up
+                subprocess.run(["wrk", "-t1", "-c16", "-d3s", f"http://127.0.0.1:{port}/json"],
+                               capture_output=True, check=True)
+                time.sleep(0.5)
+                runs[name].append(sum(smaps_kb(pid, "Pss") for pid in tree(proc.pid)))
+                if name.startswith("hurricane"):
+                    os.kill(proc.pid, signal.SIGTTIN)
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline:
+                        logf.seek(0)
+                        ready = re.findall(r"event=ready worker=5 .*spawn_ms=(\d+)", logf.read().decode())
+                        if ready:
+                            spawns[name].append(int(ready[0]))
+                            break
+                        time.sleep(0.05)
+            finally:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+    totals = {name: sorted(done)[len(done) // 2] for name, done in runs.items() if done}
+    spawn = {name: f"{sorted(done)[len(done) // 2]} ms" for name, done in spawns.items() if done}
+    ours = totals.get("hurricane --preload")
+    print(f"\n### Memory: {workers} Django workers, total PSS of every process (after wrk -c16 3s), "
+          f"median of {REPEAT}\n")
+    print("| server | total PSS | 5th worker ready in | hurricane --preload / server |")
+    print("|---|---:|---:|---:|")
+    for name in servers:
+        total = totals.get(name)
+        if total is None:
+            print(f"| {name} | failed | | |")
+            continue
+        ratio = f"{ours / total:.2f}x" if ours and name != "hurricane --preload" else ""
+        if name == "gunicorn --preload" and ours:
+            ratio += " (target <= 1.0x: %s)" % ("met" if ours <= total else "NOT met")
+        print(f"| {name} | {total / 1024:.1f} MB | {spawn.get(name, '')} | {ratio} |")
+    sys.stdout.flush()
+
+
 def main() -> None:
     wanted = set(sys.argv[1:])
     setup()
@@ -231,6 +325,8 @@ def main() -> None:
                  extra={"threads": "8"}, targets={"gunicorn gthread": 1.0})
     if not wanted or "spread" in wanted:
         fair_spread()
+    if not wanted or "memory" in wanted:
+        memory()
     if not wanted or "consume" in wanted:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import consume

@@ -815,6 +815,7 @@ impl Master {
         };
         self.pool.fill_metrics(&mut snapshot);
         snapshot.zygotes = self.zygotes.as_ref().map(Zygotes::live).unwrap_or_default();
+        snapshot.zygote_restarts = self.zygotes.as_ref().map(|z| z.restarts);
         snapshot.amqp = self.consume.as_ref().map(Consume::snapshot);
         snapshot.celery = self.celery.as_ref().map(Celery::snapshot);
         snapshot

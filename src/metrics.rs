@@ -141,6 +141,8 @@ pub struct Snapshot {
     pub workers: Vec<(usize, i32)>,
     /// --preload: (generation, pid) of each zygote starting or ready, for its resident memory.
     pub zygotes: Vec<(u64, i32)>,
+    /// --preload: zygotes started again after one died or hung; None without --preload.
+    pub zygote_restarts: Option<u64>,
     /// `consume`: the broker link and its messages (then no HTTP request metrics are shown).
     pub amqp: Option<AmqpSnapshot>,
     /// `celery`: tasks, the broker link, beat (then no HTTP request metrics are shown).
@@ -328,6 +330,15 @@ fn render_openmetrics(snapshot: &Snapshot, listen_fd: RawFd) -> String {
         "Resident memory of each worker, by slot",
         worker_memory,
     );
+    if let Some(restarts) = snapshot.zygote_restarts {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(restarts);
+        registry.register(
+            "hurricane_zygote_restarts",
+            "--preload zygotes started again after one died or hung",
+            counter,
+        );
+    }
     if !snapshot.zygotes.is_empty() {
         let zygote_memory = Family::<Labels, Gauge>::default();
         for (generation, pid) in &snapshot.zygotes {

@@ -106,7 +106,7 @@ pub struct Zygotes {
     boot_timeout: Duration,
     phase: Phase,
     actions: Vec<Action>,
-    /// Zygotes started after the first (restarts and reloads), for /metrics.
+    /// Zygotes started again after one died or hung (not reloads), for /metrics.
     pub restarts: u64,
 }
 
@@ -210,9 +210,6 @@ impl Zygotes {
     }
 
     fn start(&mut self, generation: u64, now: Instant) {
-        if self.next_id > 1 {
-            self.restarts += 1;
-        }
         let id = self.next_id;
         self.next_id += 1;
         if self.restart.is_some_and(|r| r.generation <= generation) {
@@ -535,6 +532,7 @@ impl Zygotes {
             && self.phase == Phase::Running
         {
             self.restart = None;
+            self.restarts += 1;
             self.start(restart.generation, now);
         }
     }
@@ -684,7 +682,7 @@ mod tests {
         ));
         z.exited(old, ExitStatus::Code(0), t0);
         assert_eq!(z.live(), vec![(1, 600)]);
-        assert_eq!(z.restarts, 1);
+        assert_eq!(z.restarts, 0, "a reload is not a restart");
     }
 
     #[test]
@@ -733,6 +731,7 @@ mod tests {
         let Action::Start { zygote: second, .. } = z.take_actions()[0].clone() else {
             panic!("restarted at once the first time");
         };
+        assert_eq!(z.restarts, 1);
         z.started(second, 501);
         z.want(2, 0, t1);
         assert!(z.take_actions().is_empty(), "waits for the new zygote");

@@ -249,6 +249,11 @@ fn a_killed_zygote_is_replaced_while_workers_serve_and_the_next_worker_forks_fro
         .wait_for("event=zygote_ready zygote=2", START_TIMEOUT)
         .unwrap_or_else(|| panic!("the new zygote is ready; log:\n{}", server.log.text()));
     assert_eq!(server.worker_pids(), workers, "no worker was touched");
+    let metrics = server.probe("/metrics").text();
+    assert!(
+        metrics.contains("hurricane_zygote_restarts_total 1\n"),
+        "{metrics}"
+    );
     server.signal(libc::SIGTTIN);
     let three = server.wait_workers(3, START_TIMEOUT);
     let new = *three.iter().find(|p| !workers.contains(p)).unwrap();

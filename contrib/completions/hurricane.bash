@@ -53,7 +53,7 @@ _hurricane() {
 
     case "${cmd}" in
         hurricane)
-            opts="-w -h -V --wsgi --bind --port --workers --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --write-timeout --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --min-body-rate --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help --version serve consume celery generate-docs help"
+            opts="-w -h -V --wsgi --bind --port --workers --preload --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --write-timeout --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --min-body-rate --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help --version serve consume celery generate-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -325,7 +325,7 @@ _hurricane() {
             return 0
             ;;
         hurricane__subcmd__consume)
-            opts="-h --queue --exchange --amqp-host --amqp-port --amqp-vhost --amqp-user --amqp-password --amqp-url --routing-key --durable --prefetch --reconnect --reconnect-timeout --workers --bind --probe-port --graceful-timeout --boot-timeout --timeout --autoreload --webhook-url --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
+            opts="-h --queue --exchange --amqp-host --amqp-port --amqp-vhost --amqp-user --amqp-password --amqp-url --routing-key --durable --prefetch --reconnect --reconnect-timeout --workers --preload --bind --probe-port --graceful-timeout --boot-timeout --timeout --autoreload --webhook-url --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -553,7 +553,7 @@ _hurricane() {
             return 0
             ;;
         hurricane__subcmd__serve)
-            opts="-w -h --wsgi --bind --port --workers --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --write-timeout --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --min-body-rate --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
+            opts="-w -h --wsgi --bind --port --workers --preload --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --write-timeout --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --min-body-rate --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_hurricane_global_optspecs
-    string join \n w/wsgi= bind= port= workers= backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= write-timeout= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= min-body-rate= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log python= chdir= pythonpath= startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= h/help V/version
+    string join \n w/wsgi= bind= port= workers= preload backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= write-timeout= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= min-body-rate= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log python= chdir= pythonpath= startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= h/help V/version
 end
 
 function __fish_hurricane_needs_command
@@ -73,6 +73,7 @@ warn\t''
 info\t''
 debug\t''
 trace\t''"
+complete -c hurricane -n "__fish_hurricane_needs_command" -l preload -d 'Import the app once in a zygote process and fork the workers from it: they share its memory and start in milliseconds; HUP and --autoreload start a new zygote, so new code still loads. The app must not start threads at import (refused, exit 2)'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l check-migrations -d 'Before the workers start, wait (polling) until the database answers and no migration is pending'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l check-migrations-apply -d 'Before the workers start, apply pending migrations (migrate --noinput) instead of waiting'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l static -d 'Serve static files at --static-url from --static-root (or Django\'s STATIC_URL/STATIC_ROOT)'
@@ -139,6 +140,7 @@ warn\t''
 info\t''
 debug\t''
 trace\t''"
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l preload -d 'Import the app once in a zygote process and fork the workers from it: they share its memory and start in milliseconds; HUP and --autoreload start a new zygote, so new code still loads. The app must not start threads at import (refused, exit 2)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l check-migrations -d 'Before the workers start, wait (polling) until the database answers and no migration is pending'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l check-migrations-apply -d 'Before the workers start, apply pending migrations (migrate --noinput) instead of waiting'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l static -d 'Serve static files at --static-url from --static-root (or Django\'s STATIC_URL/STATIC_ROOT)'
@@ -186,6 +188,7 @@ debug\t''
 trace\t''"
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l durable -d 'Declare the exchange and the queue durable'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l reconnect -d 'Reconnect with backoff (0.5 s doubling to 30 s) when the broker connection or channel is lost'
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l preload -d 'Import the handler once in a zygote process and fork the workers from it: they share its memory and start in milliseconds; HUP and --autoreload start a new zygote, so new code still loads. The handler module must not start threads at import (refused, exit 2)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l autoreload -d 'Reload when a source file of the handler changes (development)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l no-metrics -d 'Do not serve metrics'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l no-probe -d 'Do not run the probe server'
