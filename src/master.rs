@@ -1033,6 +1033,9 @@ mod tests {
             Source::Control(1),
             Source::Status(0),
             Source::Control(7),
+            Source::ZygoteStatus(1),
+            Source::ZygoteControl(1),
+            Source::ZygoteStatus(7),
         ];
         let tokens: std::collections::HashSet<Token> = sources.iter().map(|s| s.token()).collect();
         assert_eq!(tokens.len(), sources.len(), "no two sources share a token");
