@@ -123,6 +123,16 @@ def parse_wrk(out: str) -> Tuple[float, str, str, int]:
     return rps, p50.group(1) if p50 else "?", p99.group(1) if p99 else "?", errors
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """TERM the server's session, KILL it if it takes more than 15 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def run_one(name: str, app: str, path: str, workers: int, wrk_args: List[str], extra: Dict[str, str],
             env_extra: Dict[str, str]) -> Optional[Tuple[float, str, str, int, str]]:
     port = free_port()
@@ -144,12 +154,7 @@ def run_one(name: str, app: str, path: str, workers: int, wrk_args: List[str], e
             log(f"  {name}: failed: {exc}\n{logf.read().decode(errors='replace')[-2000:]}")
             return None
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop(proc)
 
 
 def scenario(title: str, app: str, path: str, servers: List[str], wrk_args: List[str] = (),
@@ -272,12 +277,7 @@ def memory() -> None:
                             break
                         time.sleep(0.05)
             finally:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                stop(proc)
     totals = {name: sorted(done)[len(done) // 2] for name, done in runs.items() if done}
     spawn = {name: f"{sorted(done)[len(done) // 2]} ms" for name, done in spawns.items() if done}
     ours = totals.get("hurricane --preload")

@@ -158,9 +158,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn an_http_worker_runs_stage_one_in_the_users_python_and_is_named_for_ps() {
-        let http = Http {
+    fn http(preload: bool) -> Http {
+        Http {
             python: PathBuf::from("/venv/bin/python"),
             config: WorkerConfig {
                 app: "mysite.wsgi".into(),
@@ -172,9 +171,14 @@ mod tests {
                 workers: 2,
                 http: serde_json::json!({}),
                 mode: crate::worker::Mode::Http,
-                preload: false,
+                preload,
             },
-        };
+        }
+    }
+
+    #[test]
+    fn an_http_worker_runs_stage_one_in_the_users_python_and_is_named_for_ps() {
+        let http = http(false);
         let launch = http.launch(7, 2);
         assert_eq!(launch.program, PathBuf::from("/venv/bin/python"));
         assert_eq!(launch.args[1], OsString::from(worker::STAGE_ONE));
@@ -187,21 +191,7 @@ mod tests {
 
     #[test]
     fn with_preload_an_http_kind_has_a_zygote_per_generation() {
-        let http = Http {
-            python: PathBuf::from("/venv/bin/python"),
-            config: WorkerConfig {
-                app: "mysite.wsgi".into(),
-                pythonpath: vec![],
-                keep_alive: Duration::from_secs(5),
-                graceful_timeout: Duration::from_secs(30),
-                heartbeat: Duration::from_secs(1),
-                autoreload: false,
-                workers: 2,
-                http: serde_json::json!({}),
-                mode: crate::worker::Mode::Http,
-                preload: true,
-            },
-        };
+        let http = http(true);
         let zygote = http.zygote(3).expect("--preload");
         assert_eq!(zygote.args[2], OsString::from("hurricane-zygote-3"));
         assert_eq!(zygote.bootstrap, worker::zygote_bootstrap(&http.config, 3));

@@ -1239,6 +1239,15 @@ mod tests {
         }
 
         fn of(size: usize, rules: Rc<dyn Rules>) -> Harness {
+            Harness::built(size, rules, false)
+        }
+
+        /// A pool whose spawns wait (as with --preload before the zygote is ready).
+        fn deferred(size: usize) -> Harness {
+            Harness::built(size, Rc::new(Workers), true)
+        }
+
+        fn built(size: usize, rules: Rc<dyn Rules>, deferred: bool) -> Harness {
             let now = Instant::now();
             let mut h = Harness {
                 pool: Pool::new(config(size), rules, now),
@@ -1248,26 +1257,7 @@ mod tests {
                 signals: vec![],
                 tracebacks: vec![],
                 exit: None,
-                deferred: false,
-                asked: vec![],
-                cancelled: vec![],
-            };
-            h.run();
-            h
-        }
-
-        /// A pool whose spawns wait (as with --preload before the zygote is ready).
-        fn deferred(size: usize) -> Harness {
-            let now = Instant::now();
-            let mut h = Harness {
-                pool: Pool::new(config(size), Rc::new(Workers), now),
-                now,
-                next_pid: 100,
-                alive: vec![],
-                signals: vec![],
-                tracebacks: vec![],
-                exit: None,
-                deferred: true,
+                deferred,
                 asked: vec![],
                 cancelled: vec![],
             };

@@ -519,14 +519,15 @@ fn bad_consume_input_is_a_one_line_usage_error() {
 }
 
 /// The original's entry point: `python manage.py consume HANDLER`, broker settings from the Django
-/// settings (AMQP_HOST) and from the environment (AMQP_PORT), the command line winning over both.
+/// settings (AMQP_HOST) and from the environment (AMQP_PORT), the command line winning over both;
+/// Django is set up before the handler is imported, so its models work (here with --preload).
 #[test]
 fn manage_py_consume_takes_the_broker_from_django_settings_and_the_environment() {
     let names = Names::new("django");
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/djproject");
     let mut cmd = Command::new(test_venv_python());
     cmd.arg(project.join("manage.py"))
-        .args(["consume", "handlers.Recorder", "--queue", &names.queue])
+        .args(["consume", "handlers.DjangoAware", "--queue", &names.queue])
         .args([
             "--exchange",
             &names.exchange,
@@ -535,7 +536,8 @@ fn manage_py_consume_takes_the_broker_from_django_settings_and_the_environment()
             "--bind",
             "127.0.0.1",
         ])
-        .args(["--workers", "1", "--pythonpath"])
+        // Forked from a zygote that set Django up: the handler's models work in every worker.
+        .args(["--workers", "2", "--preload", "--pythonpath"])
         .arg(apps_dir())
         .current_dir(&project)
         .env("DJANGO_SETTINGS_MODULE", "djsite.settings")

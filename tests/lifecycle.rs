@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 /// A copy of tests/apps/versioned.py in a scratch dir, so a test can rewrite it.
-fn versioned_app(dir: &TempDir) -> String {
+pub fn versioned_app(dir: &TempDir) -> String {
     let source = std::fs::read_to_string(apps_dir().join("versioned.py")).unwrap();
     std::fs::write(dir.0.join("versioned.py"), source).unwrap();
     dir.0.display().to_string()
 }
 
-fn set_version(dir: &TempDir, version: &str) {
+pub fn set_version(dir: &TempDir, version: &str) {
     let path = dir.0.join("versioned.py");
     let source = std::fs::read_to_string(&path).unwrap();
     let start = source.find("VERSION = \"").unwrap() + "VERSION = \"".len();
@@ -27,11 +27,36 @@ fn serving(server: &Server, version: &str) -> bool {
 }
 
 /// Polls until `version` is served: after a reload, old workers may still be draining for a moment.
-fn wait_serving(server: &Server, version: &str) {
+pub fn wait_serving(server: &Server, version: &str) {
     wait_for(Duration::from_secs(5), || {
         serving(server, version).then_some(())
     })
     .unwrap_or_else(|| panic!("{version} is served; log:\n{}", server.log.text()));
+}
+
+/// Writes version v`round`, HUPs, and waits until it is served by a whole new set of workers
+/// (none of `old`); returns their pids.
+pub fn reload_to(server: &Server, dir: &TempDir, round: u64, old: &[i32]) -> Vec<i32> {
+    let version = format!("v{round}");
+    set_version(dir, &version);
+    server.signal(libc::SIGHUP);
+    let done = format!("event=reload result=succeeded gen={round}");
+    server
+        .log
+        .wait_for(&done, START_TIMEOUT)
+        .unwrap_or_else(|| panic!("{done}; log:\n{}", server.log.text()));
+    // "succeeded" means the new generation is ready; the old one may still be finishing requests.
+    wait_serving(server, &version);
+    wait_for(Duration::from_secs(10), || {
+        let now = server.worker_pids();
+        (now.len() == old.len() && now.iter().all(|p| !old.contains(p))).then_some(now)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "every worker replaced after reload {round}: {old:?} -> {:?}",
+            server.worker_pids()
+        )
+    })
 }
 
 fn start_in(dir: &str, app: &str, args: &[&str]) -> Server {
@@ -48,26 +73,7 @@ fn three_hups_under_load_lose_no_request_and_replace_every_worker() {
     let mut pids = server.wait_workers(3, START_TIMEOUT);
     let load = Load::start(server.addr, 8, "/");
     for round in 1..=3 {
-        let version = format!("v{round}");
-        set_version(&dir, &version);
-        server.signal(libc::SIGHUP);
-        let done = format!("event=reload result=succeeded gen={round}");
-        server
-            .log
-            .wait_for(&done, START_TIMEOUT)
-            .unwrap_or_else(|| panic!("{done}; log:\n{}", server.log.text()));
-        // "succeeded" means the new generation is ready; the old one may still be finishing requests.
-        wait_serving(&server, &version);
-        pids = wait_for(Duration::from_secs(10), || {
-            let now = server.worker_pids();
-            (now.len() == 3 && now.iter().all(|p| !pids.contains(p))).then_some(now)
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "every worker replaced after reload {round}: {pids:?} -> {:?}",
-                server.worker_pids()
-            )
-        });
+        pids = reload_to(&server, &dir, round, &pids);
     }
     let LoadResult { ok, failures, .. } = load.finish();
     assert!(

@@ -3,31 +3,9 @@
 //! serving, a killed zygote is replaced, and an app that starts threads at import is refused.
 
 use std::path::Path;
-use std::time::Duration;
 
+use crate::lifecycle::{reload_to, versioned_app, wait_serving};
 use crate::util::*;
-
-/// A copy of tests/apps/versioned.py in a scratch dir, so a test can rewrite it.
-fn versioned_app(dir: &TempDir) -> String {
-    let source = std::fs::read_to_string(apps_dir().join("versioned.py")).unwrap();
-    std::fs::write(dir.0.join("versioned.py"), source).unwrap();
-    dir.0.display().to_string()
-}
-
-fn write_app(dir: &TempDir, version: &str) {
-    let source = std::fs::read_to_string(apps_dir().join("versioned.py")).unwrap();
-    let updated = source.replace("VERSION = \"v0\"", &format!("VERSION = \"{version}\""));
-    std::fs::write(dir.0.join("versioned.py"), updated).unwrap();
-}
-
-fn wait_serving(server: &Server, version: &str) {
-    wait_for(Duration::from_secs(5), || {
-        get(server.addr, "/")
-            .is_ok_and(|r| r.text().starts_with(&format!("{version} ")))
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("{version} is served; log:\n{}", server.log.text()));
-}
 
 /// The one zygote, once exactly one is alive.
 fn the_zygote(server: &Server) -> i32 {
@@ -42,6 +20,23 @@ fn the_zygote(server: &Server) -> i32 {
             server.log.text()
         )
     })
+}
+
+/// SIGTTIN: one more worker beside `workers`, forked from `zygote` (the master's fork line says
+/// so); its pid.
+fn scale_up_forks_from(server: &Server, workers: &[i32], zygote: i32) -> i32 {
+    server.signal(libc::SIGTTIN);
+    let all = server.wait_workers(workers.len() + 1, START_TIMEOUT);
+    let new = *all.iter().find(|p| !workers.contains(p)).unwrap();
+    wait_for(START_TIMEOUT, || {
+        server
+            .log
+            .text()
+            .contains(&format!("zygote_pid={zygote} pid={new}"))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{new} forked from {zygote}; log:\n{}", server.log.text()));
+    new
 }
 
 /// `spawn_ms` of the `ready` line of the worker with this pid.
@@ -156,20 +151,7 @@ fn hup_under_load_with_preload_loads_new_code_replaces_every_worker_and_the_zygo
     let mut pids = server.wait_workers(3, START_TIMEOUT);
     let load = Load::start(server.addr, 8, "/");
     for round in 1..=2 {
-        let version = format!("v{round}");
-        write_app(&dir, &version);
-        server.signal(libc::SIGHUP);
-        let done = format!("event=reload result=succeeded gen={round}");
-        server
-            .log
-            .wait_for(&done, START_TIMEOUT)
-            .unwrap_or_else(|| panic!("{done}; log:\n{}", server.log.text()));
-        wait_serving(&server, &version);
-        let now = wait_for(START_TIMEOUT, || {
-            let now = server.worker_pids();
-            (now.len() == 3 && now.iter().all(|p| !pids.contains(p))).then_some(now)
-        })
-        .unwrap_or_else(|| panic!("every worker replaced; log:\n{}", server.log.text()));
+        let now = reload_to(&server, &dir, round, &pids);
         let new_zygote = wait_for(START_TIMEOUT, || match server.zygote_pids()[..] {
             [pid] if pid != zygote => Some(pid),
             _ => None,
@@ -202,6 +184,7 @@ fn hup_under_load_with_preload_loads_new_code_replaces_every_worker_and_the_zygo
         server.log.text().contains("half-deployed"),
         "the traceback is logged"
     );
+    wait_serving(&server, "v2");
     for _ in 0..20 {
         assert!(server.get("/").text().starts_with("v2 "));
     }
@@ -212,17 +195,7 @@ fn hup_under_load_with_preload_loads_new_code_replaces_every_worker_and_the_zygo
         "and the old zygote stays"
     );
     // A worker needed now (scale up) forks from the old zygote: no re-import of broken code.
-    server.signal(libc::SIGTTIN);
-    let four = server.wait_workers(4, START_TIMEOUT);
-    let new = *four.iter().find(|p| !pids.contains(p)).unwrap();
-    wait_for(START_TIMEOUT, || {
-        server
-            .log
-            .text()
-            .contains(&format!("zygote_pid={zygote} pid={new}"))
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("forked from the old zygote; log:\n{}", server.log.text()));
+    scale_up_forks_from(&server, &pids, zygote);
     for _ in 0..20 {
         assert!(server.get("/").text().starts_with("v2 "));
     }
@@ -254,17 +227,7 @@ fn a_killed_zygote_is_replaced_while_workers_serve_and_the_next_worker_forks_fro
         metrics.contains("hurricane_zygote_restarts_total 1\n"),
         "{metrics}"
     );
-    server.signal(libc::SIGTTIN);
-    let three = server.wait_workers(3, START_TIMEOUT);
-    let new = *three.iter().find(|p| !workers.contains(p)).unwrap();
-    wait_for(START_TIMEOUT, || {
-        server
-            .log
-            .text()
-            .contains(&format!("zygote_pid={new_zygote} pid={new}"))
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("forked from the new zygote; log:\n{}", server.log.text()));
+    let new = scale_up_forks_from(&server, &workers, new_zygote);
     assert_eq!(server.get("/").status, 200);
     // Its fds 4 and 5 are its own pipes; nothing of the zygote's socket came along.
     let link = |pid: i32, fd: i32| {

@@ -42,6 +42,17 @@ class Recorder(TopicHandler):
         self.acknowledge_message(basic_deliver.delivery_tag)
 
 
+class DjangoAware(Recorder):
+    """Records a message only when Django's app registry is ready (as under django-hurricane's
+    manage.py consume): a handler may use its models."""
+
+    def on_message(self, _unused_channel, basic_deliver, properties, body):
+        from django.apps import apps
+
+        apps.get_models()  # raises AppRegistryNotReady unless django.setup() ran
+        super().on_message(_unused_channel, basic_deliver, properties, body)
+
+
 class NoOp(TopicHandler):
     """The bench's handler: acks at once."""
 

@@ -177,10 +177,16 @@ class Consumer:
 
 
 def load(config: Dict[str, Any], status: Any) -> Any:
-    """Import the handler class; a failure ends the process (worker.boot_failure)."""
+    """Set Django up (when DJANGO_SETTINGS_MODULE says so) and import the handler class; a failure
+    ends the process (worker.boot_failure)."""
     from hurricane import worker
 
     try:
+        if os.environ.get("DJANGO_SETTINGS_MODULE"):
+            # As under django-hurricane's manage.py consume: handlers may use the project's models.
+            import django  # type: ignore[import-not-found]
+
+            django.setup()
         return load_handler(config["app"])
     except BaseException as exc:  # noqa: BLE001 - SystemExit at import is a failure too
         worker.boot_failure(status, config, exc, "import")
