@@ -3,6 +3,7 @@
 //! serving, a killed zygote is replaced, and an app that starts threads at import is refused.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::lifecycle::{reload_to, versioned_app, wait_serving};
 use crate::util::*;
@@ -250,6 +251,19 @@ fn a_killed_zygote_is_replaced_while_workers_serve_and_the_next_worker_forks_fro
         Some(server.pid()),
         "the forked worker is the master's child (re-parented), so the master reaps it"
     );
+    // A master killed outright leaves nothing behind: the zygote sees its socket close.
+    let mut server = server;
+    let everyone: Vec<i32> = server
+        .worker_pids()
+        .into_iter()
+        .chain([new_zygote])
+        .collect();
+    server.signal(libc::SIGKILL);
+    server.wait_exit(START_TIMEOUT).expect("the master is gone");
+    wait_for(Duration::from_secs(3), || {
+        everyone.iter().all(|p| has_exited(*p)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{everyone:?} outlived the master"));
 }
 
 #[test]
