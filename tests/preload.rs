@@ -311,15 +311,16 @@ fn preload_with_a_broken_app_fails_startup_like_without() {
     );
 }
 
-/// The serve and lifecycle suites again, every server with --preload: orphans, signals, drains,
-/// reloads and PID 1 duties behave the same with forked workers. Runs this test binary itself.
+/// The serve, lifecycle and logs suites again, every server with --preload: orphans, signals, drains,
+/// reloads, log reopening and PID 1 duties behave the same with forked workers. Runs this test
+/// binary itself.
 #[test]
-fn the_serve_and_lifecycle_suites_pass_with_preload() {
+fn the_serve_lifecycle_and_logs_suites_pass_with_preload() {
     if preload_run() {
         return; // already inside the preload run
     }
     let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["serve::", "lifecycle::", "--test-threads", "2"])
+        .args(["serve::", "lifecycle::", "logs::", "--test-threads", "2"])
         .env("HURRICANE_TEST_PRELOAD", "1")
         .output()
         .expect("run the suites");

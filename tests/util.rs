@@ -134,7 +134,7 @@ pub fn command_with(python: &str, dir: &Path, app: &str, args: &[&str]) -> Comma
 }
 
 /// Whether this run adds --preload to every server (HURRICANE_TEST_PRELOAD; see
-/// preload::the_serve_and_lifecycle_suites_pass_with_preload).
+/// preload::the_serve_lifecycle_and_logs_suites_pass_with_preload).
 pub fn preload_run() -> bool {
     std::env::var_os("HURRICANE_TEST_PRELOAD").is_some()
 }
