@@ -24,6 +24,7 @@ mod signals;
 mod spawn;
 mod state;
 mod sys;
+mod trim;
 mod webhook;
 mod worker;
 mod zygote;

@@ -785,6 +785,12 @@ impl Master {
         if let Some(celery) = &self.celery {
             celery.judge(&mut health, Instant::now());
         }
+        if health.is_started() && !self.published.0.is_started() {
+            // Startup's code (argument parsing, the first spawns) will not run again.
+            if let Some(bytes) = crate::trim::release_startup_code() {
+                log::debug!("event=released_startup_code mapping_kb={}", bytes >> 10);
+            }
+        }
         if let Some(target) = &self.notify {
             if health.is_started() && !self.published.0.is_started() {
                 notify::send(target, "READY=1");
