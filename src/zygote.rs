@@ -836,6 +836,51 @@ mod tests {
     }
 
     #[test]
+    fn a_hup_during_a_zygotes_import_stops_it_and_starts_the_newest() {
+        let t0 = Instant::now();
+        let mut z = Zygotes::new(BOOT);
+        running(&mut z, t0);
+        z.want(7, 1, t0);
+        z.take_actions();
+        z.started(2, 600);
+        // The pool cancels its stale successor and asks for generation 2.
+        z.cancel(7);
+        z.want(8, 2, t0);
+        assert_eq!(
+            z.take_actions(),
+            vec![
+                Action::Signal {
+                    pid: 600,
+                    signal: Signal::Term
+                },
+                Action::Start {
+                    zygote: 3,
+                    generation: 2
+                },
+            ],
+            "the importing zygote of generation 1 stops; the newest starts"
+        );
+        z.started(3, 700);
+        z.message(3, &ready(), t0);
+        let actions = z.take_actions();
+        assert_eq!(
+            actions[0],
+            Action::Fork {
+                zygote: 3,
+                worker: 8,
+                generation: 2
+            }
+        );
+        assert!(
+            actions.contains(&Action::Signal {
+                pid: 500,
+                signal: Signal::Term
+            }),
+            "and generation 0's goes once 2 is ready: {actions:?}"
+        );
+    }
+
+    #[test]
     fn a_stuck_zygote_is_killed_and_replaced() {
         let t0 = Instant::now();
         let mut z = Zygotes::new(BOOT);
