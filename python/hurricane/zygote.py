@@ -122,6 +122,7 @@ def main(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float,
 
 def _serve_forks(requests: socket.socket, config: Dict[str, Any], control: IO[bytes], loaded: Any,
                  serve: Serve, worker: Any) -> None:
+    """Answer fork requests, one line and two fds each, until the master is gone (EOF)."""
     buf = b""
     fds: Deque[int] = deque()
     room = socket.CMSG_SPACE(64 * array.array("i").itemsize)
