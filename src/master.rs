@@ -138,6 +138,17 @@ impl Source {
     }
 }
 
+/// A worker asked of a zygote whose answer has not come yet.
+struct Awaiting {
+    zygote: ZygoteId,
+    asked: spawn::Asked,
+    since: Instant,
+}
+
+/// Orphans reaped lately, remembered this many: a forked worker that dies at once can be reaped
+/// before its zygote's answer names it.
+const ORPHANS_REMEMBERED: usize = 64;
+
 /// A running worker process as the master sees it: its pipes and their buffers.
 struct Proc {
     pid: i32,
@@ -246,6 +257,10 @@ struct Master {
     /// --preload: the zygotes' state, and their processes.
     zygotes: Option<Zygotes>,
     zygote_procs: HashMap<ZygoteId, Proc>,
+    /// Forks asked of a zygote, by worker, until it answers.
+    awaiting: HashMap<WorkerId, Awaiting>,
+    /// (pid, exit) of the latest orphans reaped, newest last.
+    orphans: std::collections::VecDeque<(i32, ExitStatus)>,
     shared: Arc<Shared>,
     watcher: Option<reload::Watcher>,
     /// Read ends of the doorbells: the autoreload watcher's and the probes'.
@@ -292,6 +307,7 @@ impl Master {
                         if let Some(zygotes) = &mut self.zygotes {
                             zygotes.cancel(worker);
                         }
+                        self.awaiting.remove(&worker);
                     }
                     Action::Signal { pid, signal } => {
                         if signal != Signal::DumpTraceback
@@ -410,33 +426,93 @@ impl Master {
         }
     }
 
-    /// Asks zygote `zygote` for worker `id`: watched like an exec'd worker once it answers.
+    /// Asks zygote `zygote` for worker `id`; its answer comes up the zygote's status pipe.
     fn fork(&mut self, zygote: ZygoteId, id: WorkerId, generation: u64) {
         let now = Instant::now();
         let Some(zproc) = self.zygote_procs.get(&zygote) else {
             self.pool.lost(id, None, now);
             return;
         };
-        match spawn::fork_from(&zproc.control, id, generation) {
-            Ok(spawned) => {
-                let pid = spawned.pid;
-                log::info!(
-                    "event=fork worker={id} zygote={zygote} zygote_pid={} pid={pid}",
-                    zproc.pid
+        match spawn::ask_fork(&zproc.control, id, generation) {
+            Ok(asked) => {
+                self.awaiting.insert(
+                    id,
+                    Awaiting {
+                        zygote,
+                        asked,
+                        since: now,
+                    },
                 );
+            }
+            Err(e) => {
+                // Its socket is gone (it died) or full (it is stuck): either way it must go.
+                log::error!("event=fork_failed worker={id} zygote={zygote} error=\"{e}\"");
+                if let Some(zygotes) = &mut self.zygotes {
+                    zygotes.broken(zygote, now);
+                }
+                self.pool.lost(id, None, now);
+            }
+        }
+    }
+
+    /// Zygote `zygote` answered the fork of worker `id`: from now on a worker like any other.
+    fn forked(
+        &mut self,
+        zygote: ZygoteId,
+        zygote_pid: i32,
+        id: WorkerId,
+        pid: Result<i32, String>,
+    ) {
+        let now = Instant::now();
+        let Some(awaiting) = self.awaiting.remove(&id) else {
+            // Cancelled meanwhile: with our ends of its pipes closed, the worker sees its control
+            // pipe's EOF and exits; it is reaped as an orphan.
+            log::debug!("event=fork_unwanted worker={id} zygote={zygote}");
+            return;
+        };
+        match pid {
+            Ok(pid) => {
+                log::info!(
+                    "event=fork worker={id} zygote={zygote} zygote_pid={zygote_pid} pid={pid}"
+                );
+                let spawned = awaiting.asked.spawned(pid);
                 self.procs.insert(
                     id,
                     self.watch(Source::Status(id), Source::Control(id), spawned, Vec::new()),
                 );
                 self.pool.spawned(id, pid);
-            }
-            Err(e) => {
-                log::error!("event=fork_failed worker={id} zygote={zygote} error=\"{e}\"");
-                if let (spawn::ForkError::Broken(_), Some(zygotes)) = (&e, &mut self.zygotes) {
-                    zygotes.broken(zygote, now);
+                // A worker that died before this answer came was reaped as an orphan.
+                if let Some(at) = self.orphans.iter().position(|(p, _)| *p == pid) {
+                    let (_, status) = self.orphans.remove(at).expect("found above");
+                    self.worker_exited(id, pid, status);
                 }
+            }
+            Err(error) => {
+                log::error!("event=fork_failed worker={id} zygote={zygote} error={error:?}");
                 self.pool.lost(id, None, now);
             }
+        }
+    }
+
+    /// Forks unanswered past FORK_ANSWER_TIMEOUT: their zygote is stuck, and goes.
+    fn check_forks(&mut self, now: Instant) {
+        let late: Vec<WorkerId> = self
+            .awaiting
+            .iter()
+            .filter(|(_, a)| now.duration_since(a.since) >= spawn::FORK_ANSWER_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            let awaiting = self.awaiting.remove(&id).expect("listed above");
+            log::error!(
+                "event=fork_failed worker={id} zygote={} error=\"no answer within {}s\"",
+                awaiting.zygote,
+                spawn::FORK_ANSWER_TIMEOUT.as_secs()
+            );
+            if let Some(zygotes) = &mut self.zygotes {
+                zygotes.broken(awaiting.zygote, now);
+            }
+            self.pool.lost(id, None, now);
         }
     }
 
@@ -519,6 +595,17 @@ impl Master {
                 if let Some(zygotes) = &mut self.zygotes {
                     zygotes.exited(zid, exit, Instant::now());
                 }
+                // What it had not answered will not be forked.
+                let unanswered: Vec<WorkerId> = self
+                    .awaiting
+                    .iter()
+                    .filter(|(_, a)| a.zygote == zid)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in unanswered {
+                    self.awaiting.remove(&id);
+                    self.pool.lost(id, None, Instant::now());
+                }
                 continue;
             }
             let id = self
@@ -527,19 +614,32 @@ impl Master {
                 .find(|(_, p)| p.pid == pid)
                 .map(|(id, _)| *id);
             match id {
-                Some(id) => {
-                    // The worker's last words (a boot failure, say) are still in its pipe: read them first.
-                    let mut proc_ = self.procs.remove(&id).expect("found above");
-                    self.deliver_messages(&mut proc_);
-                    if let Some(consume) = &mut self.consume {
-                        consume.worker_gone(pid);
+                Some(id) => self.worker_exited(id, pid, exit),
+                None => {
+                    log::debug!("event=reaped_orphan pid={pid} {exit}");
+                    if self.zygotes.is_some() {
+                        if self.orphans.len() == ORPHANS_REMEMBERED {
+                            self.orphans.pop_front();
+                        }
+                        self.orphans.push_back((pid, exit));
                     }
-                    self.pool.exited(pid, exit, Instant::now());
-                    self.forget_control(&proc_);
                 }
-                None => log::debug!("event=reaped_orphan pid={pid} {exit}"),
             }
         }
+    }
+
+    /// Worker `id` (`pid`) was reaped.
+    fn worker_exited(&mut self, id: WorkerId, pid: i32, exit: ExitStatus) {
+        let Some(mut proc_) = self.procs.remove(&id) else {
+            return;
+        };
+        // The worker's last words (a boot failure, say) are still in its pipe: read them first.
+        self.deliver_messages(&mut proc_);
+        if let Some(consume) = &mut self.consume {
+            consume.worker_gone(pid);
+        }
+        self.pool.exited(pid, exit, Instant::now());
+        self.forget_control(&proc_);
     }
 
     /// A reaped process's control fd leaves the poll if it was waiting to write.
@@ -562,8 +662,13 @@ impl Master {
                 );
                 continue;
             };
-            if let worker::Message::Ready { django: true, .. } = message {
-                self.shared.set_django();
+            match message {
+                worker::Message::Forked { worker, pid } => {
+                    self.forked(id, proc_.pid, worker, pid);
+                    continue;
+                }
+                worker::Message::Ready { django: true, .. } => self.shared.set_django(),
+                _ => {}
             }
             if let Some(zygotes) = &mut self.zygotes {
                 zygotes.message(id, &message, now);
@@ -636,7 +741,9 @@ impl Master {
                         self.shared.set_django();
                     }
                 }
-                worker::Message::Boot | worker::Message::Failed(_) => {}
+                worker::Message::Boot
+                | worker::Message::Failed(_)
+                | worker::Message::Forked { .. } => {}
             }
             self.pool.message(proc_.pid, message, now)
         }
@@ -680,6 +787,10 @@ impl Master {
                 self.consume.as_ref().and_then(Consume::next_deadline),
                 self.celery.as_ref().and_then(Celery::next_deadline),
                 self.zygotes.as_ref().and_then(Zygotes::next_deadline),
+                self.awaiting
+                    .values()
+                    .map(|a| a.since + spawn::FORK_ANSWER_TIMEOUT)
+                    .min(),
             ]
             .into_iter()
             .flatten()
@@ -729,6 +840,7 @@ impl Master {
                     zygotes.shutdown(Instant::now());
                 }
                 zygotes.tick(Instant::now());
+                self.check_forks(Instant::now());
             }
             self.pump_deliveries();
         }
@@ -988,6 +1100,8 @@ pub fn run(mut config: Config) -> anyhow::Result<i32> {
         procs: HashMap::new(),
         zygotes,
         zygote_procs: HashMap::new(),
+        awaiting: HashMap::new(),
+        orphans: std::collections::VecDeque::new(),
         shared,
         watcher,
         autoreload_rx,

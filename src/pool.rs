@@ -384,7 +384,10 @@ impl Pool {
                 }
             }
             // The master's business: it answers the probes, and settles on the broker.
-            Message::Checked(_) | Message::Settle { .. } | Message::Celery(_) => {}
+            Message::Checked(_)
+            | Message::Settle { .. }
+            | Message::Celery(_)
+            | Message::Forked { .. } => {}
         }
         self.tick(now);
     }

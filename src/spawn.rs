@@ -9,8 +9,8 @@
 //! status pipe (worker -> master), 5 the control pipe (master -> worker). Nothing else survives exec.
 //!
 //! A --preload zygote gets a unix socket at fd 5 instead of the control pipe: the master sends
-//! each new worker's two pipes over it (SCM_RIGHTS) and reads back the forked worker's pid
-//! (`fork_from`; the protocol is python/hurricane/zygote.py's).
+//! each new worker's two pipes over it (SCM_RIGHTS, `ask_fork`); the zygote answers with the
+//! forked worker's pid on its status pipe (the protocol is python/hurricane/zygote.py's).
 
 use std::ffi::OsString;
 use std::io;
@@ -22,7 +22,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
 };
@@ -68,9 +67,10 @@ pub enum Control {
     Socket,
 }
 
-/// How long the master waits for a zygote to answer a fork request. A fork of even a large app
-/// takes milliseconds; a zygote that takes longer is stuck, and the worker counts as lost.
-pub const FORK_ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a zygote may take to answer a fork request. A fork of even a large app takes
+/// milliseconds (seconds on a machine under heavy load); one that takes this long is stuck: it is
+/// killed and started again, and the worker counts as lost.
+pub const FORK_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(pipe2(OFlag::O_CLOEXEC)?)
@@ -198,31 +198,30 @@ pub fn spawn(launch: &Launch, listener: Option<RawFd>, control: Control) -> io::
     })
 }
 
-/// Why a zygote did not fork a worker.
-#[derive(Debug)]
-pub enum ForkError {
-    /// The zygote answered: its fork failed (out of memory or processes, say). It still works.
-    Refused(String),
-    /// The zygote did not answer properly (gone, stuck, or an answer out of step): it must go.
-    Broken(io::Error),
+/// A fork asked of a zygote, until its answer (python/hurricane/zygote.py sends it on its status
+/// pipe): the master's ends of the new worker's pipes.
+pub struct Asked {
+    pub status: OwnedFd,
+    pub control: OwnedFd,
 }
 
-impl std::fmt::Display for ForkError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ForkError::Refused(e) => write!(f, "{e}"),
-            ForkError::Broken(e) => write!(f, "{e}"),
+impl Asked {
+    /// The zygote answered with the worker's pid: a started process like an exec'd one.
+    pub fn spawned(self, pid: i32) -> Spawned {
+        Spawned {
+            pid,
+            status: self.status,
+            control: self.control,
         }
     }
 }
 
-/// Asks the zygote behind `zygote` (its fd-5 socket, non-blocking) to fork worker `worker` of
-/// `generation`; waits up to FORK_ANSWER_TIMEOUT for its pid. The worker's pipes are made here and
-/// their child ends sent along, so the master holds its ends exactly as for an exec'd worker.
-pub fn fork_from(zygote: &OwnedFd, worker: u64, generation: u64) -> Result<Spawned, ForkError> {
-    // Out of fds is not the zygote's fault.
-    let (status_r, status_w, control_r, control_w) =
-        worker_pipes().map_err(|e| ForkError::Refused(e.to_string()))?;
+/// Asks the zygote behind `zygote` (its fd-5 socket) to fork worker `worker` of `generation`.
+/// The worker's pipes are made here and their child ends sent along (SCM_RIGHTS), so the master
+/// holds its ends exactly as for an exec'd worker; the answer comes later, on the zygote's status
+/// pipe, so the master never waits for a zygote.
+pub fn ask_fork(zygote: &OwnedFd, worker: u64, generation: u64) -> io::Result<Asked> {
+    let (status_r, status_w, control_r, control_w) = worker_pipes()?;
     let request = format!("{{\"t\":\"fork\",\"worker\":{worker},\"generation\":{generation}}}\n");
     let fds = [status_w.as_raw_fd(), control_r.as_raw_fd()];
     let iov = [io::IoSlice::new(request.as_bytes())];
@@ -232,72 +231,15 @@ pub fn fork_from(zygote: &OwnedFd, worker: u64, generation: u64) -> Result<Spawn
         &[ControlMessage::ScmRights(&fds)],
         MsgFlags::MSG_NOSIGNAL,
         None,
-    )
-    .map_err(|e| ForkError::Broken(e.into()))?;
+    )?;
     if sent != request.len() {
-        // The request is a few dozen bytes into an idle socket: a short write means a stuck zygote.
-        return Err(ForkError::Broken(io::Error::other(
-            "the zygote's socket is full",
-        )));
+        // A few dozen bytes into a socket the zygote reads at once: a short write means it is stuck.
+        return Err(io::Error::other("the zygote's socket is full"));
     }
     // The zygote holds its copies now (and the worker will); ours would keep the pipes open.
     drop((status_w, control_r));
-    let answer = read_answer(zygote).map_err(ForkError::Broken)?;
-    let value: serde_json::Value = serde_json::from_slice(&answer).map_err(|e| {
-        ForkError::Broken(io::Error::other(format!("bad answer from the zygote: {e}")))
-    })?;
-    if value.get("worker").and_then(serde_json::Value::as_u64) != Some(worker) {
-        return Err(ForkError::Broken(io::Error::other(
-            "the zygote answered for another worker",
-        )));
-    }
-    match value.get("pid").and_then(serde_json::Value::as_i64) {
-        Some(pid) if pid > 1 => Ok(Spawned {
-            pid: pid as i32,
-            status: status_r,
-            control: control_w,
-        }),
-        _ => Err(ForkError::Refused(
-            value
-                .get("error")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("no pid in the zygote's answer")
-                .to_string(),
-        )),
-    }
-}
-
-/// One answer line from the zygote, within FORK_ANSWER_TIMEOUT.
-fn read_answer(zygote: &OwnedFd) -> io::Result<Vec<u8>> {
-    let deadline = std::time::Instant::now() + FORK_ANSWER_TIMEOUT;
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 256];
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the zygote did not answer",
-            ));
-        }
-        let mut fds = [PollFd::new(zygote.as_fd(), PollFlags::POLLIN)];
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX).max(1);
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Ok(_) => {}
-            Err(e) => return Err(e.into()),
-        }
-        match nix::unistd::read(zygote, &mut chunk) {
-            Ok(0) => return Err(io::Error::other("the zygote is gone")),
-            Ok(n) => {
-                answer.extend_from_slice(&chunk[..n]);
-                if let Some(end) = answer.iter().position(|&b| b == b'\n') {
-                    answer.truncate(end);
-                    return Ok(answer);
-                }
-            }
-            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    Ok(Asked {
+        status: status_r,
+        control: control_w,
+    })
 }

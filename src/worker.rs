@@ -277,6 +277,11 @@ pub enum Message {
     Failed(BootFailure),
     /// What the hooks inside a supervised Celery process report.
     Celery(CeleryEvent),
+    /// A --preload zygote's answer to a fork request: the new worker's pid, or why there is none.
+    Forked {
+        worker: u64,
+        pid: Result<i32, String>,
+    },
 }
 
 /// A report from inside `hurricane celery`'s process (python/hurricane/celery_hooks.py).
@@ -366,6 +371,17 @@ pub fn parse_message(line: &[u8]) -> Option<Message> {
                 .unwrap_or(false),
             reject_reasons: strings("reject_reasons"),
             routing_keys: strings("routing_keys"),
+        }),
+        "forked" => Some(Message::Forked {
+            worker: value.get("worker")?.as_u64()?,
+            pid: match value.get("pid").and_then(Value::as_i64) {
+                Some(pid) if pid > 1 => Ok(i32::try_from(pid).ok()?),
+                _ => Err(value
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no pid in the zygote's answer")
+                    .to_string()),
+            },
         }),
         "settle" => Some(Message::Settle {
             id: value.get("id")?.as_u64()?,
@@ -555,6 +571,24 @@ mod tests {
         assert_eq!(parse_message(br#"{"t":"celery","ev":"nonsense"}"#), None);
         assert_eq!(parse_message(b"not json"), None);
         assert_eq!(parse_message(br#"{"t":"future"}"#), None);
+    }
+
+    #[test]
+    fn a_zygotes_fork_answers_parse() {
+        assert_eq!(
+            parse_message(br#"{"t":"forked","worker":7,"pid":4242}"#),
+            Some(Message::Forked {
+                worker: 7,
+                pid: Ok(4242)
+            })
+        );
+        assert_eq!(
+            parse_message(br#"{"t":"forked","worker":7,"error":"fork failed: ENOMEM"}"#),
+            Some(Message::Forked {
+                worker: 7,
+                pid: Err("fork failed: ENOMEM".into())
+            })
+        );
     }
 
     #[test]

@@ -7,11 +7,11 @@ dirtying them) and are ready in milliseconds. Why a zygote and not the master: t
 runs Python, and a reload needs the *new* code imported somewhere: the master starts a new zygote
 per generation, so HUP keeps loading new code, which gunicorn's ``--preload`` gives up.
 
-The protocol, on fd 5 (a unix socket here, not a pipe; see src/spawn.rs):
-  master -> zygote: ``{"t":"fork","worker":N,"generation":G}\\n`` with the new worker's status pipe
-  (write end) and control pipe (read end) attached as SCM_RIGHTS;
-  zygote -> master: ``{"pid":P,"worker":N}\\n``, or ``{"error":"...","worker":N}\\n`` when the fork
-  failed.
+The protocol: on fd 5 (a unix socket here, not a pipe; see src/spawn.rs), master -> zygote,
+``{"t":"fork","worker":N,"generation":G}\\n`` with the new worker's status pipe (write end) and
+control pipe (read end) attached as SCM_RIGHTS; the answer goes up the zygote's own status pipe,
+``{"t":"forked","worker":N,"pid":P}``, or with ``"error"`` when the fork failed, so the master
+never waits for it.
 The worker is forked twice (the middle process exits at once), so it is re-parented to the master,
 which is PID 1 or a subreaper: the master reaps and signals it like any other worker. EOF on the
 socket means the master is gone: the zygote exits.
@@ -117,11 +117,11 @@ def main(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float,
     status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000), dirs=[],
                 django=checks.is_django())
     requests = socket.socket(fileno=os.dup(CONTROL_FD))
-    _serve_forks(requests, config, control, loaded, serve, worker)
+    _serve_forks(requests, status, config, control, loaded, serve, worker)
 
 
-def _serve_forks(requests: socket.socket, config: Dict[str, Any], control: IO[bytes], loaded: Any,
-                 serve: Serve, worker: Any) -> None:
+def _serve_forks(requests: socket.socket, status: Any, config: Dict[str, Any], control: IO[bytes],
+                 loaded: Any, serve: Serve, worker: Any) -> None:
     """Answer fork requests, one line and two fds each, until the master is gone (EOF)."""
     buf = b""
     fds: Deque[int] = deque()
@@ -143,9 +143,8 @@ def _serve_forks(requests: socket.socket, config: Dict[str, Any], control: IO[by
             line, buf = buf.split(b"\n", 1)
             status_fd, control_fd = fds.popleft(), fds.popleft()
             request = json.loads(line)
-            reply = _fork(request, status_fd, control_fd, requests, config, control, loaded, serve, worker)
-            reply["worker"] = request["worker"]
-            requests.sendall((json.dumps(reply) + "\n").encode())
+            answer = _fork(request, status_fd, control_fd, requests, config, control, loaded, serve, worker)
+            status.send(t="forked", worker=request["worker"], **answer)
 
 
 def _fork(request: Dict[str, Any], status_fd: int, control_fd: int, requests: socket.socket,
