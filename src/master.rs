@@ -142,7 +142,6 @@ impl Source {
 struct Awaiting {
     zygote: ZygoteId,
     asked: spawn::Asked,
-    since: Instant,
 }
 
 /// Orphans reaped lately, remembered this many: a forked worker that dies at once can be reaped
@@ -303,12 +302,7 @@ impl Master {
                         Some(zygotes) => zygotes.want(worker, generation, Instant::now()),
                         None => self.spawn(worker, generation),
                     },
-                    Action::Cancel { worker } => {
-                        if let Some(zygotes) = &mut self.zygotes {
-                            zygotes.cancel(worker);
-                        }
-                        self.awaiting.remove(&worker);
-                    }
+                    Action::Cancel { worker, timed_out } => self.cancel(worker, timed_out),
                     Action::Signal { pid, signal } => {
                         if signal != Signal::DumpTraceback
                             && let Some(consume) = &mut self.consume
@@ -435,14 +429,7 @@ impl Master {
         };
         match spawn::ask_fork(&zproc.control, id, generation) {
             Ok(asked) => {
-                self.awaiting.insert(
-                    id,
-                    Awaiting {
-                        zygote,
-                        asked,
-                        since: now,
-                    },
-                );
+                self.awaiting.insert(id, Awaiting { zygote, asked });
             }
             Err(e) => {
                 // Its socket is gone (it died) or full (it is stuck): either way it must go.
@@ -494,25 +481,24 @@ impl Master {
         }
     }
 
-    /// Forks unanswered past FORK_ANSWER_TIMEOUT: their zygote is stuck, and goes.
-    fn check_forks(&mut self, now: Instant) {
-        let late: Vec<WorkerId> = self
-            .awaiting
-            .iter()
-            .filter(|(_, a)| now.duration_since(a.since) >= spawn::FORK_ANSWER_TIMEOUT)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in late {
-            let awaiting = self.awaiting.remove(&id).expect("listed above");
+    /// The pool no longer wants worker `id`, not forked yet. Asked of a zygote that has not
+    /// answered by --boot-timeout: that zygote is stuck, and goes. (No shorter timeout: a machine
+    /// under heavy load, or a VM stalled for seconds, delays a fork's answer but does not lose it.)
+    fn cancel(&mut self, id: WorkerId, timed_out: bool) {
+        if let Some(zygotes) = &mut self.zygotes {
+            zygotes.cancel(id);
+        }
+        let Some(awaiting) = self.awaiting.remove(&id) else {
+            return;
+        };
+        if timed_out {
             log::error!(
-                "event=fork_failed worker={id} zygote={} error=\"no answer within {}s\"",
-                awaiting.zygote,
-                spawn::FORK_ANSWER_TIMEOUT.as_secs()
+                "event=fork_failed worker={id} zygote={} error=\"no answer within --boot-timeout\"",
+                awaiting.zygote
             );
             if let Some(zygotes) = &mut self.zygotes {
-                zygotes.broken(awaiting.zygote, now);
+                zygotes.broken(awaiting.zygote, Instant::now());
             }
-            self.pool.lost(id, None, now);
         }
     }
 
@@ -787,10 +773,6 @@ impl Master {
                 self.consume.as_ref().and_then(Consume::next_deadline),
                 self.celery.as_ref().and_then(Celery::next_deadline),
                 self.zygotes.as_ref().and_then(Zygotes::next_deadline),
-                self.awaiting
-                    .values()
-                    .map(|a| a.since + spawn::FORK_ANSWER_TIMEOUT)
-                    .min(),
             ]
             .into_iter()
             .flatten()
@@ -840,7 +822,6 @@ impl Master {
                     zygotes.shutdown(Instant::now());
                 }
                 zygotes.tick(Instant::now());
-                self.check_forks(Instant::now());
             }
             self.pump_deliveries();
         }

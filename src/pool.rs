@@ -83,9 +83,11 @@ pub enum Action {
     },
     /// A boot traceback to write to the log, once however many workers report it.
     LogTraceback(String),
-    /// --preload: a worker asked for (`Spawn`) but not forked yet is no longer wanted.
+    /// --preload: a worker asked for (`Spawn`) but not forked yet is no longer wanted, because
+    /// the pool is stopping it or because it passed --boot-timeout unforked (`timed_out`).
     Cancel {
         worker: WorkerId,
+        timed_out: bool,
     },
     /// Every worker is gone: the master exits with this code.
     Exit {
@@ -954,10 +956,14 @@ impl Pool {
         }
         for id in unforked {
             let w = self.workers.remove(&id).expect("listed above");
-            if !w.state.is_stopping() {
+            let timed_out = !w.state.is_stopping();
+            if timed_out {
                 log::error!("event=boot_timeout worker={id} slot={} pid=0", w.slot);
             }
-            self.actions.push(Action::Cancel { worker: id });
+            self.actions.push(Action::Cancel {
+                worker: id,
+                timed_out,
+            });
             self.ended(id, &w, ExitStatus::NotForked, now);
         }
     }
@@ -1233,7 +1239,8 @@ mod tests {
         /// --preload: spawns wait here (like asks of a zygote still importing) instead of starting.
         deferred: bool,
         asked: Vec<WorkerId>,
-        cancelled: Vec<WorkerId>,
+        /// (worker, timed_out) of each Cancel.
+        cancelled: Vec<(WorkerId, bool)>,
     }
 
     impl Harness {
@@ -1293,7 +1300,9 @@ mod tests {
                 for action in actions {
                     match action {
                         Action::Spawn { worker, .. } if self.deferred => self.asked.push(worker),
-                        Action::Cancel { worker } => self.cancelled.push(worker),
+                        Action::Cancel { worker, timed_out } => {
+                            self.cancelled.push((worker, timed_out))
+                        }
                         Action::Spawn { worker, .. } => {
                             let pid = self.next_pid;
                             self.next_pid += 1;
@@ -1661,7 +1670,7 @@ mod tests {
         let mut h = Harness::deferred(2);
         h.pool.shutdown(Shutdown::Graceful, h.now);
         h.run();
-        assert_eq!(h.cancelled, vec![1, 2]);
+        assert_eq!(h.cancelled, vec![(1, false), (2, false)]);
         assert_eq!(h.exit, Some(0), "nothing left to wait for");
     }
 
@@ -1675,11 +1684,19 @@ mod tests {
         assert_eq!(h.asked, vec![2]);
         h.pool.reload(h.now);
         h.run();
-        assert_eq!(h.cancelled, vec![2], "the stale successor is dropped");
+        assert_eq!(
+            h.cancelled,
+            vec![(2, false)],
+            "the stale successor is dropped"
+        );
         assert_eq!(h.asked, vec![2, 3], "the newest generation asked for");
         h.asked.clear();
         h.advance(config(1).boot_timeout);
-        assert_eq!(h.cancelled, vec![2, 3], "never forked: given up");
+        assert_eq!(
+            h.cancelled,
+            vec![(2, false), (3, true)],
+            "never forked by its boot timeout: given up"
+        );
         assert_eq!(h.pool.reloads_failed, 1);
         assert!(h.signals.is_empty(), "the old worker keeps serving");
     }

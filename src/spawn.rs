@@ -19,8 +19,6 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use std::time::Duration;
-
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair,
@@ -66,11 +64,6 @@ pub enum Control {
     /// their answers).
     Socket,
 }
-
-/// How long a zygote may take to answer a fork request. A fork of even a large app takes
-/// milliseconds (seconds on a machine under heavy load); one that takes this long is stuck: it is
-/// killed and started again, and the worker counts as lost.
-pub const FORK_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(pipe2(OFlag::O_CLOEXEC)?)
