@@ -269,14 +269,34 @@ impl Zygotes {
             z.pid.unwrap_or(0)
         );
         z.state = ZygoteState::Killed;
-        let (pid, generation) = (z.pid, z.generation);
-        if let Some(pid) = pid {
-            self.actions.push(Action::Signal {
-                pid,
-                signal: Signal::Kill,
+        let generation = z.generation;
+        Zygotes::signal(&mut self.actions, z.pid, Signal::Kill);
+        self.schedule_restart(generation, now);
+    }
+
+    /// The workers waiting on generation `generation`'s zygote, in order; they wait no more.
+    fn take_waiting(&mut self, generation: u64) -> Vec<WorkerId> {
+        let (taken, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(_, g)| *g == generation);
+        self.waiting = still;
+        taken.into_iter().map(|(worker, _)| worker).collect()
+    }
+
+    /// Workers that will not be forked: the pool's `lost`, with `failure` if that is why.
+    fn lose(&mut self, workers: Vec<WorkerId>, failure: Option<BootFailure>) {
+        for worker in workers {
+            self.actions.push(Action::Lost {
+                worker,
+                failure: failure.clone(),
             });
         }
-        self.schedule_restart(generation, now);
+    }
+
+    fn signal(actions: &mut Vec<Action>, pid: Option<i32>, signal: Signal) {
+        if let Some(pid) = pid {
+            actions.push(Action::Signal { pid, signal });
+        }
     }
 
     /// The pool no longer wants worker `worker` (it is shutting down, or the reload moved on).
@@ -299,11 +319,7 @@ impl Zygotes {
                     "event=zygote_ready zygote={id} gen={generation} pid={} boot_ms={boot_ms}",
                     z.pid.unwrap_or(0)
                 );
-                let (now_ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
-                    .into_iter()
-                    .partition(|(_, g)| *g == generation);
-                self.waiting = still;
-                for (worker, generation) in now_ready {
+                for worker in self.take_waiting(generation) {
                     self.actions.push(Action::Fork {
                         zygote: id,
                         worker,
@@ -348,10 +364,7 @@ impl Zygotes {
     /// Generation `generation`'s zygote will not be ready: its waiting workers are lost.
     fn give_up(&mut self, generation: u64, failure: Option<BootFailure>) {
         self.failed = Some(self.failed.map_or(generation, |f| f.max(generation)));
-        let (lost, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
-            .into_iter()
-            .partition(|(_, g)| *g == generation);
-        self.waiting = still;
+        let lost = self.take_waiting(generation);
         if lost.is_empty()
             && let Some(failure) = &failure
             && !failure.traceback.is_empty()
@@ -359,12 +372,7 @@ impl Zygotes {
             self.actions
                 .push(Action::LogTraceback(failure.traceback.clone()));
         }
-        for (worker, _) in lost {
-            self.actions.push(Action::Lost {
-                worker,
-                failure: failure.clone(),
-            });
-        }
+        self.lose(lost, failure);
     }
 
     fn schedule_restart(&mut self, generation: u64, now: Instant) {
@@ -394,24 +402,11 @@ impl Zygotes {
         z.state = ZygoteState::Stopping {
             kill_at: now + Duration::from_millis(FAST_SHUTDOWN_GRACE_MS),
         };
-        if let Some(pid) = z.pid {
-            self.actions.push(Action::Signal {
-                pid,
-                signal: Signal::Term,
-            });
-        }
+        Zygotes::signal(&mut self.actions, z.pid, Signal::Term);
         log::info!("event=zygote_stop zygote={id} gen={generation}");
         if was_starting {
-            let (lost, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
-                .into_iter()
-                .partition(|(_, g)| *g == generation);
-            self.waiting = still;
-            for (worker, _) in lost {
-                self.actions.push(Action::Lost {
-                    worker,
-                    failure: None,
-                });
-            }
+            let lost = self.take_waiting(generation);
+            self.lose(lost, None);
         }
     }
 
@@ -492,21 +487,11 @@ impl Zygotes {
                     );
                     z.state = ZygoteState::Killed;
                     timed_out.push(z.generation);
-                    if let Some(pid) = z.pid {
-                        self.actions.push(Action::Signal {
-                            pid,
-                            signal: Signal::Kill,
-                        });
-                    }
+                    Zygotes::signal(&mut self.actions, z.pid, Signal::Kill);
                 }
                 ZygoteState::Stopping { kill_at } if now >= kill_at => {
                     z.state = ZygoteState::Killed;
-                    if let Some(pid) = z.pid {
-                        self.actions.push(Action::Signal {
-                            pid,
-                            signal: Signal::Kill,
-                        });
-                    }
+                    Zygotes::signal(&mut self.actions, z.pid, Signal::Kill);
                 }
                 ZygoteState::Ready { since }
                     if now.duration_since(since) >= Duration::from_secs(STABLE_AFTER_S) =>

@@ -330,6 +330,14 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
     serve(config, control, status, booted, load(config, status), stopper)
 
 
+def freeze_imports() -> None:
+    """Everything the app allocated at import lives as long as the worker: move it out of the
+    collector's sight, so full collections stop rescanning a large app's module-level objects on
+    the hot path, and its pages stay untouched: shared, with --preload, by every forked worker."""
+    gc.collect()
+    gc.freeze()
+
+
 def load_http(config: Dict[str, Any], status: StatusPipe) -> Tuple[Callable, List[Any]]:
     """Import the WSGI app and build the static mounts; a failure ends the process (boot_failure)."""
     # Import the server before the app: our own import errors are bugs, not the user's.
@@ -344,12 +352,7 @@ def load_http(config: Dict[str, Any], status: StatusPipe) -> Tuple[Callable, Lis
         mounts = static.mounts_from_config(config.get("http") or {})
     except BaseException as exc:  # noqa: BLE001 - SystemExit from an app's import is a failure too
         boot_failure(status, config, exc, kind)
-    # Everything the app allocated at import lives as long as the worker: move it out of the
-    # collector's sight, so full collections stop rescanning a large app's module-level objects
-    # on the hot path (and its pages stay untouched, which keeps memory shared with nothing
-    # copied on write).
-    gc.collect()
-    gc.freeze()
+    freeze_imports()
     return app, mounts
 
 

@@ -24,7 +24,6 @@ preload (exit 2, saying which); and open database connections, which Django's ar
 from __future__ import annotations
 
 import array
-import gc
 import json
 import os
 import signal
@@ -110,10 +109,6 @@ def main(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float,
         status.send(t="fail", kind="preload", app=config["app"], error=error, cwd=os.getcwd(),
                     python="", sys_path=[], traceback="")
         os._exit(EXIT_PRELOAD_REFUSED)
-    # As the exec'd worker does: the app's objects out of the collector's sight, so neither a
-    # collection nor reference counting of gc bookkeeping writes to pages every worker shares.
-    gc.collect()
-    gc.freeze()
     status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000), dirs=[],
                 django=checks.is_django())
     requests = socket.socket(fileno=os.dup(CONTROL_FD))

@@ -178,7 +178,7 @@ class Consumer:
 
 def load(config: Dict[str, Any], status: Any) -> Any:
     """Set Django up (when DJANGO_SETTINGS_MODULE says so) and import the handler class; a failure
-    ends the process (worker.boot_failure)."""
+    ends the process (worker.boot_failure). What the import allocated is frozen, as for HTTP."""
     from hurricane import worker
 
     try:
@@ -187,9 +187,11 @@ def load(config: Dict[str, Any], status: Any) -> Any:
             import django  # type: ignore[import-not-found]
 
             django.setup()
-        return load_handler(config["app"])
+        handler_class = load_handler(config["app"])
     except BaseException as exc:  # noqa: BLE001 - SystemExit at import is a failure too
         worker.boot_failure(status, config, exc, "import")
+    worker.freeze_imports()
+    return handler_class
 
 
 def serve(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float, handler_class: Any,
