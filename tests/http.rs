@@ -288,6 +288,89 @@ fn responses_are_framed_by_the_rules() {
     assert!(raw.contains("Connection: close\r\n"), "{raw:?}");
 }
 
+/// Segments the client's socket has received so far (TCP_INFO's tcpi_segs_in).
+fn segments_in(stream: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain integers, so all-zero is a valid value; getsockopt writes at most
+    // `len` bytes into it and we read it only on success. (nix has no TCP_INFO option.)
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_segs_in
+}
+
+/// A response that closes its connection leaves with the FIN in one segment, and a new
+/// connection's request is acked by its response, not by a bare ACK of its own: a
+/// `Connection: close` exchange brings the client two segments (SYN-ACK; response + FIN), where
+/// it took four (SYN-ACK, ACK, response, FIN). Both sides' CPU pays per segment.
+#[test]
+fn a_closing_exchange_brings_the_client_two_segments() {
+    let server = Server::start("app", &["--workers", "1"]);
+    server.get("/"); // the worker is up
+    let cases: [(&str, &[u8], &str); 2] = [
+        (
+            "a response",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 200 ",
+        ),
+        ("a rejection", b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400 "),
+    ];
+    for (what, raw, status) in cases {
+        let mut counts = Vec::new();
+        for _ in 0..20 {
+            let mut stream = TcpStream::connect(server.addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            stream.write_all(raw).unwrap();
+            let mut data = Vec::new();
+            stream.read_to_end(&mut data).unwrap();
+            assert!(
+                String::from_utf8_lossy(&data).starts_with(status),
+                "{what}: {:?}",
+                String::from_utf8_lossy(&data)
+            );
+            counts.push(segments_in(&stream));
+        }
+        // A worker held up for 40 ms (a loaded CI machine) lets the delayed-ack timer send
+        // its bare ACK first: a few exchanges may take three. Without either change, none
+        // takes two.
+        let two = counts.iter().filter(|&&n| n == 2).count();
+        assert!(two >= 15, "{what}: segments per exchange {counts:?}");
+    }
+}
+
+/// The client has its whole response, and its end, before the app's close() runs: a slow
+/// close() (a request_finished handler, cleanup) does not keep a `Connection: close` client
+/// waiting for the FIN.
+#[test]
+fn a_closing_response_ends_before_the_apps_close_runs() {
+    let server = Server::start("app", &["--workers", "1"]);
+    server.get("/");
+    let started = Instant::now();
+    let raw = exchange(
+        &server,
+        b"GET /slowclose?s=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let took = started.elapsed();
+    assert!(
+        raw.starts_with("HTTP/1.1 200 ") && raw.ends_with("closing"),
+        "{raw:?}"
+    );
+    assert!(took < Duration::from_secs(1), "the end came after {took:?}");
+    // The worker is still in that close(); once it returns, the next request is served.
+    assert_eq!(server.get("/").status, 200);
+}
+
 #[test]
 fn expect_100_continue_is_answered_before_the_body_is_read() {
     let server = strict_server();

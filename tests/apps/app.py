@@ -156,10 +156,27 @@ def _application(environ, start_response):
         body = str(os.getpid()).encode()
     elif path == "/error":
         raise RuntimeError("boom from the test app")
+    elif path == "/slowclose":
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "7")])
+        return _SlowClose(b"closing", float(query.get("s", "1")))
     else:
         body = b"hello"
     start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+class _SlowClose:
+    """A response whose close() takes `seconds`: cleanup after the response (PEP 3333)."""
+
+    def __init__(self, body, seconds):
+        self.body = body
+        self.seconds = seconds
+
+    def __iter__(self):
+        return iter([self.body])
+
+    def close(self):
+        time.sleep(self.seconds)
 
 
 def _late_error():

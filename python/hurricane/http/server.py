@@ -63,6 +63,7 @@ from hurricane.http.wire import (
     has_input,
     push,
     register,
+    send_closing,
 )
 from hurricane.log import log_line as _log_line
 
@@ -630,7 +631,7 @@ class Server:
         self.activity.reject(reason)
         self.reject_log.note(status, reason, conn.addr)
         try:
-            conn_send(conn, error_response(status, reason))
+            send_closing(conn, error_response(status, reason))
         except ClientGone:
             return CLOSED
         return CLOSING if conn.parked else CLOSED
@@ -801,7 +802,7 @@ class Server:
                 ex.keep_alive = False  # never a second status line; the client sees a cut response
             else:
                 try:
-                    conn_send(conn, error_response("500 Internal Server Error"))
+                    send_closing(conn, error_response("500 Internal Server Error"))
                 except ClientGone:
                     pass
                 ex.code = 500
