@@ -5,6 +5,7 @@
     python3 bench/run.py hello close     # only these scenarios
     python3 bench/run.py consume         # AMQP consumers against the local RabbitMQ (bench/consume.py)
     python3 bench/run.py memory          # 4 Django workers' total PSS, --preload and not, vs gunicorn
+    python3 bench/run.py close-limit     # Connection: close with the server at a 0.5 CPU quota (cgroup)
 
 Sets up the peers itself (gunicorn, granian, pyuwsgi, Django into target/bench-venv; wrk from
 Debian if missing), builds hurricane in release mode, then for each scenario starts each server with
@@ -39,6 +40,8 @@ DURATION_S = int(os.environ.get("BENCH_SECONDS", "8"))
 # interleaved with the others, and the median run is reported.
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 SERVER_CPU, LOAD_CPU = "0", "1"
+# The close-limit scenario's CPU quota per 100 ms: half a CPU, a common `limits.cpu: 500m`.
+POD_CPU_QUOTA_US = 50_000
 
 
 def log(msg: str) -> None:
@@ -146,15 +149,65 @@ def cpu_seconds(pids: List[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_busy(cpu: str) -> Tuple[int, int]:
+    """(busy, total) clock ticks of one CPU so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                ticks = [int(n) for n in line.split()[1:]]
+                return sum(ticks) - ticks[3] - ticks[4], sum(ticks)  # idle and iowait are not busy
+    return 0, 0
+
+
+class CpuLimit:
+    """A cgroup whose CFS quota caps the server's CPU time, as a Kubernetes `limits.cpu` does.
+
+    Why: with `Connection: close` wrk connects once per request, and on a 2-core machine its own
+    CPU is then the limit for any fast server (req/s converge on wrk's ceiling). Under a quota
+    every server is the bottleneck again, and req/s says what each serves with the CPU it has.
+    """
+
+    def __init__(self, quota_us: int) -> None:
+        self.quota_us = quota_us
+        name = f"hurricane-bench-{os.getpid()}"
+        v1 = Path("/sys/fs/cgroup/cpu")
+        if (v1 / "cpu.cfs_quota_us").exists():
+            self.dir = v1 / name
+            self.dir.mkdir(exist_ok=True)
+            (self.dir / "cpu.cfs_period_us").write_text("100000")
+            (self.dir / "cpu.cfs_quota_us").write_text(str(quota_us))
+        else:
+            root = Path("/sys/fs/cgroup")
+            if "cpu" not in (root / "cgroup.subtree_control").read_text().split():
+                (root / "cgroup.subtree_control").write_text("+cpu")
+            self.dir = root / name
+            self.dir.mkdir(exist_ok=True)
+            (self.dir / "cpu.max").write_text(f"{quota_us} 100000")
+
+    def wrap(self, cmd: List[str]) -> List[str]:
+        """`cmd`, started inside the cgroup (its children stay in it)."""
+        return ["sh", "-c", f'echo $$ > {self.dir / "cgroup.procs"} && exec "$@"', "sh", *cmd]
+
+    def remove(self) -> None:
+        try:
+            self.dir.rmdir()
+        except OSError:
+            pass
+
+
 def run_one(name: str, app: str, path: str, workers: int, wrk_args: List[str], extra: Dict[str, str],
-            env_extra: Dict[str, str]) -> Optional[Tuple[float, str, str, int, float]]:
-    """(req/s, p50, p99, errors, server CPU microseconds per request) of one measured run."""
+            env_extra: Dict[str, str], limit: Optional[CpuLimit] = None
+            ) -> Optional[Tuple[float, str, str, int, float, float]]:
+    """(req/s, p50, p99, errors, server CPU microseconds per request, wrk's CPU busy %) of one
+    measured run."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(APPS), **env_extra)
     env.pop("VIRTUAL_ENV", None)
+    cmd = ["taskset", "-c", SERVER_CPU, *server_command(name, app, port, workers, extra)]
+    if limit is not None:
+        cmd = limit.wrap(cmd)
     with tempfile.TemporaryFile() as logf:
-        proc = subprocess.Popen(["taskset", "-c", SERVER_CPU, *server_command(name, app, port, workers, extra)],
-                                cwd=APPS, env=env, stdout=logf, stderr=logf, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=logf, stderr=logf, start_new_session=True)
         try:
             wait_http(port, path)
             url = f"http://127.0.0.1:{port}{path}"
@@ -165,11 +218,14 @@ def run_one(name: str, app: str, path: str, workers: int, wrk_args: List[str], e
             # kernel's softirq work on the server's CPU is not charged to any process, so it is not in it.)
             pids = tree(proc.pid)
             before = cpu_seconds(pids)
+            load_before = cpu_busy(LOAD_CPU)
             out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", f"-d{DURATION_S}s", "--latency",
                                   *wrk_args, url], capture_output=True, text=True, check=True).stdout
             used = cpu_seconds(pids) - before
+            load_after = cpu_busy(LOAD_CPU)
+            load = 100.0 * (load_after[0] - load_before[0]) / max(1, load_after[1] - load_before[1])
             rps, p50, p99, errors = parse_wrk(out)
-            return rps, p50, p99, errors, 1e6 * used / max(1.0, rps * DURATION_S)
+            return rps, p50, p99, errors, 1e6 * used / max(1.0, rps * DURATION_S), load
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             logf.seek(0)
             log(f"  {name}: failed: {exc}\n{logf.read().decode(errors='replace')[-2000:]}")
@@ -180,13 +236,13 @@ def run_one(name: str, app: str, path: str, workers: int, wrk_args: List[str], e
 
 def scenario(title: str, app: str, path: str, servers: List[str], wrk_args: List[str] = (),
              extra: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None,
-             targets: Optional[Dict[str, float]] = None) -> None:
+             targets: Optional[Dict[str, float]] = None, limit: Optional[CpuLimit] = None) -> None:
     log(f"== {title}")
     runs: Dict[str, list] = {name: [] for name in servers}
     for round_ in range(REPEAT):
         for name in servers:
             log(f"  {name} (run {round_ + 1}/{REPEAT}) ...")
-            result = run_one(name, app, path, 1, list(wrk_args), extra or {}, env or {})
+            result = run_one(name, app, path, 1, list(wrk_args), extra or {}, env or {}, limit)
             if result is not None:
                 runs[name].append(result)
     results = {}
@@ -195,19 +251,21 @@ def scenario(title: str, app: str, path: str, servers: List[str], wrk_args: List
         results[name] = done[len(done) // 2] if done else None
     ours = results.get("hurricane")
     print(f"\n### {title}\n")
-    print("| server | req/s | p50 | p99 | errors | server CPU/req | hurricane / server | CPU: server / hurricane |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| server | req/s | p50 | p99 | errors | server CPU/req | wrk's CPU | hurricane / server "
+          "| CPU: server / hurricane |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, result in results.items():
         if result is None:
-            print(f"| {name} | failed | | | | | | |")
+            print(f"| {name} | failed | | | | | | | |")
             continue
-        rps, p50, p99, errors, cpu_us = result
+        rps, p50, p99, errors, cpu_us, load = result
         ratio = f"{ours[0] / rps:.2f}x" if ours and name != "hurricane" else ""
         target = (targets or {}).get(name)
         if target and ours:
             ratio += " (target >= %.1fx: %s)" % (target, "met" if ours[0] / rps >= target else "NOT met")
         cpu_ratio = f"{cpu_us / ours[4]:.2f}x" if ours and name != "hurricane" and ours[4] else ""
-        print(f"| {name} | {rps:,.0f} | {p50} | {p99} | {errors} | {cpu_us:.1f} us | {ratio} | {cpu_ratio} |")
+        print(f"| {name} | {rps:,.0f} | {p50} | {p99} | {errors} | {cpu_us:.1f} us | {load:.0f} % | {ratio} "
+              f"| {cpu_ratio} |")
     sys.stdout.flush()
 
 
@@ -333,7 +391,21 @@ def main() -> None:
                  targets={"granian": 1.2, "gunicorn sync": 10.0})
     if not wanted or "close" in wanted:
         scenario("Hello world, Connection: close", "hello", "/", all_servers,
-                 wrk_args=["-H", "Connection: close"], targets={"uWSGI": 1.0})
+                 wrk_args=["-H", "Connection: close"], targets={"uWSGI": 1.0, "granian": 1.2})
+    if not wanted or "close-limit" in wanted:
+        try:
+            limit: Optional[CpuLimit] = CpuLimit(POD_CPU_QUOTA_US)
+        except OSError as exc:
+            limit = None
+            print(f"\n### Hello world, Connection: close, at a CPU limit\n\nskipped: no cgroup to set a CPU "
+                  f"quota in ({exc}); run as root on a machine with the cgroup cpu controller")
+        if limit is not None:
+            try:
+                scenario(f"Hello world, Connection: close, server limited to {POD_CPU_QUOTA_US / 1e5:.1f} CPU "
+                         "(a pod's limits.cpu)", "hello", "/", ["hurricane", "granian", "uWSGI"],
+                         wrk_args=["-H", "Connection: close"], targets={"granian": 1.2}, limit=limit)
+            finally:
+                limit.remove()
     if not wanted or "django" in wanted:
         scenario("Django JsonResponse view, keep-alive", "benchsite.wsgi", "/json",
                  ["hurricane", "gunicorn sync", "gunicorn gthread", "granian", "bare loop"],
