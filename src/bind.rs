@@ -53,8 +53,18 @@ pub fn listen(bind: IpAddr, port: u16, backlog: i32) -> anyhow::Result<TcpListen
         ),
         _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
     })?;
-    defer_accept(&listener);
-    smart_accept(&listener);
+    // Both best effort: a socket without them still serves, a little less cheaply.
+    // Wake a worker only once the request's first bytes are here: the worker that accepts is
+    // then busy at once, and the next connection's wakeup goes to an idle sibling.
+    set_tcp_option(&listener, libc::TCP_DEFER_ACCEPT, 1);
+    // Leave the ack of a request's bytes to the response, which carries it anyway: accepted
+    // sockets inherit TCP_QUICKACK off from the listener, so the kernel sends no bare ACK for a
+    // new connection's first request (HAProxy's `tcp-smart-accept`, on by default for its HTTP
+    // frontends). With `Connection: close` that is one packet in ten fewer, and one that costs
+    // the *client's* CPU: on loopback a packet is processed on its sender's CPU. A response slower
+    // than the delayed-ack timer (40 ms) gets its ACK from that timer, as later requests on a
+    // keep-alive connection always have.
+    set_tcp_option(&listener, libc::TCP_QUICKACK, 0);
     // std listens with its own backlog; listen(2) again on a listening socket just resizes the
     // queue. The kernel caps it at net.core.somaxconn anyway.
     let backlog = Backlog::new(backlog.clamp(1, libc::SOMAXCONN))?;
@@ -64,40 +74,15 @@ pub fn listen(bind: IpAddr, port: u16, backlog: i32) -> anyhow::Result<TcpListen
     Ok(listener)
 }
 
-/// Leave the ack of a request's bytes to the response, which carries it anyway: accepted
-/// sockets inherit TCP_QUICKACK off from the listener, so the kernel does not send a bare ACK
-/// for each new connection's first request (HAProxy's `tcp-smart-accept`, on by default for its
-/// HTTP frontends). With `Connection: close` that is one packet in ten fewer, and the one that
-/// costs the *client's* CPU: on loopback a packet is processed on its sender's CPU. A response
-/// slower than the delayed-ack timer (40 ms) gets its ACK from that timer, as later requests on a
-/// keep-alive connection always have. Best effort.
-fn smart_accept(listener: &TcpListener) {
-    let quickack: libc::c_int = 0;
-    // nix has no TCP_QUICKACK option.
+/// One IPPROTO_TCP integer option; nix has neither TCP_DEFER_ACCEPT nor TCP_QUICKACK.
+fn set_tcp_option(listener: &TcpListener, option: libc::c_int, value: libc::c_int) {
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a pointer to a local int.
     unsafe {
         libc::setsockopt(
             listener.as_raw_fd(),
             libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            (&quickack as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-}
-
-/// Wake a worker only once the request's first bytes are here: the worker that accepts is then
-/// busy at once, and the next connection's wakeup goes to an idle sibling. Best effort.
-fn defer_accept(listener: &TcpListener) {
-    let defer_s: libc::c_int = 1;
-    // nix has no TCP_DEFER_ACCEPT option.
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a pointer to a local int.
-    unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&defer_s as *const libc::c_int).cast(),
+            option,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
