@@ -7,6 +7,7 @@
 //! reconnecting, its loop is not running, and that is not a wedge). Events in, a verdict out, with
 //! the clock passed in so the rules are unit-tested.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::metrics::{CelerySnapshot, DURATION_BUCKETS_S};
@@ -15,6 +16,23 @@ use crate::worker::CeleryEvent;
 
 /// Results a task is counted under; each known task has all of them, at 0 until they happen.
 pub const RESULTS: [&str; 5] = ["succeeded", "failed", "retried", "rejected", "revoked"];
+
+/// Distinct task names (and beat entries) past this many are counted as `other`, so the metrics'
+/// series stay bounded. Counted here, where every report arrives: each prefork child, and each
+/// child that replaces a recycled one, sees only its own share of the names.
+pub const MAX_NAMES: usize = 200;
+
+/// `name`, or `other` once `seen` holds MAX_NAMES others.
+fn bounded(seen: &mut HashSet<String>, name: &str) -> String {
+    if seen.contains(name) {
+        return name.to_string();
+    }
+    if seen.len() < MAX_NAMES {
+        seen.insert(name.to_string());
+        return name.to_string();
+    }
+    "other".to_string()
+}
 
 /// The broker connection as the consumer reports it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,6 +54,10 @@ pub struct Celery {
     ever_connected: bool,
     last_tick: Option<Instant>,
     totals: CelerySnapshot,
+    /// Task names counted under their own name (see MAX_NAMES).
+    task_names: HashSet<String>,
+    /// Beat entries counted under their own name.
+    entry_names: HashSet<String>,
 }
 
 impl Celery {
@@ -49,6 +71,8 @@ impl Celery {
             ever_connected: false,
             last_tick: None,
             totals: CelerySnapshot::default(),
+            task_names: HashSet::new(),
+            entry_names: HashSet::new(),
         }
     }
 
@@ -84,6 +108,7 @@ impl Celery {
                 seconds,
             } => {
                 self.totals.active = (self.totals.active - 1).max(0);
+                let name = &bounded(&mut self.task_names, name);
                 for r in RESULTS {
                     self.totals
                         .tasks
@@ -110,7 +135,8 @@ impl Celery {
                 self.totals.beat_last_tick = Some(*at);
             }
             CeleryEvent::BeatSent { entry } => {
-                *self.totals.beat_sent.entry(entry.clone()).or_insert(0) += 1;
+                let entry = bounded(&mut self.entry_names, entry);
+                *self.totals.beat_sent.entry(entry).or_insert(0) += 1;
             }
         }
         false
@@ -269,6 +295,40 @@ mod tests {
             s.tasks.keys().filter(|(n, _)| n == "proj.add").count(),
             RESULTS.len()
         );
+    }
+
+    #[test]
+    fn task_names_past_the_bound_are_counted_as_other() {
+        let t0 = Instant::now();
+        let mut c = Celery::new(Duration::from_secs(60));
+        let task = |name: String| CeleryEvent::Task {
+            name,
+            result: "succeeded".into(),
+            seconds: 0.1,
+        };
+        for i in 0..MAX_NAMES + 5 {
+            c.event(&task(format!("proj.t{i}")), t0);
+        }
+        c.event(&task("proj.t0".into()), t0); // a name seen before the bound keeps its own
+        let s = c.snapshot();
+        let names: HashSet<&String> = s.tasks.keys().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), MAX_NAMES + 1);
+        let ok = |n: &str| s.tasks[&(n.to_string(), "succeeded".to_string())];
+        assert_eq!(ok("other"), 5);
+        assert_eq!(ok("proj.t0"), 2);
+        assert!(!names.contains(&format!("proj.t{MAX_NAMES}")));
+        assert_eq!(s.durations.len(), MAX_NAMES + 1);
+        for i in 0..MAX_NAMES + 3 {
+            c.event(
+                &CeleryEvent::BeatSent {
+                    entry: format!("entry-{i}"),
+                },
+                t0,
+            );
+        }
+        let s = c.snapshot();
+        assert_eq!(s.beat_sent.len(), MAX_NAMES + 1);
+        assert_eq!(s.beat_sent["other"], 3);
     }
 
     #[test]

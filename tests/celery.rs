@@ -189,6 +189,52 @@ fn a_prefork_worker_on_redis_gets_real_probes_and_task_metrics() {
     worker_counts_tasks_from_its_prefork_children("redis");
 }
 
+/// More distinct task names than the bound, run by two prefork children: each child sees only
+/// part of them, and the series stay bounded all the same (200 names and `other`), every task counted.
+#[test]
+fn task_names_past_the_bound_are_counted_as_other() {
+    let run = Run::new("many-names", "amqp");
+    let server = Server::spawn(&mut run.command(
+        &apps_dir(),
+        &[],
+        &["-A", "celeryapp", "worker", "-c", "2", "-l", "info"],
+    ));
+    wait_for(START_TIMEOUT, || {
+        (server.probe("/ready").status == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never ready; log:\n{}", server.log.text()));
+    run.send(&apps_dir(), "celeryapp", "send_many()");
+    let succeeded = |samples: &[(String, std::collections::BTreeMap<String, String>, f64)]| {
+        samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == "hurricane_celery_tasks_total"
+                    && l.get("result").map(String::as_str) == Some("succeeded")
+            })
+            .map(|(_, _, v)| *v)
+            .sum::<f64>()
+    };
+    let samples = wait_for(Duration::from_secs(60), || {
+        let samples = parse_classic(&server.probe("/metrics").text());
+        (succeeded(&samples) >= 205.0).then_some(samples)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "205 tasks never all counted:\n{}\nlog:\n{}",
+            server.probe("/metrics").text(),
+            server.log.text()
+        )
+    });
+    assert_eq!(succeeded(&samples), 205.0);
+    let names: std::collections::BTreeSet<&str> = samples
+        .iter()
+        .filter(|(n, _, _)| n == "hurricane_celery_tasks_total")
+        .filter_map(|(_, l, _)| l.get("task").map(String::as_str))
+        .collect();
+    assert_eq!(names.len(), 201, "200 names and other: {names:?}");
+    assert!(names.contains("other"), "{names:?}");
+}
+
 #[test]
 fn a_wedged_event_loop_fails_alive_and_recovers() {
     let run = Run::new("wedged", "amqp");

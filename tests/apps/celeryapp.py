@@ -1,5 +1,6 @@
 """The Celery app of the `hurricane celery` tests: broker and queue from the environment (each test
-its own queue), tasks that succeed, fail, retry, take their time or block, and a beat schedule."""
+its own queue), tasks that succeed, fail, retry, take their time or block, a beat schedule, and
+more distinct task names than the metrics keep."""
 
 import os
 import time
@@ -40,3 +41,18 @@ def slow(seconds, name):
     time.sleep(float(seconds))
     open(os.path.join(OUT, f"done.{name}"), "w").close()
     return name
+
+
+def _numbered(i):
+    def run():
+        return i
+    return app.task(name=f"celeryapp.n{i}")(run)
+
+
+# More distinct names than the metrics' bound (200, src/celery.rs).
+MANY = [_numbered(i) for i in range(205)]
+
+
+def send_many():
+    for task in MANY:
+        task.delay()
