@@ -250,10 +250,7 @@ class Exchange:
         if not self.sent:
             self._send_last(self._head_bytes(0))
         elif self.framing is CHUNKED:
-            if self.keep_alive:
-                conn_send(self.conn, b"0\r\n\r\n")
-            else:
-                send_closing(self.conn, b"0\r\n\r\n")
+            self._send_end(b"0\r\n\r\n")
         elif self.length is not None and self.written < self.length:
             self.keep_alive = False  # short body: the client would wait for bytes never coming
 
@@ -279,24 +276,25 @@ class Exchange:
             data = head + body
             if self.hold is not None and self.keep_alive and len(data) <= HOLD_MAX_BYTES:
                 self.hold(self.conn, data)  # _send_last, inline: this is every small response
-            elif self.keep_alive:
-                conn_send(self.conn, data)
             else:
-                send_closing(self.conn, data)
+                self._send_end(data)
         else:
             # No copy of a big body: the head waits (MSG_MORE) and leaves with its first bytes.
             # (One sendmsg of both measured ~10 % slower on 1 MiB responses.)
             conn_send(self.conn, head, socket.MSG_MORE)
-            if self.keep_alive:
-                conn_send(self.conn, body)
-            else:
-                send_closing(self.conn, body)
+            self._send_end(body)
 
     def _send_last(self, data: bytes) -> None:
         """The whole (rest of the) response in one buffer: the outbox may hold it for its pass."""
         if self.hold is not None and self.keep_alive and len(data) <= HOLD_MAX_BYTES:
             self.hold(self.conn, data)
-        elif self.keep_alive:
+        else:
+            self._send_end(data)
+
+    def _send_end(self, data: Any) -> None:
+        """The response's last bytes, now: on a connection that closes after them they leave with
+        the FIN (wire.send_closing)."""
+        if self.keep_alive:
             conn_send(self.conn, data)
         else:
             send_closing(self.conn, data)
