@@ -5,13 +5,53 @@
 //! message for the user (address in use, a port that needs privileges, an inherited fd that is not
 //! a listening socket), so it reads best as one small function with its errors.
 
+use std::fmt;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use anyhow::bail;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::sys::socket::{Backlog, getsockopt, listen as listen_on, sockopt};
+
+/// Why the app's socket could not be had; each says what to do.
+#[derive(Debug)]
+pub enum Error {
+    /// LISTEN_FDS is set for us but fd 3 is no listening socket.
+    NotASocket,
+    /// bind(2) failed on this address.
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    /// The socket would not take its options (close-on-exec, the backlog).
+    Configure(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotASocket => f.write_str(
+                "LISTEN_FDS is set but fd 3 is not a listening socket; unset LISTEN_FDS/LISTEN_PID or fix the socket unit",
+            ),
+            Error::Bind { addr, error } => match error.kind() {
+                ErrorKind::AddrInUse => write!(
+                    f,
+                    "cannot listen on {addr}: address already in use; stop the other server or pick another --port"
+                ),
+                ErrorKind::PermissionDenied => write!(
+                    f,
+                    "cannot listen on {addr}: permission denied; ports below 1024 need privileges, pick another --port"
+                ),
+                ErrorKind::AddrNotAvailable => write!(
+                    f,
+                    "cannot listen on {addr}: no such address on this machine; use 0.0.0.0, :: or one of its own addresses"
+                ),
+                _ => write!(f, "cannot listen on {addr}: {error}"),
+            },
+            Error::Configure(e) => f.write_str(e),
+        }
+    }
+}
 
 /// The first fd systemd passes (SD_LISTEN_FDS_START).
 const LISTEN_FDS_START: i32 = 3;
@@ -25,34 +65,22 @@ fn activated() -> bool {
 }
 
 /// Binds the app socket, or takes it from socket activation; `bind` is an IP address (main checked).
-pub fn listen(bind: IpAddr, port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
+pub fn listen(bind: IpAddr, port: u16, backlog: i32) -> Result<TcpListener, Error> {
     if activated() {
         // SAFETY: socket activation hands fd 3 to this very process (LISTEN_PID is ours), which
         // owns it from now on; nothing else in the process has touched it.
         let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) };
         if getsockopt(&fd, sockopt::AcceptConn) != Ok(true) {
             std::mem::forget(fd); // not ours to close: whatever it is, leave it be
-            bail!(
-                "LISTEN_FDS is set but fd 3 is not a listening socket; unset LISTEN_FDS/LISTEN_PID or fix the socket unit"
-            );
+            return Err(Error::NotASocket);
         }
         // Children get the socket as an explicit fd, never by inheritance.
-        fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+        fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+            .map_err(|e| Error::Configure(format!("cannot set close-on-exec on fd 3: {e}")))?;
         return Ok(TcpListener::from(fd));
     }
     let addr = SocketAddr::new(bind, port);
-    let listener = TcpListener::bind(addr).map_err(|e| match e.kind() {
-        ErrorKind::AddrInUse => anyhow::anyhow!(
-            "cannot listen on {addr}: address already in use; stop the other server or pick another --port"
-        ),
-        ErrorKind::PermissionDenied => anyhow::anyhow!(
-            "cannot listen on {addr}: permission denied; ports below 1024 need privileges, pick another --port"
-        ),
-        ErrorKind::AddrNotAvailable => anyhow::anyhow!(
-            "cannot listen on {addr}: no such address on this machine; use 0.0.0.0, :: or one of its own addresses"
-        ),
-        _ => anyhow::anyhow!("cannot listen on {addr}: {e}"),
-    })?;
+    let listener = TcpListener::bind(addr).map_err(|error| Error::Bind { addr, error })?;
     // Both best effort: a socket without them still serves, a little less cheaply.
     // Wake a worker only once the request's first bytes are here: the worker that accepts is
     // then busy at once, and the next connection's wakeup goes to an idle sibling.
@@ -67,10 +95,10 @@ pub fn listen(bind: IpAddr, port: u16, backlog: i32) -> anyhow::Result<TcpListen
     set_tcp_option(&listener, libc::TCP_QUICKACK, 0);
     // std listens with its own backlog; listen(2) again on a listening socket just resizes the
     // queue. The kernel caps it at net.core.somaxconn anyway.
-    let backlog = Backlog::new(backlog.clamp(1, libc::SOMAXCONN))?;
-    if let Err(e) = listen_on(&listener, backlog) {
-        bail!("cannot set --backlog: {e}");
-    }
+    let backlog = Backlog::new(backlog.clamp(1, libc::SOMAXCONN))
+        .map_err(|e| Error::Configure(format!("cannot set --backlog: {e}")))?;
+    listen_on(&listener, backlog)
+        .map_err(|e| Error::Configure(format!("cannot set --backlog: {e}")))?;
     Ok(listener)
 }
 

@@ -11,8 +11,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::metrics::{CelerySnapshot, DURATION_BUCKETS_S};
+use crate::protocol::CeleryEvent;
 use crate::state::Health;
-use crate::worker::CeleryEvent;
 
 /// Results a task is counted under; each known task has all of them, at 0 until they happen.
 pub const RESULTS: [&str; 5] = ["succeeded", "failed", "retried", "rejected", "revoked"];

@@ -21,15 +21,9 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::lifecycle::{Reason, StateName};
+use crate::protocol::Counters;
+pub use crate::protocol::{DURATION_BUCKETS_S, SIZE_BUCKETS_BYTES};
 use crate::sys;
-use crate::worker::Counters;
-
-/// Upper bounds of `hurricane_request_duration_seconds` (Prometheus' defaults), sent to workers.
-pub const DURATION_BUCKETS_S: [f64; 11] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-/// Upper bounds of `hurricane_response_size_bytes`, sent to workers.
-pub const SIZE_BUCKETS_BYTES: [f64; 7] = [100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
 
 /// Methods and status classes whose `hurricane_requests_total` series exist from the start, at 0:
 /// a fresh pod's `rate()` and alerts then see a series, not an absence (Prometheus' instrumentation
@@ -135,6 +129,7 @@ pub struct Snapshot {
     pub restarts: BTreeMap<Reason, u64>,
     pub reloads_succeeded: u64,
     pub reloads_failed: u64,
+    pub reloads_abandoned: u64,
     pub in_flight: u64,
     pub startup_seconds: Option<f64>,
     /// (slot, pid) of each live worker, for its resident memory.
@@ -143,6 +138,8 @@ pub struct Snapshot {
     pub zygotes: Vec<(u64, i32)>,
     /// --preload: zygotes started again after one died or hung; None without --preload.
     pub zygote_restarts: Option<u64>,
+    /// Status-pipe lines that were not valid messages (logged one by one as `bad_message`).
+    pub protocol_errors: u64,
     /// `consume`: the broker link and its messages (then no HTTP request metrics are shown).
     pub amqp: Option<AmqpSnapshot>,
     /// `celery`: tasks, the broker link, beat (then no HTTP request metrics are shown).
@@ -294,6 +291,9 @@ fn render_openmetrics(snapshot: &Snapshot, listen_fd: RawFd) -> String {
     reloads
         .get_or_create(&labels(&[("result", "failed")]))
         .inc_by(snapshot.reloads_failed);
+    reloads
+        .get_or_create(&labels(&[("result", "abandoned")]))
+        .inc_by(snapshot.reloads_abandoned);
     registry.register(
         "hurricane_reloads",
         "Rolling reloads (HUP, --autoreload), by result",
@@ -329,6 +329,13 @@ fn render_openmetrics(snapshot: &Snapshot, listen_fd: RawFd) -> String {
         "hurricane_worker_resident_memory_bytes",
         "Resident memory of each worker, by slot",
         worker_memory,
+    );
+    let protocol_errors = Counter::<u64>::default();
+    protocol_errors.inc_by(snapshot.protocol_errors);
+    registry.register(
+        "hurricane_protocol_errors",
+        "Lines from workers' status pipes that were not valid messages (each is logged)",
+        protocol_errors,
     );
     if let Some(restarts) = snapshot.zygote_restarts {
         let counter = Counter::<u64>::default();

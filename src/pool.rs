@@ -19,16 +19,15 @@
 //! slot first; the old worker is told to drain only once the successor is Ready, so the pool never
 //! has fewer ready workers than its size while it happens. A reload walks the slots one at a time.
 //!
-//! What a slot runs is not assumed: the pool asks its `Rules` (one implementation per kind of
-//! process, in `kind`) where supervision differs.
+//! What a slot runs is not assumed: the one rule that differs by kind of process is a value,
+//! `Supervision`, that each kind gives (`kind::Kind::supervision`).
 
 use std::collections::BTreeMap;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::lifecycle::{ExitStatus, Reason, Shutdown, StateName};
+use crate::protocol::{BootFailure, EXIT_BOOT_FAILED, Message};
 use crate::state::Health;
-use crate::worker::{BootFailure, EXIT_BOOT_FAILED, Message};
 
 /// First respawn delay after a quick crash; it doubles up to the maximum.
 pub const RESPAWN_BACKOFF_MIN_MS: u64 = 100;
@@ -44,20 +43,28 @@ pub const HUNG_KILL_GRACE_MS: u64 = 1000;
 
 pub type WorkerId = u64;
 
-/// The supervision rules that differ by the kind of process a slot runs. The defaults are a
-/// pool of interchangeable workers (the HTTP worker's rules).
-pub trait Rules {
-    /// Whether the service ends when a process of this kind exits: false for a pool of workers
-    /// (the pool respawns it), true for a supervised command that *is* the service, whose exit
-    /// code (128+N for signal N) becomes the master's.
-    fn service_ends_with_process(&self) -> bool {
-        false
+/// How the pool treats the processes of a kind: the supervision rule that differs by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Supervision {
+    /// A pool of interchangeable workers (serve, consume): a dead one is respawned, a reload
+    /// replaces them, TTIN/TTOU scale them, and a second TERM during shutdown sends SIGKILL.
+    Pool,
+    /// One process that *is* the service (a user's command, such as Celery): never respawned,
+    /// reloaded or scaled; its exit code (128+N for signal N) becomes the master's, and a second
+    /// TERM sends `escalation` (Celery's cold shutdown is SIGQUIT) before the kill.
+    Service { escalation: Signal },
+}
+
+impl Supervision {
+    fn service_ends_with_process(self) -> bool {
+        matches!(self, Supervision::Service { .. })
     }
 
-    /// What a second TERM (or INT) during a shutdown sends: SIGKILL for our own workers; a
-    /// supervised command may have a faster way out of its own (Celery's cold shutdown, SIGQUIT).
-    fn escalation(&self) -> Signal {
-        Signal::Kill
+    fn escalation(self) -> Signal {
+        match self {
+            Supervision::Pool => Signal::Kill,
+            Supervision::Service { escalation } => escalation,
+        }
     }
 }
 
@@ -226,9 +233,28 @@ pub struct PoolConfig {
     pub jitter_seed: u64,
 }
 
+impl PoolConfig {
+    /// A pool of `size` with the common timeouts and no limits; kinds set the rest, and the
+    /// master's configuration seeds the jitter.
+    pub fn new(size: usize, boot_timeout: Duration, graceful_timeout: Duration) -> PoolConfig {
+        PoolConfig {
+            size,
+            boot_timeout,
+            graceful_timeout,
+            shutdown_delay: Duration::ZERO,
+            timeout: None,
+            heartbeat_timeout: None,
+            max_requests: None,
+            max_requests_jitter: 0,
+            max_memory_bytes: None,
+            jitter_seed: 0,
+        }
+    }
+}
+
 pub struct Pool {
     config: PoolConfig,
-    rules: Rc<dyn Rules>,
+    rules: Supervision,
     phase: Phase,
     reload: Reload,
     workers: BTreeMap<WorkerId, Worker>,
@@ -245,12 +271,14 @@ pub struct Pool {
     pub restarts: BTreeMap<Reason, u64>,
     pub reloads_succeeded: u64,
     pub reloads_failed: u64,
+    /// Reloads cut short by a shutdown: neither succeeded nor failed.
+    pub reloads_abandoned: u64,
     /// From start to the first full pool being ready.
     startup_duration: Option<Duration>,
 }
 
 impl Pool {
-    pub fn new(config: PoolConfig, rules: Rc<dyn Rules>, now: Instant) -> Pool {
+    pub fn new(config: PoolConfig, rules: Supervision, now: Instant) -> Pool {
         let slots = vec![Slot::default(); config.size];
         let jitter_state = 0x9E37_79B9_7F4A_7C15 ^ config.jitter_seed;
         let mut pool = Pool {
@@ -270,6 +298,7 @@ impl Pool {
             restarts: BTreeMap::new(),
             reloads_succeeded: 0,
             reloads_failed: 0,
+            reloads_abandoned: 0,
             startup_duration: None,
         };
         pool.tick(now);
@@ -563,10 +592,11 @@ impl Pool {
     fn ended(&mut self, id: WorkerId, worker: &Worker, status: ExitStatus, now: Instant) {
         if self.rules.service_ends_with_process() {
             self.service_ended(id, worker, status, now);
+        } else if matches!(self.phase, Phase::Failing { .. } | Phase::Draining { .. }) {
+            // Told to stop with everyone else: a successor that never got ready did not fail.
+            log_exit(id, worker, status);
         } else if let (Plan::Succeed { old }, true) = (worker.plan, !worker.state.is_ready()) {
             self.successor_failed(id, worker, old, status, now);
-        } else if matches!(self.phase, Phase::Failing { .. } | Phase::Draining { .. }) {
-            log_exit(id, worker, status);
         } else if let Plan::End(reason) = worker.plan
             && reason != Reason::BootTimeout
         {
@@ -790,30 +820,47 @@ impl Pool {
                     }
                 }
             }
-            Phase::Starting | Phase::Running => match kind {
-                Shutdown::Graceful if !self.config.shutdown_delay.is_zero() => {
-                    log::info!(
-                        "event=shutdown kind=graceful delay_s={}",
-                        self.config.shutdown_delay.as_secs_f64()
-                    );
-                    self.phase = Phase::Delaying {
-                        until: now + self.config.shutdown_delay,
-                    };
-                }
-                Shutdown::Graceful => {
-                    log::info!("event=shutdown kind=graceful");
-                    self.phase = Phase::Draining { code: 0 };
-                    self.drain_all(Signal::Term, now + self.config.graceful_timeout);
-                }
-                Shutdown::Fast => {
-                    log::info!("event=shutdown kind=fast");
-                    self.phase = Phase::Draining { code: 0 };
-                    let grace = Duration::from_millis(FAST_SHUTDOWN_GRACE_MS);
-                    self.drain_all(Signal::Quit, now + grace);
-                }
-            },
+            Phase::Starting | Phase::Running => {
+                self.abandon_reload();
+                self.begin_shutdown(kind, now);
+            }
         }
         self.tick(now);
+    }
+
+    /// A shutdown cuts a rolling reload short: its own outcome, not a failure (the successors
+    /// are stopped with everyone else, and the old code serves until the drain).
+    fn abandon_reload(&mut self) {
+        if let Reload::Rolling { to } = self.reload {
+            self.reload = Reload::Idle;
+            self.reloads_abandoned += 1;
+            log::info!("event=reload result=abandoned gen={to} reason=shutdown");
+        }
+    }
+
+    fn begin_shutdown(&mut self, kind: Shutdown, now: Instant) {
+        match kind {
+            Shutdown::Graceful if !self.config.shutdown_delay.is_zero() => {
+                log::info!(
+                    "event=shutdown kind=graceful delay_s={}",
+                    self.config.shutdown_delay.as_secs_f64()
+                );
+                self.phase = Phase::Delaying {
+                    until: now + self.config.shutdown_delay,
+                };
+            }
+            Shutdown::Graceful => {
+                log::info!("event=shutdown kind=graceful");
+                self.phase = Phase::Draining { code: 0 };
+                self.drain_all(Signal::Term, now + self.config.graceful_timeout);
+            }
+            Shutdown::Fast => {
+                log::info!("event=shutdown kind=fast");
+                self.phase = Phase::Draining { code: 0 };
+                let grace = Duration::from_millis(FAST_SHUTDOWN_GRACE_MS);
+                self.drain_all(Signal::Quit, now + grace);
+            }
+        }
     }
 
     /// Tells every worker to stop with `signal`; SIGKILL follows at `kill_at` (sent by tick).
@@ -1138,6 +1185,7 @@ impl Pool {
         snapshot.restarts = self.restarts.clone();
         snapshot.reloads_succeeded = self.reloads_succeeded;
         snapshot.reloads_failed = self.reloads_failed;
+        snapshot.reloads_abandoned = self.reloads_abandoned;
         snapshot.startup_seconds = self.startup_duration.map(|d| d.as_secs_f64());
         snapshot.workers = self
             .workers
@@ -1193,765 +1241,4 @@ pub fn backoff(crashes: u32) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The rules of a pool of interchangeable workers (the HTTP worker's): every default.
-    struct Workers;
-    impl Rules for Workers {}
-
-    /// A second kind: a supervised command that is the service (as `hurricane celery` will be).
-    struct Command;
-    impl Rules for Command {
-        fn service_ends_with_process(&self) -> bool {
-            true
-        }
-
-        fn escalation(&self) -> Signal {
-            Signal::Quit
-        }
-    }
-
-    fn config(size: usize) -> PoolConfig {
-        PoolConfig {
-            size,
-            boot_timeout: Duration::from_secs(60),
-            graceful_timeout: Duration::from_secs(30),
-            shutdown_delay: Duration::ZERO,
-            timeout: None,
-            heartbeat_timeout: None,
-            max_requests: None,
-            max_requests_jitter: 0,
-            max_memory_bytes: None,
-            jitter_seed: 42,
-        }
-    }
-
-    /// A fake clock and fake process table around a Pool: spawns get pids 100, 101, ...
-    struct Harness {
-        pool: Pool,
-        now: Instant,
-        next_pid: i32,
-        alive: Vec<i32>,
-        signals: Vec<(i32, Signal)>,
-        tracebacks: Vec<String>,
-        exit: Option<i32>,
-        /// --preload: spawns wait here (like asks of a zygote still importing) instead of starting.
-        deferred: bool,
-        asked: Vec<WorkerId>,
-        /// (worker, timed_out) of each Cancel.
-        cancelled: Vec<(WorkerId, bool)>,
-    }
-
-    impl Harness {
-        fn new(size: usize) -> Harness {
-            Harness::of(size, Rc::new(Workers))
-        }
-
-        fn of(size: usize, rules: Rc<dyn Rules>) -> Harness {
-            Harness::built(size, rules, false)
-        }
-
-        /// A pool whose spawns wait (as with --preload before the zygote is ready).
-        fn deferred(size: usize) -> Harness {
-            Harness::built(size, Rc::new(Workers), true)
-        }
-
-        fn built(size: usize, rules: Rc<dyn Rules>, deferred: bool) -> Harness {
-            let now = Instant::now();
-            let mut h = Harness {
-                pool: Pool::new(config(size), rules, now),
-                now,
-                next_pid: 100,
-                alive: vec![],
-                signals: vec![],
-                tracebacks: vec![],
-                exit: None,
-                deferred,
-                asked: vec![],
-                cancelled: vec![],
-            };
-            h.run();
-            h
-        }
-
-        /// The zygote forks every worker asked for.
-        fn fork_asked(&mut self) {
-            for worker in std::mem::take(&mut self.asked) {
-                let pid = self.next_pid;
-                self.next_pid += 1;
-                self.alive.push(pid);
-                self.pool.spawned(worker, pid);
-            }
-            self.run();
-        }
-
-        fn with(mut self, f: impl FnOnce(&mut PoolConfig)) -> Harness {
-            f(&mut self.pool.config);
-            self
-        }
-
-        fn run(&mut self) {
-            loop {
-                let actions = self.pool.take_actions();
-                if actions.is_empty() {
-                    return;
-                }
-                for action in actions {
-                    match action {
-                        Action::Spawn { worker, .. } if self.deferred => self.asked.push(worker),
-                        Action::Cancel { worker, timed_out } => {
-                            self.cancelled.push((worker, timed_out))
-                        }
-                        Action::Spawn { worker, .. } => {
-                            let pid = self.next_pid;
-                            self.next_pid += 1;
-                            self.alive.push(pid);
-                            self.pool.spawned(worker, pid);
-                        }
-                        Action::Signal { pid, signal } => self.signals.push((pid, signal)),
-                        Action::LogTraceback(text) => self.tracebacks.push(text),
-                        Action::Exit { code } => self.exit = Some(code),
-                    }
-                }
-            }
-        }
-
-        fn advance(&mut self, d: Duration) {
-            self.now += d;
-            self.pool.tick(self.now);
-            self.run();
-        }
-
-        fn say(&mut self, pid: i32, m: Message) {
-            self.pool.message(pid, m, self.now);
-            self.run();
-        }
-
-        fn ready_all(&mut self) {
-            for pid in self.alive.clone() {
-                self.say(
-                    pid,
-                    Message::Ready {
-                        boot_ms: 1,
-                        dirs: vec![],
-                        django: false,
-                        reject_reasons: vec![],
-                        routing_keys: vec![],
-                    },
-                );
-            }
-        }
-
-        fn exit(&mut self, pid: i32, status: ExitStatus) {
-            self.alive.retain(|p| *p != pid);
-            self.pool.exited(pid, status, self.now);
-            self.run();
-        }
-    }
-
-    fn failure() -> BootFailure {
-        BootFailure {
-            kind: "import".into(),
-            app: "x".into(),
-            error: "ModuleNotFoundError: No module named 'x'".into(),
-            cwd: "/".into(),
-            python: "python3".into(),
-            sys_path: vec![],
-            traceback: String::new(),
-        }
-    }
-
-    #[test]
-    fn starts_size_workers_and_is_started_when_all_are_ready() {
-        let mut h = Harness::new(3);
-        assert_eq!(h.alive, vec![100, 101, 102]);
-        assert!(!h.pool.health().started);
-        h.say(
-            100,
-            Message::Ready {
-                boot_ms: 5,
-                dirs: vec![],
-                django: false,
-                reject_reasons: vec![],
-                routing_keys: vec![],
-            },
-        );
-        assert_eq!(h.pool.health().ready, 1);
-        assert!(!h.pool.health().started);
-        h.ready_all();
-        let health = h.pool.health();
-        assert!(health.started && !health.stopping);
-        assert_eq!((health.ready, health.size), (3, 3));
-    }
-
-    #[test]
-    fn boot_failure_at_startup_kills_the_rest_and_exits_3_without_respawning() {
-        let mut h = Harness::new(2);
-        h.say(100, Message::Failed(failure()));
-        assert_eq!(h.signals, vec![(100, Signal::Kill), (101, Signal::Kill)]);
-        h.exit(100, ExitStatus::Code(3));
-        assert_eq!(h.exit, None, "waits for every worker");
-        h.exit(101, ExitStatus::Signal(9));
-        assert_eq!(h.exit, Some(EXIT_BOOT_FAILED));
-        assert_eq!(h.next_pid, 102, "nothing respawned");
-        assert!(h.pool.fatal_error().unwrap().contains("cannot import 'x'"));
-        assert!(
-            !h.pool.health().started,
-            "a pool that failed at startup never started"
-        );
-    }
-
-    #[test]
-    fn boot_timeout_at_startup_is_fatal() {
-        let mut h = Harness::new(1).with(|c| c.boot_timeout = Duration::from_secs(5));
-        h.advance(Duration::from_secs(4));
-        assert!(h.signals.is_empty());
-        h.advance(Duration::from_secs(1));
-        assert_eq!(h.signals, vec![(100, Signal::Kill)]);
-        h.exit(100, ExitStatus::Signal(9));
-        assert_eq!(h.exit, Some(EXIT_BOOT_FAILED));
-        assert!(
-            h.pool
-                .fatal_error()
-                .unwrap()
-                .contains("did not boot within 5s")
-        );
-    }
-
-    #[test]
-    fn a_crash_after_boot_respawns_at_once_then_backs_off() {
-        let mut h = Harness::new(1);
-        h.ready_all();
-        h.exit(100, ExitStatus::Code(1));
-        assert_eq!(h.alive, vec![101], "first crash: immediate respawn");
-        h.say(
-            101,
-            Message::Ready {
-                boot_ms: 1,
-                dirs: vec![],
-                django: false,
-                reject_reasons: vec![],
-                routing_keys: vec![],
-            },
-        );
-        h.exit(101, ExitStatus::Code(1));
-        assert!(h.alive.is_empty(), "second quick crash waits");
-        assert_eq!(
-            h.pool.next_deadline(),
-            Some(h.now + Duration::from_millis(100))
-        );
-        h.advance(Duration::from_millis(99));
-        assert!(h.alive.is_empty());
-        h.advance(Duration::from_millis(1));
-        assert_eq!(h.alive, vec![102]);
-        h.exit(102, ExitStatus::Code(1));
-        assert_eq!(
-            h.pool.next_deadline(),
-            Some(h.now + Duration::from_millis(200))
-        );
-        assert_eq!(backoff(20), Duration::from_secs(RESPAWN_BACKOFF_MAX_S));
-    }
-
-    #[test]
-    fn crash_loop_is_reported_and_clears_once_a_worker_stays_up() {
-        let mut h = Harness::new(1);
-        h.ready_all();
-        for _ in 0..CRASH_LOOP_CRASHES {
-            let pid = h.alive[0];
-            h.exit(pid, ExitStatus::Code(1));
-            h.advance(Duration::from_secs(RESPAWN_BACKOFF_MAX_S));
-        }
-        assert!(h.pool.health().crash_loop.unwrap().contains("crash loop"));
-        h.ready_all();
-        h.advance(Duration::from_secs(STABLE_AFTER_S));
-        assert_eq!(h.pool.health().crash_loop, None);
-    }
-
-    #[test]
-    fn graceful_shutdown_waits_for_workers_and_kills_at_the_deadline() {
-        let mut h = Harness::new(2);
-        h.ready_all();
-        h.pool.shutdown(Shutdown::Graceful, h.now);
-        h.run();
-        assert!(h.pool.health().stopping);
-        assert_eq!(h.signals, vec![(100, Signal::Term), (101, Signal::Term)]);
-        h.exit(100, ExitStatus::Code(0));
-        h.advance(Duration::from_secs(30));
-        assert_eq!(h.signals.last(), Some(&(101, Signal::Kill)));
-        assert_eq!(h.exit, None);
-        h.advance(Duration::from_secs(30));
-        assert_eq!(
-            h.signals.iter().filter(|s| s.1 == Signal::Kill).count(),
-            1,
-            "SIGKILL sent once"
-        );
-        h.exit(101, ExitStatus::Signal(9));
-        assert_eq!(h.exit, Some(0));
-        assert_eq!(h.next_pid, 102, "no respawn during shutdown");
-    }
-
-    #[test]
-    fn shutdown_delay_keeps_serving_with_ready_failing() {
-        let mut h = Harness::new(1).with(|c| c.shutdown_delay = Duration::from_secs(3));
-        h.ready_all();
-        h.pool.shutdown(Shutdown::Graceful, h.now);
-        h.run();
-        assert!(h.pool.health().stopping);
-        assert!(h.signals.is_empty());
-        h.exit(100, ExitStatus::Code(1));
-        assert_eq!(
-            h.alive,
-            vec![101],
-            "still serving: a crashed worker is replaced"
-        );
-        h.advance(Duration::from_secs(3));
-        assert_eq!(h.signals, vec![(101, Signal::Term)]);
-    }
-
-    #[test]
-    fn second_signal_escalates_to_kill() {
-        let mut h = Harness::new(1);
-        h.ready_all();
-        h.pool.shutdown(Shutdown::Graceful, h.now);
-        h.pool.shutdown(Shutdown::Graceful, h.now);
-        h.run();
-        assert_eq!(h.signals, vec![(100, Signal::Term), (100, Signal::Kill)]);
-    }
-
-    #[test]
-    fn fast_shutdown_quits_then_kills_after_the_grace() {
-        let mut h = Harness::new(1);
-        h.ready_all();
-        h.pool.shutdown(Shutdown::Fast, h.now);
-        h.run();
-        assert_eq!(h.signals, vec![(100, Signal::Quit)]);
-        h.advance(Duration::from_millis(FAST_SHUTDOWN_GRACE_MS));
-        assert_eq!(h.signals, vec![(100, Signal::Quit), (100, Signal::Kill)]);
-    }
-
-    #[test]
-    fn missing_interpreter_is_fatal_with_code_1() {
-        let now = Instant::now();
-        let mut pool = Pool::new(config(2), Rc::new(Workers), now);
-        let actions = pool.take_actions();
-        let Action::Spawn { worker, .. } = actions[0] else {
-            panic!()
-        };
-        pool.spawn_failed(worker, "no python".into(), now);
-        // The second spawn was decided too; the master answers it before exiting.
-        if let Action::Spawn { worker, .. } = actions[1] {
-            pool.spawn_failed(worker, "no python".into(), now);
-        }
-        pool.tick(now);
-        assert!(pool.take_actions().contains(&Action::Exit { code: 1 }));
-        assert_eq!(pool.fatal_error(), Some("no python"));
-    }
-
-    fn ready(h: &mut Harness, pid: i32) {
-        h.say(
-            pid,
-            Message::Ready {
-                boot_ms: 1,
-                dirs: vec![],
-                django: false,
-                reject_reasons: vec![],
-                routing_keys: vec![],
-            },
-        );
-    }
-
-    fn heartbeat(h: &mut Harness, pid: i32, requests: u64, busy_s: Option<u64>) {
-        let busy = busy_s.map(|s| crate::worker::Busy {
-            elapsed: Duration::from_secs(s),
-            method: "GET".into(),
-            path: "/slow".into(),
-        });
-        h.say(
-            pid,
-            Message::Heartbeat {
-                requests,
-                busy,
-                inflight: 0,
-                counters: None,
-                rejects: vec![],
-            },
-        );
-    }
-
-    #[test]
-    fn reload_replaces_slot_by_slot_new_ready_before_old_drains() {
-        let mut h = Harness::new(2);
-        h.ready_all();
-        h.pool.reload(h.now);
-        h.run();
-        assert_eq!(h.alive, vec![100, 101, 102], "one successor at a time");
-        assert!(
-            h.signals.is_empty(),
-            "nobody drains before the successor is ready"
-        );
-        ready(&mut h, 102);
-        assert_eq!(h.signals, vec![(100, Signal::Term)]);
-        assert_eq!(
-            h.alive,
-            vec![100, 101, 102, 103],
-            "next slot's successor started"
-        );
-        assert_eq!(h.pool.health().ready, 2, "never below the pool size");
-        h.exit(100, ExitStatus::Code(0));
-        ready(&mut h, 103);
-        assert_eq!(h.signals, vec![(100, Signal::Term), (101, Signal::Term)]);
-        h.exit(101, ExitStatus::Code(0));
-        assert_eq!(h.pool.reloads_succeeded, 1);
-        assert_eq!(h.pool.restarts.get(&Reason::Reload), Some(&2));
-        assert_eq!(h.pool.health().crash_loop, None);
-    }
-
-    #[test]
-    fn a_reload_whose_new_code_fails_is_abandoned_and_old_workers_keep_serving() {
-        let mut h = Harness::new(2);
-        h.ready_all();
-        h.pool.reload(h.now);
-        h.run();
-        h.say(102, Message::Failed(failure()));
-        h.exit(102, ExitStatus::Code(3));
-        assert!(h.signals.is_empty(), "old workers untouched");
-        assert_eq!(h.exit, None);
-        assert_eq!(h.pool.reloads_failed, 1);
-        h.advance(Duration::from_secs(60));
-        assert_eq!(h.alive, vec![100, 101], "no retry until the next HUP");
-        h.pool.reload(h.now);
-        h.run();
-        assert_eq!(h.alive, vec![100, 101, 103], "the next HUP tries again");
-    }
-
-    #[test]
-    fn a_worker_lost_before_its_fork_stops_startup_with_its_failure() {
-        let mut h = Harness::deferred(2);
-        assert_eq!(h.asked, vec![1, 2]);
-        let refused = BootFailure {
-            kind: "preload".into(),
-            error: "--preload: the app started threads".into(),
-            traceback: "Traceback: ...".into(),
-            ..failure()
-        };
-        h.pool.lost(1, Some(refused.clone()), h.now);
-        h.run();
-        h.pool.lost(2, Some(refused), h.now);
-        h.run();
-        assert_eq!(h.exit, Some(crate::worker::EXIT_PRELOAD_REFUSED));
-        assert_eq!(
-            h.pool.fatal_error(),
-            Some("--preload: the app started threads")
-        );
-        assert_eq!(h.tracebacks.len(), 1, "logged once");
-    }
-
-    #[test]
-    fn a_worker_lost_after_startup_is_respawned_like_a_crash() {
-        let mut h = Harness::deferred(2);
-        h.fork_asked();
-        h.ready_all();
-        h.exit(100, ExitStatus::Signal(9));
-        assert_eq!(h.asked, vec![3], "respawn asked at once");
-        h.asked.clear();
-        h.pool.lost(3, None, h.now);
-        h.run();
-        assert!(
-            h.asked.is_empty() && h.exit.is_none(),
-            "not fatal; backing off"
-        );
-        h.advance(Duration::from_secs(1));
-        assert_eq!(h.asked, vec![4], "asked again after the backoff");
-    }
-
-    #[test]
-    fn unforked_workers_are_cancelled_at_shutdown_and_the_master_can_exit() {
-        let mut h = Harness::deferred(2);
-        h.pool.shutdown(Shutdown::Graceful, h.now);
-        h.run();
-        assert_eq!(h.cancelled, vec![(1, false), (2, false)]);
-        assert_eq!(h.exit, Some(0), "nothing left to wait for");
-    }
-
-    #[test]
-    fn an_unforked_successor_of_a_stale_reload_is_cancelled_and_past_its_boot_timeout_given_up() {
-        let mut h = Harness::deferred(1);
-        h.fork_asked();
-        h.ready_all();
-        h.pool.reload(h.now);
-        h.run();
-        assert_eq!(h.asked, vec![2]);
-        h.pool.reload(h.now);
-        h.run();
-        assert_eq!(
-            h.cancelled,
-            vec![(2, false)],
-            "the stale successor is dropped"
-        );
-        assert_eq!(h.asked, vec![2, 3], "the newest generation asked for");
-        h.asked.clear();
-        h.advance(config(1).boot_timeout);
-        assert_eq!(
-            h.cancelled,
-            vec![(2, false), (3, true)],
-            "never forked by its boot timeout: given up"
-        );
-        assert_eq!(h.pool.reloads_failed, 1);
-        assert!(h.signals.is_empty(), "the old worker keeps serving");
-    }
-
-    #[test]
-    fn a_hup_during_a_reload_restarts_it_with_the_newest_code() {
-        let mut h = Harness::new(1);
-        h.ready_all();
-        h.pool.reload(h.now);
-        h.run();
-        assert_eq!(h.alive, vec![100, 101]);
-        h.pool.reload(h.now);
-        h.run();
-        assert_eq!(
-            h.signals,
-            vec![(101, Signal::Kill)],
-            "the stale successor goes"
-        );
-        h.exit(101, ExitStatus::Signal(9));
-        assert_eq!(h.alive, vec![100, 102]);
-        ready(&mut h, 102);
-        assert_eq!(h.signals.last(), Some(&(100, Signal::Term)));
-        assert_eq!(h.pool.reloads_failed, 0);
-    }
-
-    #[test]
-    fn a_request_past_the_timeout_gets_its_worker_killed_and_replaced() {
-        let mut h = Harness::new(1).with(|c| c.timeout = Some(Duration::from_secs(30)));
-        h.ready_all();
-        heartbeat(&mut h, 100, 0, Some(29));
-        assert!(h.signals.is_empty());
-        heartbeat(&mut h, 100, 0, Some(30));
-        assert_eq!(
-            h.signals,
-            vec![(100, Signal::DumpTraceback), (100, Signal::Term)]
-        );
-        h.advance(Duration::from_millis(HUNG_KILL_GRACE_MS));
-        assert_eq!(h.signals.last(), Some(&(100, Signal::Kill)));
-        h.exit(100, ExitStatus::Signal(9));
-        assert_eq!(h.alive, vec![101], "replaced at once");
-        assert_eq!(h.pool.restarts.get(&Reason::Timeout), Some(&1));
-    }
-
-    #[test]
-    fn a_silent_worker_is_killed_after_the_heartbeat_timeout() {
-        let mut h = Harness::new(1).with(|c| c.heartbeat_timeout = Some(Duration::from_secs(10)));
-        h.ready_all();
-        h.advance(Duration::from_secs(5));
-        heartbeat(&mut h, 100, 0, None);
-        h.advance(Duration::from_secs(9));
-        assert!(h.signals.is_empty());
-        h.advance(Duration::from_secs(1));
-        assert_eq!(
-            h.signals,
-            vec![(100, Signal::DumpTraceback), (100, Signal::Term)]
-        );
-    }
-
-    #[test]
-    fn max_requests_recycles_with_the_successor_ready_first() {
-        let mut h = Harness::new(1).with(|c| c.max_requests = Some(10));
-        // The limit is drawn at spawn time; respawn the first worker under the new config.
-        h.ready_all();
-        h.exit(100, ExitStatus::Code(0));
-        ready(&mut h, 101);
-        heartbeat(&mut h, 101, 9, None);
-        assert_eq!(h.alive, vec![101]);
-        heartbeat(&mut h, 101, 1, None);
-        assert_eq!(h.alive, vec![101, 102], "successor started at the limit");
-        assert!(
-            h.signals.is_empty(),
-            "old keeps serving until the successor is ready"
-        );
-        ready(&mut h, 102);
-        assert_eq!(h.signals, vec![(101, Signal::Term)]);
-        assert_eq!(h.pool.restarts.get(&Reason::MaxRequests), Some(&1));
-    }
-
-    #[test]
-    fn max_requests_jitter_spreads_the_limits() {
-        let mut h = Harness::new(8).with(|c| {
-            c.max_requests = Some(100);
-            c.max_requests_jitter = 50;
-        });
-        let limits: Vec<u64> = (0..8).map(|_| 100 + h.pool.jitter()).collect();
-        assert!(limits.iter().all(|l| (100..=150).contains(l)));
-        assert!(
-            limits
-                .iter()
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-                > 1,
-            "{limits:?}"
-        );
-        h.run();
-    }
-
-    #[test]
-    fn max_memory_recycles_the_worker_over_the_limit() {
-        let mut h = Harness::new(2).with(|c| c.max_memory_bytes = Some(100 << 20));
-        h.ready_all();
-        h.pool.memory(100, 50 << 20, h.now);
-        h.pool.memory(101, 150 << 20, h.now);
-        h.run();
-        assert_eq!(h.alive, vec![100, 101, 102]);
-        ready(&mut h, 102);
-        assert_eq!(h.signals, vec![(101, Signal::Term)]);
-        assert_eq!(h.pool.restarts.get(&Reason::MaxMemory), Some(&1));
-    }
-
-    #[test]
-    fn ttin_and_ttou_scale_never_below_one() {
-        let mut h = Harness::new(1);
-        h.ready_all();
-        h.pool.scale(true, h.now);
-        h.run();
-        assert_eq!(h.alive, vec![100, 101]);
-        assert_eq!(h.pool.health().size, 2);
-        h.pool.scale(false, h.now);
-        h.run();
-        assert_eq!(h.signals, vec![(101, Signal::Term)]);
-        h.exit(101, ExitStatus::Code(0));
-        h.pool.scale(false, h.now);
-        h.run();
-        assert_eq!(h.pool.health().size, 1, "never below one");
-        assert_eq!(h.alive, vec![100]);
-    }
-
-    #[test]
-    fn a_boot_traceback_is_logged_once_however_many_workers_report_it() {
-        let mut h = Harness::new(2);
-        let with_traceback = || BootFailure {
-            traceback: "Traceback (most recent call last): ...".into(),
-            ..failure()
-        };
-        h.say(100, Message::Failed(with_traceback()));
-        h.say(101, Message::Failed(with_traceback()));
-        assert_eq!(h.tracebacks.len(), 1);
-        assert_eq!(h.pool.boot_traceback(), Some(h.tracebacks[0].as_str()));
-    }
-
-    #[test]
-    fn a_killed_worker_is_a_state_not_a_far_deadline() {
-        let mut h = Harness::new(1);
-        h.ready_all();
-        h.pool.shutdown(Shutdown::Graceful, h.now);
-        h.advance(Duration::from_secs(30));
-        assert_eq!(h.pool.workers[&1].state, WorkerState::Killed);
-        assert_eq!(h.pool.next_deadline(), None, "nothing left to time");
-        let mut snapshot = crate::metrics::Snapshot::default();
-        h.pool.fill_metrics(&mut snapshot);
-        assert_eq!(snapshot.workers_by_state.get(&StateName::Killed), Some(&1));
-        assert!(snapshot.workers.is_empty(), "a killed worker holds no slot");
-    }
-
-    #[test]
-    fn the_jitter_comes_from_the_configured_seed() {
-        let draw = |seed| {
-            let mut c = config(1);
-            c.max_requests_jitter = 1000;
-            c.jitter_seed = seed;
-            let mut pool = Pool::new(c, Rc::new(Workers), Instant::now());
-            (0..4).map(|_| pool.jitter()).collect::<Vec<_>>()
-        };
-        assert_eq!(draw(7), draw(7), "same seed, same limits");
-        assert_ne!(draw(7), draw(8));
-    }
-
-    #[test]
-    fn a_worker_that_hangs_while_being_replaced_leaves_the_slot_to_its_successor() {
-        let mut h = Harness::new(1).with(|c| {
-            c.timeout = Some(Duration::from_secs(30));
-            c.max_memory_bytes = Some(100 << 20);
-        });
-        h.ready_all();
-        h.pool.memory(100, 200 << 20, h.now);
-        h.run();
-        assert_eq!(h.alive, vec![100, 101], "successor booting");
-        heartbeat(&mut h, 100, 0, Some(30));
-        assert_eq!(
-            h.signals,
-            vec![(100, Signal::DumpTraceback), (100, Signal::Term)]
-        );
-        ready(&mut h, 101);
-        assert_eq!(h.signals.len(), 2, "no second TERM for the hung worker");
-        h.exit(100, ExitStatus::Signal(15));
-        assert_eq!(h.alive, vec![101], "no respawn: the successor has the slot");
-        assert_eq!(h.pool.restarts.get(&Reason::Timeout), Some(&1));
-        assert_eq!(h.pool.restarts.get(&Reason::MaxMemory), None);
-    }
-
-    /// The seam for kinds of process: the same pool runs a supervised command that is the service
-    /// (`hurricane celery`), ending with its exit code instead of respawning it.
-    #[test]
-    fn a_command_kind_ends_the_service_with_its_exit_code() {
-        let mut h = Harness::of(1, Rc::new(Command));
-        ready(&mut h, 100);
-        assert!(h.pool.health().started);
-        h.exit(100, ExitStatus::Code(7));
-        assert_eq!(h.exit, Some(7), "the command's code is the master's");
-        assert_eq!(h.alive, Vec::<i32>::new(), "never respawned");
-
-        let mut h = Harness::of(1, Rc::new(Command));
-        ready(&mut h, 100);
-        h.pool.shutdown(Shutdown::Graceful, h.now);
-        h.run();
-        assert_eq!(h.signals, vec![(100, Signal::Term)]);
-        h.exit(100, ExitStatus::Signal(9));
-        assert_eq!(h.exit, Some(137), "128 + the signal, as a shell reports it");
-    }
-
-    #[test]
-    fn a_boot_timeout_after_startup_keeps_the_slot_until_reaped_then_backs_off() {
-        let mut h = Harness::new(1).with(|c| c.boot_timeout = Duration::from_secs(5));
-        h.ready_all();
-        h.exit(100, ExitStatus::Code(1));
-        assert_eq!(h.alive, vec![101], "first crash: immediate respawn");
-        h.advance(Duration::from_secs(5));
-        assert_eq!(h.signals, vec![(101, Signal::Kill)]);
-        assert_eq!(
-            h.alive,
-            vec![101],
-            "no second worker while the first is unreaped"
-        );
-        h.exit(101, ExitStatus::Signal(9));
-        assert_eq!(h.pool.restarts.get(&Reason::BootTimeout), Some(&1));
-        assert!(
-            h.alive.is_empty(),
-            "second failure in a row waits for the backoff"
-        );
-        h.advance(Duration::from_millis(RESPAWN_BACKOFF_MIN_MS));
-        assert_eq!(h.alive, vec![102]);
-        assert_eq!(h.exit, None, "after startup a slow boot is not fatal");
-    }
-
-    #[test]
-    fn a_second_term_gives_a_command_its_cold_shutdown_before_the_kill() {
-        let mut h = Harness::of(1, Rc::new(Command));
-        ready(&mut h, 100);
-        h.pool.shutdown(Shutdown::Graceful, h.now);
-        h.pool.shutdown(Shutdown::Graceful, h.now);
-        h.run();
-        assert_eq!(h.signals, vec![(100, Signal::Term), (100, Signal::Quit)]);
-        h.advance(Duration::from_millis(FAST_SHUTDOWN_GRACE_MS));
-        assert_eq!(h.signals.last(), Some(&(100, Signal::Kill)));
-    }
-
-    #[test]
-    fn a_command_kind_is_never_reloaded_or_scaled_into_a_second_process() {
-        let mut h = Harness::of(1, Rc::new(Command));
-        ready(&mut h, 100);
-        h.pool.reload(h.now);
-        h.pool.scale(true, h.now);
-        h.run();
-        assert_eq!(h.alive, vec![100]);
-        assert!(h.signals.is_empty());
-    }
-}
+pub(crate) mod tests;

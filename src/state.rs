@@ -8,11 +8,11 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::metrics::Snapshot;
-use crate::worker::CheckResult;
+use crate::protocol::CheckResult;
 
 /// A probe waits at most this long for a busy worker to run the app's checks.
 pub const CHECK_WAIT_MS: u64 = 1000;
@@ -45,6 +45,16 @@ impl Health {
     pub fn is_started(&self) -> bool {
         self.started && self.not_started.is_none()
     }
+}
+
+/// What the app's checks say for a probe right now (`Shared::checks`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChecksNow {
+    /// Not a Django app: the probe answers from the pool alone.
+    NotAsked,
+    Fresh(CheckResult),
+    /// The result was stale: the master was asked for a fresh one.
+    Asked,
 }
 
 /// The app's own checks (Django), as the probes see them.
@@ -94,7 +104,8 @@ pub struct Shared {
     pub health: Mutex<Health>,
     pub metrics: Mutex<Snapshot>,
     pub checks: Mutex<Checks>,
-    checks_changed: Condvar,
+    /// Wakes the probe thread when a check result arrives (set once the probe thread exists).
+    pub probe_waker: OnceLock<mio::Waker>,
     /// Rung by a probe that wants fresh checks (set once the loop exists).
     pub check_bell: OnceLock<Doorbell>,
     /// Unix milliseconds of the master loop's last iteration.
@@ -107,7 +118,7 @@ impl Shared {
             health: Mutex::new(Health::default()),
             metrics: Mutex::new(Snapshot::default()),
             checks: Mutex::new(Checks::default()),
-            checks_changed: Condvar::new(),
+            probe_waker: OnceLock::new(),
             check_bell: OnceLock::new(),
             loop_tick_ms: AtomicU64::new(unix_ms()),
         }
@@ -123,7 +134,9 @@ impl Shared {
         let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
         checks.result = Some((Instant::now(), result));
         checks.wanted = false;
-        self.checks_changed.notify_all();
+        if let Some(waker) = self.probe_waker.get() {
+            let _ = waker.wake();
+        }
     }
 
     /// The master asks: does a probe want a fresh check? (Clears the wish.)
@@ -131,38 +144,34 @@ impl Shared {
         std::mem::take(&mut self.checks.lock().unwrap_or_else(|e| e.into_inner()).wanted)
     }
 
-    /// The last check result, refreshed first if older than `interval`: the probe waits at most
-    /// CHECK_WAIT_MS for a worker, then answers from what it has.
-    pub fn fresh_checks(&self, interval: Duration) -> Option<CheckResult> {
+    /// What a probe that would pass should make of the app's checks: nothing (not a Django
+    /// app), a result fresher than `interval`, or a stale one, in which case the master is asked
+    /// for a fresh one (the probe then waits up to CHECK_WAIT_MS, without blocking anyone: its
+    /// thread is woken by `probe_waker`, and answers from `checks_since`).
+    pub fn checks(&self, interval: Duration, now: Instant) -> ChecksNow {
         let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
         if !checks.django {
-            return None;
+            return ChecksNow::NotAsked;
         }
-        let asked = Instant::now();
-        if checks
-            .result
-            .as_ref()
-            .is_some_and(|(at, _)| asked.duration_since(*at) < interval)
+        if let Some((at, result)) = &checks.result
+            && now.duration_since(*at) < interval
         {
-            return checks.result.as_ref().map(|(_, r)| r.clone());
+            return ChecksNow::Fresh(result.clone());
         }
         checks.wanted = true;
         if let Some(bell) = self.check_bell.get() {
             bell.ring();
         }
-        let deadline = asked + Duration::from_millis(CHECK_WAIT_MS);
-        while checks.result.as_ref().is_none_or(|(at, _)| *at < asked) {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            checks = self
-                .checks_changed
-                .wait_timeout(checks, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        ChecksNow::Asked
+    }
+
+    /// The result that came after `asked`, or, past the wait, the last one there is.
+    pub fn checks_since(&self, asked: Instant, waited_enough: bool) -> Option<CheckResult> {
+        let checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        match &checks.result {
+            Some((at, result)) if *at >= asked || waited_enough => Some(result.clone()),
+            _ => None,
         }
-        checks.result.as_ref().map(|(_, r)| r.clone())
     }
 
     /// The master loop is alive even when nothing changed.
@@ -219,14 +228,32 @@ mod tests {
     #[test]
     fn a_probe_asks_for_checks_only_of_a_django_app_and_rings_the_master() {
         let shared = Shared::new();
-        assert_eq!(shared.fresh_checks(Duration::ZERO), None);
+        let t0 = Instant::now();
+        assert_eq!(shared.checks(Duration::ZERO, t0), ChecksNow::NotAsked);
         assert!(!shared.take_check_wanted());
         let (bell, mut rx) = Doorbell::new().unwrap();
         let _ = shared.check_bell.set(bell);
         shared.set_django();
+        assert_eq!(shared.checks(Duration::from_secs(5), t0), ChecksNow::Asked);
+        assert!(answer(&mut rx), "the master was rung");
+        assert!(shared.take_check_wanted());
+        assert_eq!(shared.checks_since(t0, false), None, "nothing yet: wait");
         shared.store_checks(CheckResult::default());
+        assert!(shared.checks_since(t0, false).is_some(), "the fresh answer");
         // Fresh enough: answered from the cache, nobody rung.
-        assert!(shared.fresh_checks(Duration::from_secs(60)).is_some());
+        let now = Instant::now();
+        assert_eq!(
+            shared.checks(Duration::from_secs(60), now),
+            ChecksNow::Fresh(CheckResult::default())
+        );
         assert!(!answer(&mut rx));
+        // Stale again: a probe that waited long enough answers from the old result.
+        let later = now + Duration::from_secs(61);
+        assert_eq!(
+            shared.checks(Duration::from_secs(60), later),
+            ChecksNow::Asked
+        );
+        assert_eq!(shared.checks_since(later, false), None);
+        assert!(shared.checks_since(later, true).is_some());
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::lifecycle::ExitStatus;
 use crate::pool::{FAST_SHUTDOWN_GRACE_MS, STABLE_AFTER_S, Signal, WorkerId, backoff};
-use crate::worker::{BootFailure, Message};
+use crate::protocol::{BootFailure, Message};
 
 pub type ZygoteId = u64;
 
@@ -422,13 +422,12 @@ impl Zygotes {
                     "event=zygote_exit zygote={id} gen={} pid={pid} {status} while=importing",
                     z.generation
                 );
-                let failure = BootFailure {
-                    kind: "config".into(),
-                    error: format!(
+                let failure = BootFailure::config(
+                    "",
+                    format!(
                         "the --preload zygote died while importing the app ({status}); run without --preload to see the worker's own error"
                     ),
-                    ..BootFailure::default()
-                };
+                );
                 self.give_up(z.generation, Some(failure));
             }
             ZygoteState::Ready { since } => {
@@ -502,14 +501,13 @@ impl Zygotes {
             }
         }
         for generation in timed_out {
-            let failure = BootFailure {
-                kind: "config".into(),
-                error: format!(
+            let failure = BootFailure::config(
+                "",
+                format!(
                     "the --preload zygote did not import the app within {}s; raise --boot-timeout or find what the import waits on",
                     self.boot_timeout.as_secs_f64()
                 ),
-                ..BootFailure::default()
-            };
+            );
             self.give_up(generation, Some(failure));
         }
         if let Some(restart) = self.restart
@@ -560,11 +558,11 @@ mod tests {
 
     fn failure(kind: &str) -> BootFailure {
         BootFailure {
-            kind: kind.into(),
+            kind: serde_json::from_value(serde_json::json!(kind)).unwrap(),
             app: "app".into(),
             error: "ImportError: no module named app".into(),
             traceback: "Traceback ...".into(),
-            ..BootFailure::default()
+            ..BootFailure::config("", String::new())
         }
     }
 
@@ -784,7 +782,7 @@ mod tests {
         else {
             panic!("{actions:?}");
         };
-        assert_eq!(failure.exit_code(), crate::worker::EXIT_PRELOAD_REFUSED);
+        assert_eq!(failure.exit_code(), crate::protocol::EXIT_PRELOAD_REFUSED);
     }
 
     #[test]

@@ -627,11 +627,6 @@ pub fn test_venv_python() -> PathBuf {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv");
         let python = venv.join("bin/python");
         let marker = venv.join(".hurricane-test-packages");
-        // This repo's own Python package too (editable): `manage.py serve` comes from it.
-        let local = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("python")
-            .display()
-            .to_string();
         let packages = [
             "prometheus_client",
             "django",
@@ -639,8 +634,6 @@ pub fn test_venv_python() -> PathBuf {
             "celery[redis]",
             "dockerfile",
             "kubernetes-validate",
-            "-e",
-            local.as_str(),
         ];
         if std::fs::read_to_string(&marker).ok().as_deref() != Some(packages.join(" ").as_str()) {
             let ok = Command::new(python_for_venv())
@@ -660,6 +653,23 @@ pub fn test_venv_python() -> PathBuf {
             );
             std::fs::write(&marker, packages.join(" ")).unwrap();
         }
+        // This checkout's own Python package (`manage.py serve` comes from it), from the source
+        // tree as an editable install would put it: a path file, so there is no second package
+        // definition beside pyproject.toml's (tests/pip.rs installs the wheel that one builds).
+        let purelib = Command::new(&python)
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+            ])
+            .output()
+            .expect("ask the test venv for its site-packages");
+        let purelib = PathBuf::from(String::from_utf8_lossy(&purelib.stdout).trim());
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+        std::fs::write(
+            purelib.join("hurricane-checkout.pth"),
+            format!("{}\n", source.display()),
+        )
+        .expect("write the test venv's path file");
         python
     })
     .clone()

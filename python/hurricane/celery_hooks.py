@@ -30,6 +30,11 @@ import threading
 import time
 from typing import IO, Any, Dict
 
+from hurricane import checks
+from hurricane.supervision import StatusPipe, Stopper, boot_failure, control_loop
+
+# Celery reads the control pipe on a thread started once it is hooked, not while loading.
+WATCH_CONTROL_WHILE_LOADING = False
 # Task names are cut to this many characters (a broken message may carry any header); how many
 # distinct ones get their own series is the master's bound (src/celery.rs), which sees every child.
 MAX_NAME_CHARS = 200
@@ -85,8 +90,6 @@ def install(reporter: Reporter, liveness_s: float) -> None:
         sender.app.steps["consumer"].add(HurricaneTick)
 
     def on_worker_ready(sender: Any = None, **_: Any) -> None:
-        from hurricane import checks
-
         reporter.send("started", django=checks.is_django())
 
     def on_shutting_down(**_: Any) -> None:
@@ -135,8 +138,6 @@ def install(reporter: Reporter, liveness_s: float) -> None:
         interval = original_tick(self, *args, **kwargs)
         if first[0]:
             first[0] = False
-            from hurricane import checks
-
             reporter.send("started", django=checks.is_django(), beat=True)
             reporter.send("connected")
         reporter.send("beat_tick", at=time.time())
@@ -151,20 +152,32 @@ def install(reporter: Reporter, liveness_s: float) -> None:
     beat.Scheduler.apply_entry = apply_entry
 
 
-def main(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float) -> None:
-    from hurricane import worker
-
+def load(config: Dict[str, Any], status: StatusPipe) -> Reporter:
+    """Hook into the user's Celery (imported here); a Celery that cannot be imported ends the
+    process as a boot failure. The command itself is imported when it runs (``serve``)."""
     command = config.get("command") or {}
-    argv = [str(a) for a in command.get("argv", [])]
     reporter = Reporter(status)
     try:
         install(reporter, float(command.get("liveness_s", 60)))
     except ImportError as exc:
-        worker.boot_failure(status, dict(config, app=command.get("display", "celery")), exc, "import")
-        return
+        boot_failure(status, dict(config, app=command.get("display", "celery")), exc, "import")
+    return reporter
+
+
+def serve(config: Dict[str, Any], control: IO[bytes], status: StatusPipe, booted: float, reporter: Reporter,
+          stopper: Stopper) -> None:
+    """Run the user's Celery command in this process, as its own ``__main__``."""
+    # Celery installs its own handlers (TERM warm, QUIT cold shutdown); start from the defaults. A
+    # TERM that came while Celery was being hooked ends the process as it would have then.
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_DFL)
+    if stopper.asked:
+        os.kill(os.getpid(), signal.SIGTERM)
+    command = config.get("command") or {}
+    argv = [str(a) for a in command.get("argv", [])]
     # Check requests from the master; at EOF (the master is gone) Celery gets its warm shutdown
     # and a moment for it before the process ends.
-    threading.Thread(target=worker.control_loop, args=(control, lambda: os.kill(os.getpid(), signal.SIGTERM), status),
+    threading.Thread(target=control_loop, args=(control, lambda: os.kill(os.getpid(), signal.SIGTERM), status),
                      name="hurricane-control", daemon=True).start()
     # The process is up and hooked; Celery's own readiness comes as "started".
     status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000), dirs=[], django=False)

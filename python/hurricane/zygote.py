@@ -28,14 +28,16 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, IO, List
 
-from hurricane import CONTROL_FD, STATUS_FD
+from hurricane import CONTROL_FD, STATUS_FD, checks
+from hurricane.supervision import StatusPipe, Stopper
 
-# Exit code of a zygote that refuses to preload; keep in sync with EXIT_PRELOAD_REFUSED in src/worker.rs.
+# Exit code of a zygote that refuses to preload; keep in sync with EXIT_PRELOAD_REFUSED in src/protocol.rs.
 EXIT_PRELOAD_REFUSED = 2
 
 # Each fork request carries two fds: the worker's status pipe and its control pipe.
@@ -62,8 +64,6 @@ def other_threads() -> List[str]:
 
 def close_connections() -> None:
     """Django's database connections opened at import must not be shared by every worker."""
-    import sys
-
     if "django.db" not in sys.modules:
         return
     try:
@@ -86,8 +86,6 @@ def name_process(name: str) -> None:
 
 def main(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float, load: Load,
          serve: Serve) -> None:
-    from hurricane import checks, worker
-
     name_process("hurricane-zygot")
     # Nothing to drain: the master's TERM (or its disappearance) ends the zygote at once.
     def exit_now(*_: Any) -> None:
@@ -112,11 +110,11 @@ def main(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float,
     status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000), dirs=[],
                 django=checks.is_django())
     requests = socket.socket(fileno=os.dup(CONTROL_FD))
-    _serve_forks(requests, status, config, control, loaded, serve, worker)
+    _serve_forks(requests, status, config, control, loaded, serve)
 
 
 def _serve_forks(requests: socket.socket, status: Any, config: Dict[str, Any], control: IO[bytes],
-                 loaded: Any, serve: Serve, worker: Any) -> None:
+                 loaded: Any, serve: Serve) -> None:
     """Answer fork requests, one line and two fds each, until the master is gone (EOF)."""
     buf = b""
     fds: Deque[int] = deque()
@@ -138,12 +136,12 @@ def _serve_forks(requests: socket.socket, status: Any, config: Dict[str, Any], c
             line, buf = buf.split(b"\n", 1)
             status_fd, control_fd = fds.popleft(), fds.popleft()
             request = json.loads(line)
-            answer = _fork(request, status_fd, control_fd, requests, config, control, loaded, serve, worker)
+            answer = _fork(request, status_fd, control_fd, requests, config, control, loaded, serve)
             status.send(t="forked", worker=request["worker"], **answer)
 
 
 def _fork(request: Dict[str, Any], status_fd: int, control_fd: int, requests: socket.socket,
-          config: Dict[str, Any], control: IO[bytes], loaded: Any, serve: Serve, worker: Any) -> Dict[str, Any]:
+          config: Dict[str, Any], control: IO[bytes], loaded: Any, serve: Serve) -> Dict[str, Any]:
     """Fork the worker (twice, so the master adopts it); its pid, or why not."""
     try:
         read_pid, write_pid = os.pipe()
@@ -160,7 +158,7 @@ def _fork(request: Dict[str, Any], status_fd: int, control_fd: int, requests: so
             os._exit(1)
         if pid == 0:
             os.close(write_pid)
-            _become_worker(request, status_fd, control_fd, requests, config, control, loaded, serve, worker)
+            _become_worker(request, status_fd, control_fd, requests, config, control, loaded, serve)
         os.write(write_pid, str(pid).encode())
         os._exit(0)
     os.close(write_pid)
@@ -175,8 +173,7 @@ def _fork(request: Dict[str, Any], status_fd: int, control_fd: int, requests: so
 
 
 def _become_worker(request: Dict[str, Any], status_fd: int, control_fd: int, requests: socket.socket,
-                   config: Dict[str, Any], control: IO[bytes], loaded: Any, serve: Serve,
-                   worker: Any) -> None:
+                   config: Dict[str, Any], control: IO[bytes], loaded: Any, serve: Serve) -> None:
     started = time.monotonic()
     name_process(f"hurricane-w{request['worker']}")
     # Its own process group, as an exec'd worker has (src/spawn.rs): a terminal's Ctrl-C is the master's.
@@ -188,11 +185,11 @@ def _become_worker(request: Dict[str, Any], status_fd: int, control_fd: int, req
     os.dup2(control_fd, CONTROL_FD, inheritable=False)
     os.close(status_fd)
     os.close(control_fd)
-    stopper = worker.Stopper()
+    stopper = Stopper()
     if not config.get("app_term"):
         signal.signal(signal.SIGTERM, stopper)
     config = dict(config, worker=request["worker"], generation=request["generation"], zygote=False)
-    status = worker.StatusPipe(STATUS_FD)
+    status = StatusPipe(STATUS_FD)
     status.send(t="boot", pid=os.getpid())
     serve(config, control, status, started, loaded, stopper)
     # serve ends the process (SystemExit unwinds through the zygote's frames, which catch nothing);

@@ -17,12 +17,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
 import traceback
-from typing import IO, Any, Dict, List, Optional, Tuple
+from typing import IO, Any, Dict, Optional, Tuple
 
+from hurricane import checks
 from hurricane.log import log_line
+from hurricane.supervision import (
+    Activity, StatusPipe, Stopper, boot_failure, freeze_imports, load_object, report_ready, start_heartbeat,
+)
+
+# Deliveries and checks come down the control pipe, read by the serving loop itself.
+WATCH_CONTROL_WHILE_LOADING = False
 
 # pika's BasicProperties fields, in its order; absent ones are None, as in pika.
 PROPERTY_NAMES = (
@@ -105,23 +111,6 @@ class State:
         self.idle = False
 
 
-def load_handler(spec: str) -> Any:
-    """Import ``package.module.Class`` (or ``package.module:Class``) and return the class."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep:
-        module_name, _, attr = spec.rpartition(".")
-        if not module_name:
-            raise ImportError(f"'{spec}' is not a dotted path to a handler class (package.module.Class)")
-    module = __import__(module_name, fromlist=["_"])
-    try:
-        handler = getattr(module, attr)
-    except AttributeError:
-        raise AttributeError(f"module '{module_name}' has no attribute '{attr}'") from None
-    if not isinstance(handler, type):
-        raise TypeError(f"'{spec}' is not a class (got {type(handler).__name__})")
-    return handler
-
-
 class Consumer:
     """Handles deliveries one at a time and settles each exactly once."""
 
@@ -176,32 +165,27 @@ class Consumer:
         self.current = None
 
 
-def load(config: Dict[str, Any], status: Any) -> Any:
+def load(config: Dict[str, Any], status: StatusPipe) -> Any:
     """Set Django up (when DJANGO_SETTINGS_MODULE says so) and import the handler class; a failure
-    ends the process (worker.boot_failure). What the import allocated is frozen, as for HTTP."""
-    from hurricane import worker
-
+    ends the process (boot_failure). What the import allocated is frozen, as for HTTP."""
     try:
         if os.environ.get("DJANGO_SETTINGS_MODULE"):
             # As under django-hurricane's manage.py consume: handlers may use the project's models.
             import django  # type: ignore[import-not-found]
 
             django.setup()
-        handler_class = load_handler(config["app"])
+        handler_class = load_object(config["app"], "class")
     except BaseException as exc:  # noqa: BLE001 - SystemExit at import is a failure too
-        worker.boot_failure(status, config, exc, "import")
-    worker.freeze_imports()
+        boot_failure(status, config, exc, "import")
+    freeze_imports()
     return handler_class
 
 
-def serve(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float, handler_class: Any,
-          stopper: Any) -> None:
+def serve(config: Dict[str, Any], control: IO[bytes], status: StatusPipe, booted: float, handler_class: Any,
+          stopper: Stopper) -> None:
     """Handle deliveries from the control pipe until SIGTERM (`stopper`) or EOF; ends the process."""
-    from hurricane import checks, worker
-
     amqp = config.get("amqp") or {}
-    as_json = (config.get("http") or {}).get("log_format") == "json"
-    extra_paths: List[str] = config.get("pythonpath", [])
+    as_json = bool((config.get("log") or {}).get("json"))
     state = State()
 
     def on_term() -> None:
@@ -217,17 +201,12 @@ def serve(config: Dict[str, Any], control: IO[bytes], status: Any, booted: float
         )
         routing_keys = [str(k) for k in (handler.get_routing_keys(amqp.get("queue", "")) or [])]
     except BaseException as exc:  # noqa: BLE001 - SystemExit in a constructor is a failure too
-        worker.boot_failure(status, config, exc, "import")
+        boot_failure(status, config, exc, "import")
         return
 
-    activity = worker.Activity([], [])
-    heartbeat = worker.Heartbeat(status, activity)
-    threading.Thread(target=heartbeat.run, args=(config.get("heartbeat_ms", 1000) / 1000.0,),
-                     name="hurricane-heartbeat", daemon=True).start()
-    dirs = worker.source_dirs([os.getcwd()] + [os.path.abspath(p) for p in extra_paths]) \
-        if config.get("autoreload") else []
-    status.send(t="ready", boot_ms=int((time.monotonic() - booted) * 1000), dirs=dirs,
-                django=checks.is_django(), routing_keys=routing_keys)
+    activity = Activity([], [])
+    heartbeat = start_heartbeat(config, status, activity)
+    report_ready(config, status, booted, routing_keys=routing_keys)
 
     consumer = Consumer(handler, status, activity, as_json)
     frames = Frames(control)

@@ -101,7 +101,8 @@ class Server:
     def __init__(self, config: Dict[str, Any], activity: Any) -> None:
         self.activity = activity
         http = config.get("http") or {}
-        self.reject_log = RejectLog(http.get("log_format") == "json")
+        log_json = bool((config.get("log") or {}).get("json"))
+        self.reject_log = RejectLog(log_json)
         self.keep_alive_s = float(config.get("keep_alive", 5))
         self.graceful_timeout_s = float(config.get("graceful_timeout", 30))
         self.write_timeout_s = float(http.get("write_timeout", 30))
@@ -121,7 +122,7 @@ class Server:
         self.trusted_nets = [ipaddress.ip_network(a, strict=False) for a in allow if "/" in a]
         self.mounts: List[Any] = []  # static/media, set by the worker once the app (and Django) loaded
         self.access_log = bool(http.get("access_log"))
-        self.log_json = http.get("log_format") == "json"
+        self.log_json = log_json
         self.worker_id = config.get("worker", 0)
         self.threads = max(1, int(http.get("threads", 1)))
         self.rotate_accept = int(config.get("workers", 1)) > 1

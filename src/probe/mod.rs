@@ -1,28 +1,22 @@
-//! The probe server: `/startup`, `/ready`, `/alive` for Kubernetes, on its own port and thread.
+//! The probe server: `/startup`, `/ready`, `/alive` and `/metrics` for Kubernetes, on its own port
+//! and thread.
 //!
-//! Why a thread of its own with plain std::net: probes must answer in milliseconds even when every
-//! worker is stuck in a slow request, and even when the master loop is busy spawning. The answer
-//! comes from the last `Health` the master published; nothing here waits on a worker.
-//! Each connection gets a short-lived thread with read/write timeouts, so a slow or silent client
-//! holds only its own thread; a cap on concurrent connections bounds what a probe storm costs.
+//! Why a thread of its own: probes must answer in milliseconds even when every worker is stuck in
+//! a slow request, and even when the master loop is busy spawning. The answer comes from the last
+//! `Health` the master published; nothing here waits on a worker. This module decides what a
+//! probe answers (pure, unit-tested); `server` is the one mio loop that serves the port, so that no
+//! client, however slow, silent or numerous, can keep a kubelet's probe from its answer.
 
-use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod server;
+
+use std::io;
+use std::net::TcpListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use crate::metrics;
+use crate::protocol::{CheckResult, Verdict};
 use crate::state::{Health, Shared};
-use crate::sys;
-use crate::worker::{CheckResult, Verdict};
-
-/// Longest a probe client may take to send its request or read the answer.
-const PROBE_IO_TIMEOUT_MS: u64 = 2000;
-/// Connections served at once; more are closed at once rather than queued behind slow ones.
-const PROBE_MAX_CONNECTIONS: usize = 64;
-const PROBE_MAX_REQUEST_BYTES: usize = 8192;
 /// The master loop ticks at least once a second; this much silence means it is stuck.
 pub const LOOP_STALL_LIMIT_MS: u64 = 10_000;
 
@@ -142,132 +136,12 @@ pub fn judge(
     Some((500, body))
 }
 
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-fn read_head(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 || buf.len() + n > PROBE_MAX_REQUEST_BYTES {
-            return Err(io::ErrorKind::InvalidData.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok(buf)
-}
-
-/// A header's value from a request head (the first, by case-insensitive name).
-fn header(head: &[u8], name: &str) -> Option<String> {
-    String::from_utf8_lossy(head)
-        .lines()
-        .skip(1)
-        .find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| value.trim().to_string())
-        })
-}
-
-fn serve_connection(
-    mut stream: TcpStream,
-    config: &ProbeConfig,
-    shared: &Shared,
-) -> io::Result<()> {
-    let timeout = Some(Duration::from_millis(PROBE_IO_TIMEOUT_MS));
-    stream.set_read_timeout(timeout)?;
-    stream.set_write_timeout(timeout)?;
-    let head = read_head(&mut stream)?;
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.trim_end().split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let mut content_type = "text/plain; charset=utf-8";
-    let (code, body) = match method {
-        "GET" | "HEAD" if config.metrics.as_deref() == Some(path) => {
-            let format = metrics::Format::negotiate(header(&head, "accept").as_deref());
-            content_type = format.content_type();
-            (
-                200,
-                metrics::render(&shared.metrics(), config.listen_fd, format),
-            )
-        }
-        "GET" | "HEAD" => {
-            let health = shared.health();
-            let silent = shared.loop_silent_ms();
-            let queue = config.req_queue_len.and_then(|limit| {
-                sys::listen_queue(config.listen_fd).map(|(waiting, _)| (waiting, limit))
-            });
-            let (code, body) = answer(&config.paths, path, &health, silent, queue);
-            // Only a probe that would pass asks the app (a failing one needs no second opinion).
-            if code == 200 && (path == config.paths.ready || path == config.paths.alive) {
-                match shared.fresh_checks(config.check_interval) {
-                    Some(result) => {
-                        judge(&config.paths, path, &result, config.debug).unwrap_or((code, body))
-                    }
-                    None => (code, body),
-                }
-            } else {
-                (code, body)
-            }
-        }
-        _ if path.is_empty() => (400, "bad request\n".into()),
-        _ => (405, "method not allowed\n".into()),
-    };
-    let mut response = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        reason(code),
-        body.len()
-    );
-    if method != "HEAD" {
-        response.push_str(&body);
-    }
-    stream.write_all(response.as_bytes())?;
-    if config.log_probes {
-        log::info!("event=probe method={method} path={path:?} status={code}");
-    } else {
-        log::debug!("event=probe method={method} path={path:?} status={code}");
-    }
-    Ok(())
-}
-
 /// Serves probes on `listener` until the process exits.
 pub fn spawn(listener: TcpListener, config: ProbeConfig, shared: Arc<Shared>) -> io::Result<()> {
-    let active = Arc::new(AtomicUsize::new(0));
-    let paths = Arc::new(config);
-    thread::Builder::new().name("probe".into()).spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            if active.fetch_add(1, Ordering::AcqRel) >= PROBE_MAX_CONNECTIONS {
-                active.fetch_sub(1, Ordering::AcqRel);
-                continue; // dropped: closed at once
-            }
-            let (active, paths, shared) = (active.clone(), paths.clone(), shared.clone());
-            let spawned = thread::Builder::new()
-                .name("probe-conn".into())
-                .spawn(move || {
-                    let _ = serve_connection(stream, &paths, &shared);
-                    active.fetch_sub(1, Ordering::AcqRel);
-                });
-            if spawned.is_err() {
-                // Out of threads: the stream was moved into the failed closure and is closed.
-                log::warn!("event=probe_thread_failed");
-            }
-        }
-    })?;
+    let server = server::Server::new(listener, config, shared)?;
+    thread::Builder::new()
+        .name("probe".into())
+        .spawn(move || server.run())?;
     Ok(())
 }
 
