@@ -97,6 +97,9 @@ fn parse_args() -> (Run, Vec<String>) {
 }
 
 fn main() -> ExitCode {
+    trim::limit_heap();
+    // What the loader touched to start the process (relocations, libc's start) is done.
+    trim::release_clean_pages();
     let (run, warnings) = parse_args();
     let setup = match run {
         Run::GenerateDocs(dir) => {
@@ -134,6 +137,8 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(EXIT_FATAL);
     }
+    // The command line's code (clap, the Django settings' reader) has run for the last time.
+    trim::release_clean_pages();
     match master::run(config) {
         Ok(code) => ExitCode::from(code as u8),
         Err(error) => {

@@ -275,6 +275,45 @@ fn manage_py_serve_becomes_the_master_and_term_stops_it_cleanly() {
         text.contains("--graceful-timeout") && text.contains("HURRICANE_PORT"),
         "{text}"
     );
+    // Issue 22: the management command's own usage, not the binary's with --wsgi required.
+    assert!(help.status.success(), "{text}");
+    assert!(
+        text.contains("Usage: python manage.py serve [OPTIONS]")
+            && text.contains("-w from WSGI_APPLICATION")
+            && !text.contains("Usage: hurricane serve")
+            && !text.contains("--wsgi <MODULE[:ATTR]>\n\n"),
+        "{text}"
+    );
+    let help = std::process::Command::new(&python)
+        .args(["manage.py", "consume", "-h"])
+        .current_dir(&project)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.status.success()
+            && text.contains("Usage: python manage.py consume [OPTIONS]")
+            && text.contains("--amqp-host")
+            && !text.contains("Usage: hurricane consume"),
+        "{text}"
+    );
+    // Without the binary anywhere: one line saying what to do, exit 1, for both commands.
+    for command in ["serve", "consume"] {
+        let missing = std::process::Command::new(&python)
+            .args(["manage.py", command])
+            .current_dir(&project)
+            .env("PATH", "/usr/bin:/bin")
+            .env_remove("HURRICANE_BINARY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&missing.stderr);
+        assert_eq!(missing.status.code(), Some(1), "{err}");
+        assert_eq!(
+            err.trim(),
+            "error: cannot find the hurricane binary; pip install hurricane into this environment, put it on PATH, or set HURRICANE_BINARY"
+        );
+    }
 
     let mut cmd = manage_py_serve(
         &project,

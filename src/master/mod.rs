@@ -41,6 +41,7 @@ use crate::signals::{self, Event};
 use crate::spawn;
 use crate::state::{self, Doorbell, Health, Shared};
 use crate::sys;
+use crate::trim::Trimmer;
 use crate::webhook;
 use crate::zygote::Zygotes;
 
@@ -152,6 +153,8 @@ struct Master {
     checks: Checks,
     /// systemd's $NOTIFY_SOCKET (Type=notify), if any.
     notify: Option<std::os::unix::net::SocketAddr>,
+    /// When to hand back code pages that startup and bursts of work touched.
+    trimmer: Trimmer,
 }
 
 impl Master {
@@ -453,6 +456,10 @@ impl Master {
                 }
             }
             self.check_memory();
+            let started = self.published.0.is_started();
+            let pid = std::process::id() as i32;
+            self.trimmer
+                .tick(started, || sys::resident_bytes(pid), Instant::now());
             self.pool.tick(Instant::now());
             if let Some(preload) = &mut self.preload {
                 if self.pool.health().stopping {
@@ -506,12 +513,6 @@ impl Master {
     fn publish(&mut self) {
         let mut health = self.pool.health();
         self.config.kind.judge(&mut health, Instant::now());
-        if health.is_started() && !self.published.0.is_started() {
-            // Startup's code (argument parsing, the first spawns) will not run again.
-            if let Some(bytes) = crate::trim::release_startup_code() {
-                log::debug!("event=released_startup_code mapping_kb={}", bytes >> 10);
-            }
-        }
         if let Some(target) = &self.notify {
             if health.is_started() && !self.published.0.is_started() {
                 notify::send(target, "READY=1");
@@ -734,6 +735,7 @@ pub fn run(mut config: Config) -> Result<i32, Error> {
         published: (Health::default(), Snapshot::default()),
         checks: Checks::default(),
         notify: notify::socket(),
+        trimmer: Trimmer::Starting,
     };
     let code = master.run(signals);
     master.publish();
