@@ -152,3 +152,42 @@ pub struct LogArgs {
           value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: String,
 }
+
+/// Attaching a debugger to the worker, as django-hurricane's `serve` and `consume` offer it.
+#[derive(Debug, Clone, Args)]
+pub struct DebugArgs {
+    /// Start debugpy in the worker, listening on --debugger-port (at --bind's address) for VS Code
+    /// or any Debug Adapter Protocol client to attach. Development only: it runs one worker with
+    /// no --timeout, no frozen-worker kill and no --preload, and whoever reaches the port can run
+    /// code in the worker. Needs debugpy in the workers' Python
+    #[arg(long, env = "HURRICANE_DEBUGGER", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub debugger: bool,
+
+    /// Port debugpy listens on
+    #[arg(
+        long,
+        env = "HURRICANE_DEBUGGER_PORT",
+        value_name = "PORT",
+        default_value_t = 5678
+    )]
+    pub debugger_port: u16,
+
+    /// With --debugger: the worker waits for the debugger to attach before it loads the app and
+    /// reports ready (so breakpoints at import hit; --boot-timeout does not apply)
+    #[arg(long, env = "HURRICANE_DEBUGGER_WAIT", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub debugger_wait: bool,
+
+    /// Connect the worker to PyCharm's debug server on HOST (pydevd_pycharm.settrace, not
+    /// suspended); the same one-worker rules as --debugger. Needs pydevd-pycharm in the workers' Python
+    #[arg(long, env = "HURRICANE_PYCHARM_HOST", value_name = "HOST")]
+    pub pycharm_host: Option<String>,
+
+    /// Port of PyCharm's debug server
+    #[arg(
+        long,
+        env = "HURRICANE_PYCHARM_PORT",
+        value_name = "PORT",
+        default_value_t = 5678
+    )]
+    pub pycharm_port: u16,
+}

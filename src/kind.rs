@@ -21,6 +21,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::debugger::Debugger;
 use crate::metrics::Snapshot;
 use crate::pool::{Supervision, WorkerId};
 use crate::protocol::{self, Message, WorkerConfig};
@@ -135,11 +136,13 @@ fn stage_one(name: String) -> Vec<OsString> {
     ]
 }
 
-/// What every kind that runs our embedded worker holds: the interpreter and the worker's settings.
+/// What every kind that runs our embedded worker holds: the interpreter, the worker's settings,
+/// and the debugger it attaches to, if any.
 #[derive(Debug, Clone)]
 pub struct Embedded {
     pub python: PathBuf,
     pub config: WorkerConfig,
+    pub debugger: Debugger,
 }
 
 impl Embedded {
@@ -173,6 +176,7 @@ mod tests {
                 settings: serde_json::Map::new(),
                 preload,
             },
+            debugger: Debugger::Off,
         }
     }
 

@@ -11,6 +11,7 @@ mod bind;
 mod celery;
 mod cli;
 mod config;
+mod debugger;
 mod docs;
 mod kind;
 mod kinds;

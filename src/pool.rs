@@ -162,6 +162,9 @@ enum Plan {
     ReplacedBy { by: WorkerId, reason: Reason },
     /// The pool is ending it for `reason`: its exit is not a crash.
     End(Reason),
+    /// Draining for a stop-first reload: it keeps its slot until reaped, then the slot's new
+    /// worker starts (`ReloadStyle::StopFirst`); its exit is not a crash.
+    StopFirst,
 }
 
 #[derive(Debug, Clone)]
@@ -180,9 +183,11 @@ pub struct Worker {
 impl Worker {
     /// Whether its slot counts as filled. A draining or killed worker has left it (its
     /// replacement may start at once), except one killed for its boot timeout: that one keeps it
-    /// until reaped, so its respawn goes through the crash backoff like any failed boot.
+    /// until reaped, so its respawn goes through the crash backoff like any failed boot; and one
+    /// stopped for a stop-first reload, whose successor may only start once it is gone.
     fn holds_slot(&self) -> bool {
-        !self.state.is_stopping() || self.plan == Plan::End(Reason::BootTimeout)
+        !self.state.is_stopping()
+            || matches!(self.plan, Plan::End(Reason::BootTimeout) | Plan::StopFirst)
     }
 }
 
@@ -239,6 +244,18 @@ pub struct PoolConfig {
     /// Seed of the --max-requests-jitter generator (the master passes its pid: workers of two
     /// pods then recycle at different moments; tests pass a constant).
     pub jitter_seed: u64,
+    /// How a reload replaces a worker.
+    pub reload: ReloadStyle,
+}
+
+/// How a reload (HUP, --autoreload) replaces each worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadStyle {
+    /// The new worker first, the old one drains once it is ready: no request waits.
+    Rolling,
+    /// The old worker drains first, the new one starts once it is reaped: for a worker that holds
+    /// something only one process can have (--debugger's port), at the cost of a gap.
+    StopFirst,
 }
 
 impl PoolConfig {
@@ -256,6 +273,7 @@ impl PoolConfig {
             max_requests_jitter: 0,
             max_memory_bytes: None,
             jitter_seed: 0,
+            reload: ReloadStyle::Rolling,
         }
     }
 }

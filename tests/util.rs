@@ -634,6 +634,7 @@ pub fn test_venv_python() -> PathBuf {
             "celery[redis]",
             "dockerfile",
             "kubernetes-validate",
+            "debugpy",
         ];
         if std::fs::read_to_string(&marker).ok().as_deref() != Some(packages.join(" ").as_str()) {
             let ok = Command::new(python_for_venv())

@@ -17,8 +17,8 @@ import sys
 import time
 from typing import IO, Any, Dict, List
 
-from hurricane import CONTROL_FD, LISTEN_FD, STATUS_FD, log, zygote
-from hurricane.supervision import StatusPipe, Stopper
+from hurricane import CONTROL_FD, LISTEN_FD, STATUS_FD, debugger, log, zygote
+from hurricane.supervision import StatusPipe, Stopper, boot_failure
 
 # The kinds of worker: the master's name for each -> the module with its load/serve pair. Imported
 # when chosen, so a worker loads only its own kind (an AMQP worker never imports the HTTP server).
@@ -64,4 +64,8 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
     signal.signal(signal.SIGTERM, stopper)
     if kind.WATCH_CONTROL_WHILE_LOADING:
         stopper.watch_control(control, status)
+    try:
+        debugger.attach(config)
+    except Exception as exc:  # noqa: BLE001 - the port taken since the master looked, no PyCharm
+        boot_failure(status, config, exc, "config")
     kind.serve(config, control, status, booted, kind.load(config, status), stopper)

@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::args::{InterpreterArgs, LogArgs, ProbeArgs, ip_address, seconds, webhook_url};
 use crate::celery::Celery as Reports;
 use crate::config::{Common, Config, Parts, Usage};
+use crate::debugger::Debugger;
 use crate::kind::{Embedded, Kind};
 use crate::kinds::Setup;
 use crate::metrics::Snapshot;
@@ -214,6 +215,7 @@ impl Setup for Args {
                 embedded: Embedded {
                     python: python.clone(),
                     config: worker,
+                    debugger: Debugger::Off,
                 },
                 reports: Reports::new(self.liveness_timeout),
             }),

@@ -12,7 +12,8 @@ use clap::builder::BoolishValueParser;
 use serde_json::{Map, json};
 
 use crate::amqp::{self, Consume};
-use crate::args::{InterpreterArgs, LogArgs, ProbeArgs, ip_address, seconds, webhook_url, workers};
+use crate::args::{DebugArgs, InterpreterArgs, LogArgs, ProbeArgs, ip_address, seconds, webhook_url, workers};
+use crate::debugger::Debugger;
 use crate::config::{Common, Config, Parts, Usage, is_dotted};
 use crate::kind::{Embedded, Kind, Pump};
 use crate::kinds::Setup;
@@ -185,6 +186,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub debug: DebugArgs,
 }
 
 impl Args {
@@ -268,18 +272,22 @@ impl Setup for Args {
                 "password": uri.authority.userinfo.password,
             }),
         );
-        let pool = PoolConfig {
+        let mut pool = PoolConfig {
             timeout: Some(self.timeout).filter(|t| !t.is_zero()),
             heartbeat_timeout: Some(Duration::from_secs(HEARTBEAT_TIMEOUT_S)),
             ..PoolConfig::new(workers, self.boot_timeout, self.graceful_timeout)
         };
+        let debugger = Debugger::from_args(&self.debug, self.bind, &python)?;
+        let mut preload = self.preload;
+        debugger.restrict(&mut pool, &mut preload);
+        settings.insert("debugger".into(), debugger.settings());
         let worker = common.worker(
             &handler,
             "amqp",
             settings,
             &pool,
             self.autoreload,
-            self.preload,
+            preload,
         );
         let prefetch = usize::from(self.prefetch);
         let link = amqp::Config {
@@ -305,6 +313,7 @@ impl Setup for Args {
                 embedded: Embedded {
                     python: python.clone(),
                     config: worker,
+                    debugger,
                 },
                 link: Link::Configured(Box::new(link)),
             }),
@@ -358,6 +367,7 @@ impl Kind for AmqpHandler {
     }
 
     fn start(&mut self, bell: Doorbell) -> Result<(), String> {
+        self.embedded.debugger.claim_port()?;
         let Link::Configured(config) = std::mem::replace(&mut self.link, Link::Failed) else {
             return Ok(());
         };

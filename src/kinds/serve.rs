@@ -11,13 +11,15 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use serde_json::{Map, Value, json};
 
-use crate::args::{InterpreterArgs, LogArgs, ProbeArgs, ip_address, seconds, webhook_url, workers};
+use crate::args::{DebugArgs, InterpreterArgs, LogArgs, ProbeArgs, ip_address, seconds, webhook_url, workers};
+use crate::debugger::Debugger;
 use crate::config::{Common, Config, Listen, Parts, Usage, absolute, is_dotted};
 use crate::kind::{Embedded, Kind};
 use crate::kinds::Setup;
 use crate::pool::{PoolConfig, WorkerId};
 use crate::prestart::Prestart;
 use crate::spawn::Launch;
+use crate::state::Doorbell;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -279,6 +281,9 @@ pub struct Args {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    #[command(flatten)]
+    pub debug: DebugArgs,
 }
 
 /// A static or media mount for the worker: None when off; the root may come from Django's settings.
@@ -384,7 +389,7 @@ impl Setup for Args {
             &self.reload_dir,
         )?;
         let workers = common.workers(self.workers)?;
-        let pool = PoolConfig {
+        let mut pool = PoolConfig {
             shutdown_delay: self.shutdown_delay,
             timeout: Some(self.timeout).filter(|t| !t.is_zero()),
             heartbeat_timeout: Some(self.heartbeat_timeout).filter(|t| !t.is_zero()),
@@ -393,18 +398,24 @@ impl Setup for Args {
             max_memory_bytes: Some(self.max_memory.saturating_mul(1 << 20)).filter(|n| *n > 0),
             ..PoolConfig::new(workers, self.boot_timeout, self.graceful_timeout)
         };
+        let debugger = Debugger::from_args(&self.debug, self.bind, &python)?;
+        let mut preload = self.preload;
+        debugger.restrict(&mut pool, &mut preload);
+        let mut settings = self.settings();
+        settings.insert("debugger".into(), debugger.settings());
         let worker = common.worker(
             &app,
             "http",
-            self.settings(),
+            settings,
             &pool,
             self.autoreload,
-            self.preload,
+            preload,
         );
         Ok(common.config(Parts {
             kind: Box::new(Http(Embedded {
                 python: python.clone(),
                 config: worker,
+                debugger,
             })),
             app,
             python,
@@ -436,5 +447,9 @@ impl Kind for Http {
 
     fn zygote(&self, generation: u64) -> Option<Launch> {
         self.0.zygote(generation)
+    }
+
+    fn start(&mut self, _bell: Doorbell) -> Result<(), String> {
+        self.0.debugger.claim_port()
     }
 }

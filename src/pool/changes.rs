@@ -181,26 +181,61 @@ impl Pool {
         let Reload::Rolling { to } = self.reload else {
             return;
         };
-        if self
-            .workers
-            .values()
-            .any(|w| matches!(w.plan, Plan::Succeed { .. }))
-        {
-            return; // a successor is still booting
+        let style = self.config.reload;
+        let waiting = self.workers.values().any(|w| match style {
+            // a successor is still booting
+            ReloadStyle::Rolling => matches!(w.plan, Plan::Succeed { .. }),
+            // the stopped worker is not reaped yet, or its slot's new worker still boots
+            ReloadStyle::StopFirst => w.plan == Plan::StopFirst || w.state.is_booting(),
+        });
+        if waiting {
+            return;
         }
         let next = self
             .workers
             .iter()
             .find(|(_, w)| w.generation < to && w.state.is_ready() && w.slot < self.config.size)
             .map(|(id, _)| *id);
-        match next {
-            Some(id) => self.replace(id, Reason::Reload, now),
-            None if !self.workers.values().any(|w| w.state.is_booting()) => {
-                self.reload = Reload::Idle;
-                self.reloads_succeeded += 1;
-                log::info!("event=reload result=succeeded gen={to}");
+        let new_ready = self
+            .workers
+            .values()
+            .filter(|w| w.generation >= to && w.state.is_ready())
+            .count();
+        match (next, style) {
+            (Some(id), ReloadStyle::Rolling) => self.replace(id, Reason::Reload, now),
+            (Some(id), ReloadStyle::StopFirst) => self.stop_first(id, now),
+            (None, ReloadStyle::Rolling)
+                if !self.workers.values().any(|w| w.state.is_booting()) =>
+            {
+                self.reload_succeeded(to)
             }
-            None => {}
+            (None, ReloadStyle::StopFirst) if new_ready >= self.config.size => {
+                self.reload_succeeded(to)
+            }
+            (None, _) => {}
         }
+    }
+
+    fn reload_succeeded(&mut self, to: u64) {
+        self.reload = Reload::Idle;
+        self.reloads_succeeded += 1;
+        log::info!("event=reload result=succeeded gen={to}");
+    }
+
+    /// A stop-first reload of `old`'s slot: it drains now; the slot's new worker starts once it
+    /// is reaped.
+    fn stop_first(&mut self, old: WorkerId, now: Instant) {
+        let graceful = self.config.graceful_timeout;
+        let Some(w) = self.workers.get_mut(&old) else {
+            return;
+        };
+        w.plan = Plan::StopFirst;
+        w.state = WorkerState::Draining {
+            kill_at: now + graceful,
+        };
+        let (slot, pid) = (w.slot, w.pid);
+        self.signal(pid, Signal::Term);
+        *self.restarts.entry(Reason::Reload).or_default() += 1;
+        log::info!("event=retire worker={old} slot={slot} reason=reload style=stop_first");
     }
 }

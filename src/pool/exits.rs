@@ -81,6 +81,8 @@ impl Pool {
             log_exit(id, worker, status);
         } else if let (Plan::Succeed { old }, true) = (worker.plan, !worker.state.is_ready()) {
             self.successor_failed(id, worker, old, status, now);
+        } else if worker.plan == Plan::StopFirst {
+            log_exit(id, worker, status);
         } else if let Plan::End(reason) = worker.plan
             && reason != Reason::BootTimeout
         {

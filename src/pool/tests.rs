@@ -17,6 +17,7 @@ fn config(size: usize) -> PoolConfig {
         max_requests_jitter: 0,
         max_memory_bytes: None,
         jitter_seed: 42,
+        reload: ReloadStyle::Rolling,
     }
 }
 
@@ -492,6 +493,31 @@ fn an_unforked_successor_of_a_stale_reload_is_cancelled_and_past_its_boot_timeou
     );
     assert_eq!(h.pool.reloads_failed, 1);
     assert!(h.signals.is_empty(), "the old worker keeps serving");
+}
+
+/// Issue 26: with a stop-first reload (--debugger's port) the old worker is gone before its slot
+/// gets the new one, and the reload still counts as one.
+#[test]
+fn a_stop_first_reload_stops_the_old_worker_before_its_slot_gets_the_new_one() {
+    let mut h = Harness::new(1).with(|c| c.reload = ReloadStyle::StopFirst);
+    h.ready_all();
+    h.pool.reload(h.now);
+    h.run();
+    assert_eq!(h.signals, vec![(100, Signal::Term)]);
+    assert_eq!(
+        h.alive,
+        vec![100],
+        "nothing new while the old one holds the slot"
+    );
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.alive, vec![100], "still nothing until it is reaped");
+    h.exit(100, ExitStatus::Code(0));
+    assert_eq!(h.alive, vec![101], "the new generation takes the slot");
+    assert_eq!(h.pool.reloads_succeeded, 0, "not before it is ready");
+    ready(&mut h, 101);
+    assert_eq!(h.pool.reloads_succeeded, 1);
+    assert_eq!(h.pool.restarts.get(&Reason::Reload), Some(&1));
+    assert_eq!(h.pool.health().crash_loop, None, "the stop was no crash");
 }
 
 /// Issue 22: a TERM while a reload rolls is neither a failed reload nor a failed successor.
