@@ -454,3 +454,43 @@ fn a_missing_or_foreign_command_is_a_one_line_usage_error() {
     let out = Command::new(BIN).arg("celery").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "no command at all");
 }
+
+/// Issue 26: how docs/CELERY.md debugs a task: the Celery command run under `python -m debugpy`
+/// with the solo pool. Our hooks still report (startup, ready) and debugpy's port accepts an
+/// attach.
+#[test]
+fn a_celery_worker_run_under_debugpy_as_documented_keeps_its_probes_and_listens() {
+    let run = Run::new("debugpy", "amqp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let node = format!("{}@%h", run.queue);
+    let mut cmd = Command::new(BIN);
+    cmd.args(["celery", "--bind", "127.0.0.1", "--probe-port", "0", "--"])
+        .arg(test_venv_python())
+        .args(["-m", "debugpy", "--listen", &listen, "-m", "celery"])
+        .args(["-A", "celeryapp", "worker", "-P", "solo", "-n", &node])
+        .current_dir(apps_dir())
+        .env("CELERY_TEST_QUEUE", &run.queue)
+        .env("CELERY_TEST_BROKER", &run.broker)
+        .env("CELERY_TEST_OUT", &run.out.0)
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    without_hurricane_env(&mut cmd);
+    let server = Server::spawn(&mut cmd);
+    wait_for(START_TIMEOUT, || {
+        (server.probe("/startup").status == 200).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never started; log:\n{}", server.log.text()));
+    assert_eq!(server.probe("/ready").status, 200);
+    assert!(
+        std::net::TcpStream::connect(&listen).is_ok(),
+        "debugpy listens on {listen}; log:\n{}",
+        server.log.text()
+    );
+}

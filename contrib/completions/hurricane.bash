@@ -53,7 +53,7 @@ _hurricane() {
 
     case "${cmd}" in
         hurricane)
-            opts="-w -h -V --wsgi --bind --port --workers --preload --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --write-timeout --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --min-body-rate --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help --version serve consume celery generate-docs help"
+            opts="-w -h -V --wsgi --bind --port --workers --preload --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --write-timeout --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --min-body-rate --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --debugger --debugger-port --debugger-wait --pycharm-host --pycharm-port --help --version serve consume celery generate-docs help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -239,6 +239,18 @@ _hurricane() {
                     COMPREPLY=($(compgen -W "error warn info debug trace" -- "${cur}"))
                     return 0
                     ;;
+                --debugger-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pycharm-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pycharm-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -325,7 +337,7 @@ _hurricane() {
             return 0
             ;;
         hurricane__subcmd__consume)
-            opts="-h --queue --exchange --amqp-host --amqp-port --amqp-vhost --amqp-user --amqp-password --amqp-url --routing-key --durable --prefetch --reconnect --reconnect-timeout --workers --preload --bind --probe-port --graceful-timeout --boot-timeout --timeout --autoreload --webhook-url --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
+            opts="-h --queue --exchange --amqp-host --amqp-port --amqp-vhost --amqp-user --amqp-password --amqp-url --routing-key --durable --prefetch --reconnect --reconnect-timeout --workers --preload --bind --probe-port --graceful-timeout --boot-timeout --timeout --autoreload --webhook-url --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --debugger --debugger-port --debugger-wait --pycharm-host --pycharm-port --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -447,6 +459,18 @@ _hurricane() {
                     COMPREPLY=($(compgen -W "error warn info debug trace" -- "${cur}"))
                     return 0
                     ;;
+                --debugger-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pycharm-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pycharm-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -553,7 +577,7 @@ _hurricane() {
             return 0
             ;;
         hurricane__subcmd__serve)
-            opts="-w -h --wsgi --bind --port --workers --preload --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --write-timeout --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --min-body-rate --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
+            opts="-w -h --wsgi --bind --port --workers --preload --backlog --probe-port --req-queue-len --graceful-timeout --shutdown-delay --boot-timeout --keep-alive --write-timeout --command --check-migrations --check-migrations-apply --threads --limit-request-line --limit-request-fields --limit-request-field-size --min-body-rate --max-body-size --forwarded-allow-ips --static --static-url --static-root --media --media-url --media-root --timeout --heartbeat-timeout --max-requests --max-requests-jitter --max-memory --autoreload --reload-dir --reload-include --reload-exclude --webhook-url --access-log --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --debugger --debugger-port --debugger-wait --pycharm-host --pycharm-port --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -737,6 +761,18 @@ _hurricane() {
                     ;;
                 --log-level)
                     COMPREPLY=($(compgen -W "error warn info debug trace" -- "${cur}"))
+                    return 0
+                    ;;
+                --debugger-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pycharm-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pycharm-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

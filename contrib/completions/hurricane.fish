@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_hurricane_global_optspecs
-    string join \n w/wsgi= bind= port= workers= preload backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= write-timeout= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= min-body-rate= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log python= chdir= pythonpath= startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= h/help V/version
+    string join \n w/wsgi= bind= port= workers= preload backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= write-timeout= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= min-body-rate= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log python= chdir= pythonpath= startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= debugger debugger-port= debugger-wait pycharm-host= pycharm-port= h/help V/version
 end
 
 function __fish_hurricane_needs_command
@@ -73,6 +73,9 @@ warn\t''
 info\t''
 debug\t''
 trace\t''"
+complete -c hurricane -n "__fish_hurricane_needs_command" -l debugger-port -d 'Port debugpy listens on' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l pycharm-host -d 'Connect the worker to PyCharm\'s debug server on HOST (pydevd_pycharm.settrace, not suspended); the same one-worker rules as --debugger. Needs pydevd-pycharm in the workers\' Python' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l pycharm-port -d 'Port of PyCharm\'s debug server' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l preload -d 'Import the app once in a zygote process and fork the workers from it: they share its memory and start in milliseconds; HUP and --autoreload start a new zygote, so new code still loads. The app must not start threads at import (refused, exit 2)'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l check-migrations -d 'Before the workers start, wait (polling) until the database answers and no migration is pending'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l check-migrations-apply -d 'Before the workers start, apply pending migrations (migrate --noinput) instead of waiting'
@@ -84,6 +87,8 @@ complete -c hurricane -n "__fish_hurricane_needs_command" -l no-metrics -d 'Do n
 complete -c hurricane -n "__fish_hurricane_needs_command" -l no-probe -d 'Do not run the probe server'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l debug -d 'Show failing checks\' messages in probe answers (they may name hosts or settings)'
 complete -c hurricane -n "__fish_hurricane_needs_command" -l log-probes -d 'Log probe requests too (they are not logged otherwise)'
+complete -c hurricane -n "__fish_hurricane_needs_command" -l debugger -d 'Start debugpy in the worker, listening on --debugger-port (at --bind\'s address) for VS Code or any Debug Adapter Protocol client to attach. Development only: it runs one worker with no --timeout, no frozen-worker kill and no --preload, and whoever reaches the port can run code in the worker. Needs debugpy in the workers\' Python'
+complete -c hurricane -n "__fish_hurricane_needs_command" -l debugger-wait -d 'With --debugger: the worker waits for the debugger to attach before it loads the app and reports ready (so breakpoints at import hit; --boot-timeout does not apply)'
 complete -c hurricane -n "__fish_hurricane_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c hurricane -n "__fish_hurricane_needs_command" -s V -l version -d 'Print version'
 complete -c hurricane -n "__fish_hurricane_needs_command" -f -a "serve" -d 'Serve a WSGI app on N prefork workers (the default command)'
@@ -140,6 +145,9 @@ warn\t''
 info\t''
 debug\t''
 trace\t''"
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l debugger-port -d 'Port debugpy listens on' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l pycharm-host -d 'Connect the worker to PyCharm\'s debug server on HOST (pydevd_pycharm.settrace, not suspended); the same one-worker rules as --debugger. Needs pydevd-pycharm in the workers\' Python' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l pycharm-port -d 'Port of PyCharm\'s debug server' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l preload -d 'Import the app once in a zygote process and fork the workers from it: they share its memory and start in milliseconds; HUP and --autoreload start a new zygote, so new code still loads. The app must not start threads at import (refused, exit 2)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l check-migrations -d 'Before the workers start, wait (polling) until the database answers and no migration is pending'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l check-migrations-apply -d 'Before the workers start, apply pending migrations (migrate --noinput) instead of waiting'
@@ -151,6 +159,8 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l no-metrics
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l no-probe -d 'Do not run the probe server'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l debug -d 'Show failing checks\' messages in probe answers (they may name hosts or settings)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l log-probes -d 'Log probe requests too (they are not logged otherwise)'
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l debugger -d 'Start debugpy in the worker, listening on --debugger-port (at --bind\'s address) for VS Code or any Debug Adapter Protocol client to attach. Development only: it runs one worker with no --timeout, no frozen-worker kill and no --preload, and whoever reaches the port can run code in the worker. Needs debugpy in the workers\' Python'
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l debugger-wait -d 'With --debugger: the worker waits for the debugger to attach before it loads the app and reports ready (so breakpoints at import hit; --boot-timeout does not apply)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l queue -d 'The queue to consume (declared if missing)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l exchange -d 'The topic exchange the queue is bound to (declared if missing)' -r
@@ -186,6 +196,9 @@ warn\t''
 info\t''
 debug\t''
 trace\t''"
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l debugger-port -d 'Port debugpy listens on' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l pycharm-host -d 'Connect the worker to PyCharm\'s debug server on HOST (pydevd_pycharm.settrace, not suspended); the same one-worker rules as --debugger. Needs pydevd-pycharm in the workers\' Python' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l pycharm-port -d 'Port of PyCharm\'s debug server' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l durable -d 'Declare the exchange and the queue durable'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l reconnect -d 'Reconnect with backoff (0.5 s doubling to 30 s) when the broker connection or channel is lost'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l preload -d 'Import the handler once in a zygote process and fork the workers from it: they share its memory and start in milliseconds; HUP and --autoreload start a new zygote, so new code still loads. The handler module must not start threads at import (refused, exit 2)'
@@ -194,6 +207,8 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l no-metri
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l no-probe -d 'Do not run the probe server'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l debug -d 'Show failing checks\' messages in probe answers (they may name hosts or settings)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l log-probes -d 'Log probe requests too (they are not logged otherwise)'
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l debugger -d 'Start debugpy in the worker, listening on --debugger-port (at --bind\'s address) for VS Code or any Debug Adapter Protocol client to attach. Development only: it runs one worker with no --timeout, no frozen-worker kill and no --preload, and whoever reaches the port can run code in the worker. Needs debugpy in the workers\' Python'
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l debugger-wait -d 'With --debugger: the worker waits for the debugger to attach before it loads the app and reports ready (so breakpoints at import hit; --boot-timeout does not apply)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -s h -l help -d 'Print help'
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l liveness-timeout -d 'Seconds the worker\'s event loop (beat: its scheduler) may go without a tick before /alive fails' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l graceful-timeout -d 'Seconds Celery gets for its warm shutdown (running tasks finish) after SIGTERM before SIGKILL' -r
