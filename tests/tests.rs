@@ -2,6 +2,7 @@
 
 mod util;
 
+mod asgi;
 mod celery;
 mod cli;
 mod consume;

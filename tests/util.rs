@@ -635,6 +635,7 @@ pub fn test_venv_python() -> PathBuf {
             "dockerfile",
             "kubernetes-validate",
             "debugpy",
+            "websockets",
         ];
         if std::fs::read_to_string(&marker).ok().as_deref() != Some(packages.join(" ").as_str()) {
             let ok = Command::new(python_for_venv())

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_hurricane_global_optspecs
-    string join \n w/wsgi= bind= port= workers= preload backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= write-timeout= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= min-body-rate= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log python= chdir= pythonpath= startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= debugger debugger-port= debugger-wait pycharm-host= pycharm-port= h/help V/version
+    string join \n w/wsgi= asgi= ws-max-size= ws-ping-interval= ws-ping-timeout= loop= bind= port= workers= preload backlog= probe-port= req-queue-len= graceful-timeout= shutdown-delay= boot-timeout= keep-alive= write-timeout= command= check-migrations check-migrations-apply threads= limit-request-line= limit-request-fields= limit-request-field-size= min-body-rate= max-body-size= forwarded-allow-ips= static static-url= static-root= media media-url= media-root= timeout= heartbeat-timeout= max-requests= max-requests-jitter= max-memory= autoreload reload-dir= reload-include= reload-exclude= webhook-url= access-log python= chdir= pythonpath= startup-probe= readiness-probe= liveness-probe= metrics= no-metrics no-probe check-interval= debug log-format= log-file= log-probes log-level= debugger debugger-port= debugger-wait pycharm-host= pycharm-port= h/help V/version
 end
 
 function __fish_hurricane_needs_command
@@ -25,6 +25,13 @@ function __fish_hurricane_using_subcommand
 end
 
 complete -c hurricane -n "__fish_hurricane_needs_command" -s w -l wsgi -d 'The WSGI app to serve: a module, optionally with the callable\'s name (default `application`)' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l asgi -d 'The ASGI 3 app to serve instead of a WSGI one: a module, optionally with the app\'s name (default `application`, as in Django\'s and Channels\' `mysite.asgi`); needs `pip install \'hurricane[asgi]\'` (websockets, uvloop) in the workers\' Python' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l ws-max-size -d 'With --asgi: the largest WebSocket message, in bytes; a bigger one closes the socket with 1009' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l ws-ping-interval -d 'With --asgi: ping a WebSocket that has been idle this many seconds (0: never)' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l ws-ping-timeout -d 'With --asgi: close a WebSocket (1011) whose ping is unanswered this many seconds' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l loop -d 'With --asgi: the event loop: uvloop, asyncio, or auto (uvloop when it imports)' -r -f -a "auto\t''
+asyncio\t''
+uvloop\t''"
 complete -c hurricane -n "__fish_hurricane_needs_command" -l bind -d 'Address to listen on' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l port -d 'Port to listen on (0 picks a free one and logs it)' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l workers -d 'Number of worker processes [default: the CPUs this process may use, cgroup quota included]' -r
@@ -97,6 +104,13 @@ complete -c hurricane -n "__fish_hurricane_needs_command" -f -a "celery" -d 'Run
 complete -c hurricane -n "__fish_hurricane_needs_command" -f -a "generate-docs" -d 'Write the man pages and shell completions into DIR (for packagers; scripts/gen-docs)'
 complete -c hurricane -n "__fish_hurricane_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -s w -l wsgi -d 'The WSGI app to serve: a module, optionally with the callable\'s name (default `application`)' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l asgi -d 'The ASGI 3 app to serve instead of a WSGI one: a module, optionally with the app\'s name (default `application`, as in Django\'s and Channels\' `mysite.asgi`); needs `pip install \'hurricane[asgi]\'` (websockets, uvloop) in the workers\' Python' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l ws-max-size -d 'With --asgi: the largest WebSocket message, in bytes; a bigger one closes the socket with 1009' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l ws-ping-interval -d 'With --asgi: ping a WebSocket that has been idle this many seconds (0: never)' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l ws-ping-timeout -d 'With --asgi: close a WebSocket (1011) whose ping is unanswered this many seconds' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l loop -d 'With --asgi: the event loop: uvloop, asyncio, or auto (uvloop when it imports)' -r -f -a "auto\t''
+asyncio\t''
+uvloop\t''"
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l bind -d 'Address to listen on' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l port -d 'Port to listen on (0 picks a free one and logs it)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l workers -d 'Number of worker processes [default: the CPUs this process may use, cgroup quota included]' -r

@@ -24,6 +24,7 @@ from hurricane.supervision import StatusPipe, Stopper, boot_failure
 # when chosen, so a worker loads only its own kind (an AMQP worker never imports the HTTP server).
 KINDS: Dict[str, str] = {
     "http": "hurricane.wsgi",
+    "asgi": "hurricane.asgi",
     "amqp": "hurricane.amqp.consumer",
     "celery": "hurricane.celery_hooks",
 }

@@ -28,7 +28,9 @@ macro_rules! kinds {
     ($($(#[$doc:meta])* $module:ident => $variant:ident,)*) => {
         $(pub mod $module;)*
 
-        /// The subcommands that run a kind (`cli` adds the rest).
+        /// The subcommands that run a kind (`cli` adds the rest). Parsed once at startup: the
+        /// size of the kinds' options costs nothing worth boxing.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, clap::Subcommand)]
         pub enum Command {
             $($(#[$doc])* $variant($module::Args),)*
@@ -43,6 +45,9 @@ macro_rules! kinds {
         }
     };
 }
+
+// `serve --asgi`: a kind of `serve`'s, not a subcommand of its own.
+pub mod asgi;
 
 kinds! {
     /// Serve a WSGI app on N prefork workers (the default command)

@@ -29,9 +29,12 @@ pub struct Args {
         long = "wsgi",
         env = "HURRICANE_WSGI",
         value_name = "MODULE[:ATTR]",
-        required = true
+        required_unless_present = "asgi"
     )]
     pub wsgi: Option<String>,
+
+    #[command(flatten)]
+    pub asgi: crate::kinds::asgi::Args,
 
     /// Address to listen on
     #[arg(
@@ -375,10 +378,13 @@ impl Setup for Args {
         let common = self.common();
         let python = crate::config::python(&self.interpreter.python);
         common.chdir()?;
-        let app = self.wsgi.clone().unwrap_or_default();
+        let (flag, app) = match (&self.wsgi, &self.asgi.asgi) {
+            (_, Some(asgi)) => ("--asgi", asgi.clone()),
+            (wsgi, None) => ("-w", wsgi.clone().unwrap_or_default()),
+        };
         if !is_dotted(app.split(':').next().unwrap_or_default()) {
             return Err(Usage(format!(
-                "-w '{app}' is not MODULE[:ATTR]: give a dotted module path such as mysite.wsgi, not a file name"
+                "{flag} '{app}' is not MODULE[:ATTR]: give a dotted module path such as mysite.wsgi, not a file name"
             )));
         }
         let prestart = self.prestart(&python)?;
@@ -403,20 +409,33 @@ impl Setup for Args {
         debugger.restrict(&mut pool, &mut preload);
         let mut settings = self.settings();
         settings.insert("debugger".into(), debugger.settings());
+        let asgi = match &self.asgi.asgi {
+            Some(_) => Some(self.asgi.settings(&python)?),
+            None => None,
+        };
+        if let Some(asgi) = &asgi {
+            settings.insert("asgi".into(), asgi.clone());
+        }
         let worker = common.worker(
             &app,
-            "http",
+            if asgi.is_some() { "asgi" } else { "http" },
             settings,
             &pool,
             self.autoreload,
             preload,
         );
         Ok(common.config(Parts {
-            kind: Box::new(Http(Embedded {
-                python: python.clone(),
-                config: worker,
-                debugger,
-            })),
+            kind: {
+                let embedded = Embedded {
+                    python: python.clone(),
+                    config: worker,
+                    debugger,
+                };
+                match asgi {
+                    Some(_) => Box::new(crate::kinds::asgi::Asgi(embedded)),
+                    None => Box::new(Http(embedded)),
+                }
+            },
             app,
             python,
             pool,

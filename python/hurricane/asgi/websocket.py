@@ -1,0 +1,259 @@
+"""One WebSocket session (RFC 6455) between a client and an ASGI app, on the connection that
+upgraded.
+
+Why the ``websockets`` library's Sans-I/O layer and not our own framing: it is the measured
+fastest well-kept implementation (its C extension unmasks frames), and it already answers pings,
+echoes closes, and fails a connection with the right code: 1009 past ``--ws-max-size``, 1007 for
+invalid UTF-8, 1002 for protocol errors. This module only moves bytes between it and the
+transport and messages between it and the app, adds the idle ping (``--ws-ping-interval``,
+``--ws-ping-timeout``) and the drain (1001 going away; 1012 on a reload), and counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from websockets.frames import Frame, Opcode  # type: ignore[import-not-found]
+from websockets.http11 import Response  # type: ignore[import-not-found]
+from websockets.datastructures import Headers  # type: ignore[import-not-found]
+from websockets.server import ServerProtocol  # type: ignore[import-not-found]
+
+# A client that does not answer our close within this long is cut.
+CLOSE_TIMEOUT_S = 5.0
+
+
+class Counters:
+    """Per worker: websocket sessions open, messages each way, closes by code (for the heartbeat)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.received = 0
+        self.sent = 0
+        self.closes: Dict[int, int] = {}
+
+    def closed(self, code: int) -> None:
+        self.closes[code] = self.closes.get(code, 0) + 1
+
+
+class Session:
+    """The app's side of one WebSocket: its scope, its receive and send."""
+
+    def __init__(self, conn: Any, raw_head: bytes, scope: Dict[str, Any], settings: Dict[str, Any],
+                 counters: Counters, log: Callable[[str, Dict[str, Any]], None]) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.counters = counters
+        self.log = log
+        self.proto = ServerProtocol(max_size=settings["max_size"])
+        self.proto.receive_data(raw_head)
+        events = self.proto.events_received()
+        self.request = events[0] if events else None
+        self.inbox: "asyncio.Queue[Dict[str, Any]]" = asyncio.Queue()
+        self.inbox.put_nowait({"type": "websocket.connect"})
+        self.state = "connecting"  # connecting -> open -> closing -> closed
+        self.parts: List[bytes] = []
+        self.text = False
+        self.ping_interval = float(settings["ping_interval"])
+        self.ping_timeout = float(settings["ping_timeout"])
+        self.last_seen = time.monotonic()
+        self.ping_sent: Optional[float] = None
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.started = time.monotonic()
+        self.messages = [0, 0]  # received, sent
+        self.denial: Optional[Tuple[int, List[Tuple[bytes, bytes]], List[bytes]]] = None
+        self.close_code = 1006
+        self.pending: bytes = b""
+
+    # The app's side --------------------------------------------------------------------------
+
+    async def receive(self) -> Dict[str, Any]:
+        return await self.inbox.get()
+
+    async def send(self, message: Dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "websocket.accept" and self.state == "connecting":
+            self._accept(message)
+        elif kind == "websocket.send" and self.state == "open":
+            text, data = message.get("text"), message.get("bytes")
+            if text is not None:
+                self.proto.send_text(text.encode("utf-8"))
+            elif data is not None:
+                self.proto.send_binary(data)
+            else:
+                raise ValueError("websocket.send needs text or bytes")
+            self.messages[1] += 1
+            self.counters.sent += 1
+            self.flush()
+            await self.conn.drain()
+        elif kind == "websocket.close":
+            self.close(int(message.get("code", 1000)), str(message.get("reason") or ""))
+        elif kind == "websocket.http.response.start" and self.state == "connecting":
+            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", [])]
+            self.denial = (int(message["status"]), headers, [])
+        elif kind == "websocket.http.response.body" and self.denial is not None:
+            self.denial[2].append(bytes(message.get("body", b"")))
+            if not message.get("more_body", False):
+                self._send_denial()
+        elif self.state in ("closing", "closed"):
+            # Sends after the close are the app's race with the client, not an error (as uvicorn).
+            return
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} in websocket state {self.state}")
+
+    def _accept(self, message: Dict[str, Any]) -> None:
+        response = self.proto.accept(self.request)
+        if response.status_code != 101:
+            self.proto.send_response(response)
+            self.state = "closed"
+            self.flush()
+            self.conn.close_transport()
+            return
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            response.headers["Sec-WebSocket-Protocol"] = subprotocol
+        for name, value in message.get("headers", []):
+            response.headers[bytes(name).decode("latin-1")] = bytes(value).decode("latin-1")
+        self.proto.send_response(response)
+        self.state = "open"
+        self.counters.open += 1
+        self.flush()
+        self._arm_ping()
+        if self.pending:
+            data, self.pending = self.pending, b""
+            self.data_received(data)
+
+    def _send_denial(self) -> None:
+        status, headers, body = self.denial or (403, [], [])
+        payload = b"".join(body)
+        hdrs = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers])
+        if "Content-Length" not in hdrs:
+            hdrs["Content-Length"] = str(len(payload))
+        self.proto.send_response(Response(status, "", hdrs, payload))
+        self.state = "closed"
+        self.flush()
+        self.conn.close_transport()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close from our side: before accept a 403 (the spec's denial), after it a close frame."""
+        if self.state == "connecting":
+            self.proto.send_response(self.proto.reject(403, "Forbidden\n"))
+            self.state = "closed"
+            self.flush()
+            self.conn.close_transport()
+            self._ended(403)
+            return
+        if self.state != "open":
+            return
+        self.state = "closing"
+        self.proto.send_close(code, reason)
+        self.flush()
+        loop = asyncio.get_running_loop()
+        self._cancel_timer()
+        self.timer = loop.call_later(CLOSE_TIMEOUT_S, self.conn.close_transport)
+
+    # The client's side -----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == "connecting":
+            self.pending += data  # frames sent before our accept wait for it
+            return
+        self.last_seen = time.monotonic()
+        self.proto.receive_data(data)
+        for event in self.proto.events_received():
+            if isinstance(event, Frame):
+                self._frame(event)
+        self.flush()
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            self.text = opcode is Opcode.TEXT
+            self.parts = [frame.data]
+        elif opcode is Opcode.CONT:
+            self.parts.append(frame.data)
+        elif opcode is Opcode.PONG:
+            self.ping_sent = None
+            return
+        elif opcode is Opcode.CLOSE:
+            return  # the library echoed it; connection_lost ends the session
+        else:
+            return
+        if not frame.fin:
+            return
+        data = b"".join(self.parts)
+        self.parts = []
+        self.messages[0] += 1
+        self.counters.received += 1
+        if self.text:
+            self.inbox.put_nowait({"type": "websocket.receive", "text": data.decode("utf-8")})
+        else:
+            self.inbox.put_nowait({"type": "websocket.receive", "bytes": data})
+
+    def flush(self) -> None:
+        for data in self.proto.data_to_send():
+            if data:
+                self.conn.write(data)
+            else:
+                # The library's end of the stream: the close handshake is done (or failed), and
+                # the server closes TCP first (RFC 6455 7.1.1). What was written still goes out.
+                self.conn.close_transport()
+
+    def close_code_now(self) -> int:
+        """The close code the session ended with: the client's, else ours, else 1006 (no close)."""
+        if self.proto.close_rcvd is not None:
+            return int(self.proto.close_rcvd.code)
+        if self.proto.close_sent is not None:
+            return int(self.proto.close_sent.code)
+        return 1006
+
+    def connection_lost(self) -> None:
+        self._cancel_timer()
+        code = self.close_code_now()
+        if self.state in ("open", "closing"):
+            self.counters.open -= 1
+        if self.state != "closed":
+            self._ended(code)
+        self.state = "closed"
+        reason = self.proto.close_rcvd.reason if self.proto.close_rcvd is not None else ""
+        self.inbox.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+
+    def _ended(self, code: int) -> None:
+        self.close_code = code
+        self.counters.closed(code)
+        self.log("websocket", {
+            "path": self.scope.get("path", ""), "code": code,
+            "received": self.messages[0], "sent": self.messages[1],
+            "duration_ms": round((time.monotonic() - self.started) * 1000, 1),
+        })
+
+    # Idle pings --------------------------------------------------------------------------------
+
+    def _arm_ping(self) -> None:
+        if self.ping_interval <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        if self.state != "open":
+            return
+        now = time.monotonic()
+        if self.ping_sent is not None and now - self.ping_sent >= self.ping_timeout:
+            self.proto.fail(1011, "keepalive ping timeout")
+            self.flush()
+            self.conn.close_transport()
+            return
+        if self.ping_sent is None and now - self.last_seen >= self.ping_interval:
+            self.proto.send_ping(b"hurricane")
+            self.ping_sent = now
+            self.flush()
+        loop = asyncio.get_running_loop()
+        wait = self.ping_timeout if self.ping_sent is not None else self.ping_interval
+        self.timer = loop.call_later(max(0.05, wait - (now - (self.ping_sent or self.last_seen))), self._ping)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None

@@ -1,0 +1,353 @@
+//! `hurricane serve --asgi` (issue 23): the asyncio worker kind on the same master, probes and
+//! drain: HTTP with the WSGI worker's strict parser, streamed bodies both ways, lifespan (state,
+//! a failed startup), WebSockets through a real client (the `websockets` library's) and raw
+//! frames, and TERM with open websockets and open streams.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn asgi(args: &[&str]) -> Command {
+    let python = test_venv_python().display().to_string();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--asgi"])
+        .args(args)
+        .args(["--bind", "127.0.0.1", "--port", "0", "--chdir"])
+        .arg(apps_dir())
+        .args(["--python", &python])
+        .env_remove("VIRTUAL_ENV")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    without_hurricane_env(&mut cmd);
+    cmd
+}
+
+/// Runs a websockets (sync client) script against `port`; its stdout, trimmed.
+fn ws_client(port: u16, script: &str) -> String {
+    let prelude = "import sys\nfrom websockets.sync.client import connect\n\
+                   from websockets.exceptions import InvalidStatus, ConnectionClosed\n";
+    let out = Command::new(test_venv_python())
+        .args(["-c", &format!("{prelude}{script}")])
+        .arg(port.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn http_requests_lifespan_state_and_streamed_bodies() {
+    let server = Server::spawn(&mut asgi(&["asgiapp", "--workers", "1"]));
+    server.wait_started();
+    assert!(server.log.text().contains("kind=asgi"));
+    let hello = server.get("/");
+    assert_eq!(
+        (hello.status, hello.text()),
+        (200, "Hello, ASGI!\n".to_string())
+    );
+    let state = server.get("/state?x=1").text();
+    assert!(
+        state.contains("hello from lifespan") && state.contains("\"query\": \"x=1\""),
+        "{state}"
+    );
+    // A chunked upload reaches the app whole; a 3 MB one in more than one part (streamed).
+    let body = "x".repeat(3 << 20);
+    let raw = format!(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let echo = request(server.addr, raw.as_bytes()).unwrap();
+    assert_eq!(echo.status, 200);
+    assert_eq!(echo.body.len(), body.len());
+    let parts: u32 = echo.header("x-parts").unwrap().parse().unwrap();
+    assert!(parts > 1, "the body came in {parts} part(s)");
+    let chunked = request(
+        server.addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(chunked.text(), "hello world");
+    // The app's exception: a 500, the traceback in the log, the worker serves on.
+    assert_eq!(server.get("/error").status, 500);
+    assert!(
+        server
+            .log
+            .wait_for("event=app_error", Duration::from_secs(5))
+            .is_some()
+    );
+    assert_eq!(server.get("/").status, 200);
+    // The WSGI worker's parser: a request that could be read two ways never reaches the app.
+    let smuggled = request(
+        server.addr,
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(smuggled.status, 400);
+    assert!(
+        smuggled.text().contains("cl_te_conflict"),
+        "{}",
+        smuggled.text()
+    );
+    assert_eq!(
+        request(server.addr, b"GET / HTTP/1.1\nHost: t\n\n")
+            .unwrap()
+            .status,
+        400
+    );
+    // Keep-alive and pipelining: two requests in one write, two answers in order.
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET /state HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut both = String::new();
+    conn.read_to_string(&mut both).unwrap();
+    assert_eq!(both.matches("HTTP/1.1 200 OK").count(), 2, "{both}");
+    assert!(both.find("Hello, ASGI!").unwrap() < both.find("greeting").unwrap());
+    // The metrics count ASGI requests like WSGI ones.
+    let metrics = server.probe("/metrics").text();
+    assert!(
+        metrics.contains("hurricane_requests_total{method=\"GET\",status=\"2xx\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn server_sent_events_arrive_as_sent_and_a_client_gone_reaches_the_app() {
+    let marks = TempDir::new("asgi-sse");
+    let mut cmd = asgi(&["asgiapp", "--workers", "1"]);
+    cmd.env("ASGI_TEST_MARKS", &marks.0);
+    let server = Server::spawn(&mut cmd);
+    server.wait_started();
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    conn.write_all(b"GET /sse HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.len() < 3 {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0);
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        for i in seen.len()..3 {
+            if text.contains(&format!("data: {i}\n\n")) {
+                seen.push((i, started.elapsed()));
+            }
+        }
+    }
+    // Each event arrives when sent (the app sleeps 0.3 s between them), not all at the end.
+    assert!(seen[0].1 < Duration::from_millis(250), "{seen:?}");
+    assert!(seen[2].1 >= Duration::from_millis(500), "{seen:?}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    // A stream that only ends when the client goes: the app hears of it within a second.
+    let mut forever = TcpStream::connect(server.addr).unwrap();
+    forever
+        .write_all(b"GET /forever HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let n = forever.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("data: first"));
+    drop(forever);
+    let gone = std::path::Path::new(&marks.0).join("disconnect-http.disconnect");
+    wait_for(Duration::from_secs(1), || gone.exists().then_some(()))
+        .expect("http.disconnect reached the app within a second");
+}
+
+#[test]
+fn websockets_echo_deny_limit_and_close_codes() {
+    let server = Server::spawn(&mut asgi(&[
+        "asgiapp",
+        "--workers",
+        "1",
+        "--ws-max-size",
+        "1000",
+    ]));
+    server.wait_started();
+    let port = server.addr.port();
+    let out = ws_client(
+        port,
+        r#"
+port = sys.argv[1]
+with connect(f"ws://127.0.0.1:{port}/ws", subprotocols=["chat"]) as ws:
+    print(ws.subprotocol)
+    ws.send("hi"); print(ws.recv())
+    ws.send(b"\x00\x01"); print(ws.recv())
+    ws.send("x" * 2000)
+    try:
+        ws.recv(); print("no close")
+    except ConnectionClosed as e:
+        print(e.rcvd.code)
+try:
+    connect(f"ws://127.0.0.1:{port}/ws-deny")
+except InvalidStatus as e:
+    print(e.response.status_code)
+with connect(f"ws://127.0.0.1:{port}/ws") as ws:
+    ws.send("close-4001")
+    try:
+        ws.recv()
+    except ConnectionClosed as e:
+        print(e.rcvd.code, e.rcvd.reason)
+"#,
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["chat", "hi", "b'\\x00\\x01'", "1009", "403", "4001 asked"],
+        "log:\n{}",
+        server.log.text()
+    );
+    // One line per session at its close, with its code.
+    wait_for(Duration::from_secs(5), || {
+        (server.log.count("event=websocket ") >= 3).then_some(())
+    })
+    .expect("a line per session");
+    let log = server.log.text();
+    assert!(
+        log.contains("code=1009") && log.contains("code=403") && log.contains("code=4001"),
+        "{log}"
+    );
+}
+
+/// RFC 6455 by raw frames: an unmasked client frame is a protocol error (1002); a ping is answered.
+#[test]
+fn raw_frames_a_ping_is_answered_and_an_unmasked_frame_is_closed_1002() {
+    let server = Server::spawn(&mut asgi(&["asgiapp", "--workers", "1"]));
+    server.wait_started();
+    let mut ws = TcpStream::connect(server.addr).unwrap();
+    ws.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ws.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ws.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    // A masked ping: a pong with the same payload.
+    let mask = [1u8, 2, 3, 4];
+    let payload = b"ping!";
+    let mut frame = vec![0x89, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    ws.write_all(&frame).unwrap();
+    let mut pong = [0u8; 7];
+    ws.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"\x8a\x05ping!");
+    // An unmasked text frame: the server closes with 1002.
+    ws.write_all(b"\x81\x02hi").unwrap();
+    let mut close = [0u8; 4];
+    ws.read_exact(&mut close).unwrap();
+    assert_eq!(close[0], 0x88, "{close:?}");
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1002);
+}
+
+#[test]
+fn term_closes_websockets_with_1001_ends_streams_runs_lifespan_shutdown_and_exits_0() {
+    let marks = TempDir::new("asgi-term");
+    let mut cmd = asgi(&["asgiapp", "--workers", "1", "--graceful-timeout", "5"]);
+    cmd.env("ASGI_TEST_MARKS", &marks.0);
+    let mut server = Server::spawn(&mut cmd);
+    server.wait_started();
+    let port = server.addr.port();
+    let python = test_venv_python();
+    let client = std::thread::spawn(move || {
+        let out = Command::new(python)
+            .args([
+                "-c",
+                "import sys\nfrom websockets.sync.client import connect\n\
+                 from websockets.exceptions import ConnectionClosed\n\
+                 with connect(f'ws://127.0.0.1:{sys.argv[1]}/ws') as ws:\n\
+                 \x20   ws.send('hello'); ws.recv(); print('open', flush=True)\n\
+                 \x20   try:\n\
+                 \x20       ws.recv()\n\
+                 \x20   except ConnectionClosed as e:\n\
+                 \x20       print(e.rcvd.code)\n",
+            ])
+            .arg(port.to_string())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    });
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .write_all(b"GET /forever HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    assert!(stream.read(&mut buf).unwrap() > 0);
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits within the graceful timeout");
+    assert!(status.success(), "{status:?}; log:\n{}", server.log.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let out = client.join().unwrap();
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["open", "1001"], "{out}");
+    let marks = std::path::Path::new(&marks.0);
+    assert!(
+        marks.join("disconnect-http.disconnect").exists(),
+        "the stream's app was told"
+    );
+    assert!(
+        marks.join("lifespan-shutdown").exists(),
+        "lifespan shutdown ran"
+    );
+}
+
+#[test]
+fn not_an_asgi_app_a_failed_lifespan_or_no_websockets_library_stop_startup() {
+    // A WSGI app given to --asgi: exit 3, one line naming it.
+    let out = asgi(&["asgiapp:wsgi_app"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.contains("'asgiapp:wsgi_app' is not an ASGI 3 application") && last.contains("-w"),
+        "{err}"
+    );
+    // The lifespan's startup fails: exit 3 with its message.
+    let out = asgi(&["asgiapp"])
+        .env("ASGI_TEST_STARTUP_FAILS", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("the database is not there"), "{err}");
+    // A module that does not import: exit 3.
+    assert_eq!(
+        asgi(&["nosuchmodule"]).output().unwrap().status.code(),
+        Some(3)
+    );
+    // The system python has no websockets library: exit 2, saying what to install.
+    let out = Command::new(BIN)
+        .args(["serve", "--asgi", "asgiapp", "--port", "0", "--chdir"])
+        .arg(apps_dir())
+        .args(["--python", &python()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("pip install 'hurricane[asgi]'"), "{err}");
+    // -w and --asgi together: a usage error.
+    let out = Command::new(BIN)
+        .args(["-w", "app", "--asgi", "asgiapp"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
