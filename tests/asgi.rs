@@ -45,9 +45,35 @@ fn ws_client(port: u16, script: &str) -> String {
 
 #[test]
 fn http_requests_lifespan_state_and_streamed_bodies() {
-    let server = Server::spawn(&mut asgi(&["asgiapp", "--workers", "1"]));
+    let files = TempDir::new("asgi-static");
+    std::fs::write(files.path("hello.txt"), "static hello\n").unwrap();
+    let server = Server::spawn(&mut asgi(&[
+        "asgiapp",
+        "--workers",
+        "1",
+        "--static-root",
+        &files.0.display().to_string(),
+        "--access-log",
+    ]));
     server.wait_started();
     assert!(server.log.text().contains("kind=asgi"));
+    // --static as in the WSGI worker: the file, its ETag, nothing outside the root.
+    let file = server.get("/static/hello.txt");
+    assert_eq!(
+        (file.status, file.text()),
+        (200, "static hello\n".to_string())
+    );
+    assert!(file.header("etag").is_some());
+    assert_eq!(server.get("/static/../asgiapp.py").status, 404);
+    assert!(
+        server
+            .log
+            .wait_for("event=access", Duration::from_secs(5))
+            .is_some_and(
+                |l| l.contains("path=\"/static/hello.txt\"") || l.contains("/static/hello.txt")
+            ),
+        "--access-log writes a line per request"
+    );
     let hello = server.get("/");
     assert_eq!(
         (hello.status, hello.text()),
@@ -110,6 +136,18 @@ fn http_requests_lifespan_state_and_streamed_bodies() {
     conn.read_to_string(&mut both).unwrap();
     assert_eq!(both.matches("HTTP/1.1 200 OK").count(), 2, "{both}");
     assert!(both.find("Hello, ASGI!").unwrap() < both.find("greeting").unwrap());
+    // --forwarded-allow-ips: a trusted peer (127.0.0.1, the default) says who the client is.
+    let forwarded = request(
+        server.addr,
+        b"GET /state HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap()
+    .text();
+    assert!(
+        forwarded.contains("\"client\": \"203.0.113.7\"")
+            && forwarded.contains("\"scheme\": \"https\""),
+        "{forwarded}"
+    );
     // The metrics count ASGI requests like WSGI ones.
     let metrics = server.probe("/metrics").text();
     assert!(
@@ -344,6 +382,12 @@ fn not_an_asgi_app_a_failed_lifespan_or_no_websockets_library_stop_startup() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("pip install 'hurricane[asgi]'"), "{err}");
+    // --threads has no meaning for an ASGI app: a usage error, not an option ignored.
+    let out = Command::new(BIN)
+        .args(["serve", "--asgi", "asgiapp", "--threads", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
     // -w and --asgi together: a usage error.
     let out = Command::new(BIN)
         .args(["-w", "app", "--asgi", "asgiapp"])

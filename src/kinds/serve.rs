@@ -387,6 +387,11 @@ impl Setup for Args {
                 "{flag} '{app}' is not MODULE[:ATTR]: give a dotted module path such as mysite.wsgi, not a file name"
             )));
         }
+        if self.asgi.asgi.is_some() && self.threads > 1 {
+            return Err(Usage(
+                "--threads runs a WSGI app on threads; an ASGI app runs on its worker's event loop (Django runs sync views in a thread of its own): drop --threads or use -w".into(),
+            ));
+        }
         let prestart = self.prestart(&python)?;
         let autoreload = common.autoreload(
             self.autoreload,

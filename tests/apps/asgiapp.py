@@ -59,7 +59,7 @@ async def application(scope, receive, send):
         _mark("disconnect-" + message["type"])
     elif path == "/state":
         body = json.dumps({"state": scope.get("state", {}), "scheme": scope["scheme"],
-                           "query": scope["query_string"].decode()}).encode()
+                           "query": scope["query_string"].decode(), "client": scope["client"][0]}).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})

@@ -29,7 +29,9 @@ from typing import IO, Any, Callable, Deque, Dict, List, Optional, Tuple
 from hurricane import LISTEN_FD, __version__
 from hurricane.asgi.lifespan import Lifespan
 from hurricane.asgi.websocket import Counters, Session
+from hurricane import static
 from hurricane.http.body import ChunkedBody
+from hurricane.http.proxies import Proxies
 from hurricane.http.rejections import REJECTIONS, HTTPError, RejectLog, error_response
 from hurricane.http.request import HeadParser
 from hurricane.http.response import http_date
@@ -60,12 +62,14 @@ class AppError(Exception):
     """The app broke the ASGI contract (a message out of order, a bad header)."""
 
 
-def load(config: Dict[str, Any], status: StatusPipe) -> Callable:
-    """Import the ASGI 3 app; a failure, or an object that is not one, ends the process."""
+def load(config: Dict[str, Any], status: StatusPipe) -> Tuple[Callable, List[Any]]:
+    """Import the ASGI 3 app and build the static mounts; a failure, or an object that is not an
+    ASGI 3 app, ends the process."""
     kind = "import"
     try:
         app = load_object(config["app"], "callable")
         kind = "config"
+        mounts = static.mounts_from_config(config.get("http") or {})
         call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", None)
         if not inspect.iscoroutinefunction(call) and not inspect.iscoroutinefunction(app):
             raise TypeError(
@@ -74,11 +78,11 @@ def load(config: Dict[str, Any], status: StatusPipe) -> Callable:
     except BaseException as exc:  # noqa: BLE001 - SystemExit from an app's import is a failure too
         boot_failure(status, config, exc, kind)
     freeze_imports()
-    return app
+    return app, mounts
 
 
-def serve(config: Dict[str, Any], control: IO[bytes], status: StatusPipe, booted: float, app: Callable,
-          stopper: Stopper) -> None:
+def serve(config: Dict[str, Any], control: IO[bytes], status: StatusPipe, booted: float,
+          loaded: Tuple[Callable, List[Any]], stopper: Stopper) -> None:
     """Run the loop until told to stop; ends the process."""
     asgi = config.get("asgi") or {}
     if asgi.get("loop") == "uvloop":
@@ -87,7 +91,9 @@ def serve(config: Dict[str, Any], control: IO[bytes], status: StatusPipe, booted
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     metrics = config.get("metrics") or {}
     activity = Activity(metrics.get("duration_buckets", []), metrics.get("size_buckets", []))
+    app, mounts = loaded
     server = Server(config, app, activity)
+    server.mounts = mounts
     stopper.watch_control(control, status)
     code = asyncio.run(server.run(status, booted, stopper))
     server.heartbeat_last()
@@ -109,6 +115,9 @@ class Server:
         self.graceful_timeout_s = float(config.get("graceful_timeout", 30))
         self.write_timeout_s = float(http.get("write_timeout", 30))
         self.access_log = bool(http.get("access_log"))
+        self.proxies = Proxies(http.get("forwarded_allow_ips", ["127.0.0.1", "::1"]))
+        self.mounts: List[Any] = []
+        self.worker_id = config.get("worker", 0)
         self.max_body = int(http.get("max_body_size", 100 * 1024 * 1024))
         self.parser = HeadParser(int(http.get("limit_request_line", 8190)),
                                  int(http.get("limit_request_fields", 100)),
@@ -365,7 +374,15 @@ class Request:
 
     def _count(self) -> None:
         seconds = time.monotonic() - self.t0
-        self.conn.server.activity.record(self.method, self.status or 499, seconds, self.sent_bytes)
+        server = self.conn.server
+        server.activity.record(self.method, self.status or 499, seconds, self.sent_bytes)
+        if server.access_log:
+            client = self.scope.get("client")
+            server.log("access", {
+                "remote": client[0] if client else "", "method": self.method, "path": self.scope["path"],
+                "query": self.scope["query_string"].decode("latin-1"), "status": self.status or 499,
+                "size": self.sent_bytes, "duration_ms": round(seconds * 1000, 3), "worker": server.worker_id,
+            })
 
 
 class Connection(asyncio.Protocol):
@@ -518,6 +535,10 @@ class Connection(asyncio.Protocol):
                 and "upgrade" in env.get("HTTP_CONNECTION", "").lower()):
             self._upgrade(head + b"\r\n\r\n", scope, rest)
             return
+        for mount in self.server.mounts:
+            if mount.matches(env["PATH_INFO"]):
+                self._static(mount, env, target, method, keep_alive and length == 0 and not chunked, scope)
+                return
         body = ChunkedBody(head, (), self.server.max_body, time.monotonic()) if chunked else None
         request = Request(self, scope, method, keep_alive and not self.server.stopping, version11, length,
                           body, expect)
@@ -542,21 +563,58 @@ class Connection(asyncio.Protocol):
             elif key == "CONTENT_LENGTH":
                 headers.append((b"content-length", value.encode("latin-1")))
         raw_path, _, query = target.partition(b"?")
+        client, scheme = self.client, "http"
+        if client is not None and self.server.proxies.trusted(client[0]):
+            forwarded_for = env.get("HTTP_X_FORWARDED_FOR")
+            if forwarded_for:
+                client = (self.server.proxies.client(forwarded_for), 0)
+            scheme = Proxies.scheme(env.get("HTTP_X_FORWARDED_PROTO", "")) or "http"
         return {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": env.get("SERVER_PROTOCOL", "HTTP/1.1")[5:],
             "method": method,
-            "scheme": "http",
+            "scheme": scheme,
             "path": env.get("PATH_INFO", "/"),
             "raw_path": raw_path,
             "query_string": query,
             "root_path": "",
             "headers": headers,
-            "client": self.client,
+            "client": client,
             "server": self.local,
             "state": dict(self.server.state),
         }
+
+    def _static(self, mount: Any, env: Dict[str, Any], target: bytes, method: str, keep_alive: bool,
+                scope: Dict[str, Any]) -> None:
+        """--static/--media, as the WSGI worker serves them (a body sent along is never read: the
+        connection closes after the answer)."""
+        self.request = Request(self, scope, method, keep_alive, True, 0, None, False)
+        self.loop.create_task(self._send_static(self.request, mount.reply(env, target), method))
+
+    async def _send_static(self, request: Request, reply: Any, method: str) -> None:
+        try:
+            code = int(reply.status[:3])
+            request.status = code
+            lines = [f"HTTP/1.1 {reply.status}\r\n".encode("latin-1")]
+            lines += [f"{k}: {v}\r\n".encode("latin-1") for k, v in reply.headers]
+            if not request.keep_alive:
+                lines.append(b"connection: close\r\n")
+            lines += [http_date().encode("latin-1"), SERVER_HEADER, b"\r\n"]
+            self.write(b"".join(lines))
+            if reply.fd >= 0 and method != "HEAD" and reply.count:
+                with os.fdopen(reply.fd, "rb", closefd=False) as f:
+                    await self.loop.sendfile(self.transport, f, reply.offset, reply.count)
+                request.sent_bytes = reply.count
+        except (ConnectionError, RuntimeError):
+            request.keep_alive = False
+        finally:
+            if reply.fd >= 0:
+                os.close(reply.fd)
+        request.finished = True
+        request.body_done = True
+        request._count()
+        self.request_done(request)
 
     def _reject(self, exc: HTTPError) -> None:
         self.server.activity.reject(exc.reason)
@@ -565,7 +623,7 @@ class Connection(asyncio.Protocol):
         self.close_transport()
 
     def _upgrade(self, raw_head: bytes, scope: Dict[str, Any], rest: bytes) -> None:
-        scope = dict(scope, type="websocket", scheme="ws")
+        scope = dict(scope, type="websocket", scheme="wss" if scope["scheme"] == "https" else "ws")
         protocols = [p.strip() for h, v in scope["headers"] if h == b"sec-websocket-protocol"
                      for p in v.decode("latin-1").split(",") if p.strip()]
         scope["subprotocols"] = protocols

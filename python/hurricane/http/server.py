@@ -15,7 +15,6 @@ send(). Where bookkeeping is inlined below rather than called, it was measured t
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import select
 import signal
@@ -34,6 +33,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from hurricane import LISTEN_FD, __version__
 from hurricane.http.body import EMPTY_INPUT, ChunkedBody, PendingBody
 from hurricane.http.rejections import REJECTIONS, HTTPError, RejectLog, error_response
+from hurricane.http.proxies import Proxies
 from hurricane.http.request import HEAD_CACHE, METRIC_METHODS, HeadParser
 from hurricane.http.response import (
     NO_BODY,
@@ -117,9 +117,10 @@ class Server:
         # The most a legal head can take: every limit at its maximum (bounds a connection's buffer).
         self.max_head = limit_line + 2 + limit_fields * (limit_field_size + 2)
         allow = http.get("forwarded_allow_ips", ["127.0.0.1", "::1"])
-        self.trust_all = "*" in allow
-        self.trusted_ips = {a for a in allow if "/" not in a}
-        self.trusted_nets = [ipaddress.ip_network(a, strict=False) for a in allow if "/" in a]
+        self.proxies = Proxies(allow)
+        self.trust_all = self.proxies.trust_all
+        self.trusted_ips = self.proxies.trusted_ips
+        self.trusted_nets = self.proxies.trusted_nets
         self.mounts: List[Any] = []  # static/media, set by the worker once the app (and Django) loaded
         self.access_log = bool(http.get("access_log"))
         self.log_json = log_json
@@ -326,7 +327,7 @@ class Server:
             conn = Conn(sock, addr, now)
             peer = conn.addr
             conn.trusted = self.trust_all or peer in self.trusted_ips or (
-                bool(self.trusted_nets) and self._trusted(peer))
+                bool(self.trusted_nets) and self.proxies.trusted(peer))
             # Serve what already arrived before registering with epoll: a Connection: close
             # request then costs no epoll_ctl at all.
             try:
@@ -655,7 +656,7 @@ class Server:
         if conn.trusted:
             forwarded_for = env.get("HTTP_X_FORWARDED_FOR")
             if forwarded_for:
-                env["REMOTE_ADDR"] = self._forwarded_client(forwarded_for)
+                env["REMOTE_ADDR"] = self.proxies.client(forwarded_for)
             proto = env.get("HTTP_X_FORWARDED_PROTO")
             if proto:
                 scheme = proto.split(",")[0].strip().lower()
@@ -874,25 +875,6 @@ class Server:
         if ex.length is not None and ex.written < ex.length:
             ex.keep_alive = False  # the app declared more than the file holds
         return None
-
-    def _trusted(self, addr: str) -> bool:
-        if self.trust_all or addr in self.trusted_ips:
-            return True
-        if not self.trusted_nets or not addr:
-            return False
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.trusted_nets)
-
-    def _forwarded_client(self, header: str) -> str:
-        """The client behind trusted proxies: the rightmost X-Forwarded-For hop we do not trust."""
-        hops = [h.strip() for h in header.split(",") if h.strip()]
-        for hop in reversed(hops):
-            if not self._trusted(hop):
-                return hop
-        return hops[0] if hops else ""
 
     def _log_access(self, env: Dict[str, Any], code: int, size: int, seconds: float) -> None:
         """--access-log: one line per request, in the master's format, in one write(2)."""
