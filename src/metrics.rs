@@ -144,6 +144,20 @@ pub struct Snapshot {
     pub amqp: Option<AmqpSnapshot>,
     /// `celery`: tasks, the broker link, beat (then no HTTP request metrics are shown).
     pub celery: Option<CelerySnapshot>,
+    /// `serve --asgi`: the workers' event loops and WebSockets (beside the HTTP request metrics).
+    pub asgi: Option<AsgiSnapshot>,
+}
+
+/// What `/metrics` shows of ASGI workers beyond their requests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AsgiSnapshot {
+    /// The worst event-loop lag among the workers, as of their last heartbeats.
+    pub loop_lag_seconds: f64,
+    pub websockets_open: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    /// Sessions closed, by close code (403: a handshake the app denied).
+    pub closes: BTreeMap<u16, u64>,
 }
 
 /// What `/metrics` shows of `celery`, without task events and without a second process.
@@ -305,6 +319,9 @@ fn render_openmetrics(snapshot: &Snapshot, listen_fd: RawFd) -> String {
         (None, Some(celery)) => register_celery(&mut registry, celery),
         (None, None) => register_http(&mut registry, snapshot, listen_fd),
     }
+    if let Some(asgi) = &snapshot.asgi {
+        register_asgi(&mut registry, asgi);
+    }
     let startup = Gauge::<f64, AtomicU64>::default();
     startup.set(snapshot.startup_seconds.unwrap_or(0.0));
     registry.register(
@@ -375,6 +392,44 @@ fn gauge(v: i64) -> Gauge {
 }
 
 /// `serve`: requests, rejections, their histograms and the accept queue.
+fn register_asgi(registry: &mut Registry, asgi: &AsgiSnapshot) {
+    let lag = Gauge::<f64, AtomicU64>::default();
+    lag.set(asgi.loop_lag_seconds);
+    registry.register(
+        "hurricane_event_loop_lag_seconds",
+        "The worst lag of the ASGI workers' event loops since their last heartbeat (a blocked loop: how long)",
+        lag,
+    );
+    registry.register(
+        "hurricane_websocket_connections",
+        "WebSocket sessions open now",
+        gauge(asgi.websockets_open as i64),
+    );
+    let messages = Family::<Labels, Counter>::default();
+    messages
+        .get_or_create(&labels(&[("direction", "received")]))
+        .inc_by(asgi.messages_received);
+    messages
+        .get_or_create(&labels(&[("direction", "sent")]))
+        .inc_by(asgi.messages_sent);
+    registry.register(
+        "hurricane_websocket_messages",
+        "WebSocket messages, by direction",
+        messages,
+    );
+    let closes = Family::<Labels, Counter>::default();
+    for (code, n) in &asgi.closes {
+        closes
+            .get_or_create(&labels(&[("code", &code.to_string())]))
+            .inc_by(*n);
+    }
+    registry.register(
+        "hurricane_websocket_closes",
+        "WebSocket sessions closed, by close code (403: a handshake the app denied)",
+        closes,
+    );
+}
+
 fn register_http(registry: &mut Registry, snapshot: &Snapshot, listen_fd: RawFd) {
     let requests = Family::<Labels, Counter>::default();
     for method in COMMON_METHODS {

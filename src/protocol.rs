@@ -134,6 +134,55 @@ pub struct Counters {
     pub size_sum: f64,
 }
 
+/// An ASGI worker's WebSocket counters, as one heartbeat reports them.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WebSockets {
+    /// Sessions open now (a gauge, not a delta).
+    pub open: u64,
+    /// Messages received since the last heartbeat.
+    pub received: u64,
+    /// Messages sent since the last heartbeat.
+    pub sent: u64,
+    /// Sessions closed since the last heartbeat, by close code (a denied handshake is 403).
+    pub closes: BTreeMap<u16, u64>,
+}
+
+/// `WebSockets` on the wire: JSON object keys are strings, the close codes among them.
+#[derive(Deserialize)]
+struct WireWebSockets {
+    open: u64,
+    #[serde(rename = "in")]
+    received: u64,
+    #[serde(rename = "out")]
+    sent: u64,
+    #[serde(default)]
+    closes: BTreeMap<String, u64>,
+}
+
+impl TryFrom<WireWebSockets> for WebSockets {
+    type Error = ProtocolError;
+
+    fn try_from(ws: WireWebSockets) -> Result<WebSockets, ProtocolError> {
+        let mut closes = BTreeMap::new();
+        for (code, n) in ws.closes {
+            let code = code
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (1000..=4999).contains(c) || *c == 403)
+                .ok_or_else(|| {
+                    ProtocolError::Invalid(format!("websocket close code {code:?} is not one"))
+                })?;
+            closes.insert(code, n);
+        }
+        Ok(WebSockets {
+            open: ws.open,
+            received: ws.received,
+            sent: ws.sent,
+            closes,
+        })
+    }
+}
+
 /// One probe's verdict from the app's own checks.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Verdict {
@@ -266,6 +315,10 @@ pub enum Message {
         counters: Option<Counters>,
         /// Requests refused since the last heartbeat, by rejection name.
         rejects: Vec<(String, u64)>,
+        /// An asyncio (ASGI) worker: its event loop's worst lag since the last heartbeat, seconds.
+        loop_lag: Option<f64>,
+        /// An ASGI worker's WebSockets: open now, and what happened since the last heartbeat.
+        websockets: Option<WebSockets>,
     },
     Failed(BootFailure),
     /// What the hooks inside a supervised Celery process report.
@@ -387,6 +440,8 @@ struct WireHeartbeat {
     method: String,
     #[serde(default)]
     path: String,
+    lag_s: Option<f64>,
+    ws: Option<WireWebSockets>,
 }
 
 impl TryFrom<WireHeartbeat> for Message {
@@ -431,12 +486,19 @@ impl TryFrom<WireHeartbeat> for Message {
                 )));
             }
         };
+        if let Some(lag) = hb.lag_s.filter(|l| !l.is_finite() || *l < 0.0) {
+            return Err(ProtocolError::Invalid(format!(
+                "heartbeat lag_s {lag} is not a duration"
+            )));
+        }
         Ok(Message::Heartbeat {
             requests: hb.requests,
             busy,
             inflight: hb.inflight,
             counters,
             rejects: hb.rejects.into_iter().collect(),
+            loop_lag: hb.lag_s,
+            websockets: hb.ws.map(WebSockets::try_from).transpose()?,
         })
     }
 }
@@ -601,6 +663,8 @@ mod tests {
                 inflight: 0,
                 counters: None,
                 rejects: vec![],
+                loop_lag: None,
+                websockets: None,
             })
         );
         let hb = parse_message(br#"{"t":"hb","requests":0,"rejects":{"bare_lf":2}}"#);
@@ -669,6 +733,24 @@ mod tests {
     }
 
     #[test]
+    fn an_asgi_workers_heartbeat_carries_its_loop_lag_and_websockets() {
+        let hb = parse_message(
+            br#"{"t":"hb","requests":0,"lag_s":0.012,"ws":{"open":3,"in":10,"out":9,"closes":{"1000":2,"1009":1}}}"#,
+        );
+        let Ok(Message::Heartbeat {
+            loop_lag: Some(lag),
+            websockets: Some(ws),
+            ..
+        }) = hb
+        else {
+            panic!("{hb:?}")
+        };
+        assert_eq!(lag, 0.012);
+        assert_eq!((ws.open, ws.received, ws.sent), (3, 10, 9));
+        assert_eq!(ws.closes.get(&1009), Some(&1));
+    }
+
+    #[test]
     fn boot_failures_parse_with_their_kind_as_an_enum() {
         let line = br#"{"t":"fail","kind":"import","app":"x.wsgi","error":"ModuleNotFoundError: No module named 'x'","cwd":"/app","python":"/venv/bin/python","sys_path":["/app"],"traceback":"Traceback..."}"#;
         let Ok(Message::Failed(failure)) = parse_message(line) else {
@@ -708,6 +790,9 @@ mod tests {
         invalid(br#"{"t":"hb","requests":1,"counts":{"GET":1}}"#);
         invalid(br#"{"t":"hb","requests":1,"counts":{"GET 9":1}}"#);
         invalid(br#"{"t":"hb","requests":1,"counts":{"GET 2":-1}}"#);
+        invalid(br#"{"t":"hb","requests":1,"lag_s":-0.5}"#);
+        invalid(br#"{"t":"hb","requests":1,"ws":{"open":1,"in":2}}"#);
+        invalid(br#"{"t":"hb","requests":1,"ws":{"open":1,"in":2,"out":3,"closes":{"abc":1}}}"#);
         invalid(br#"{"t":"fail","kind":"meltdown","app":"x","error":"e"}"#);
         invalid(br#"{"t":"forked","worker":7}"#);
         invalid(br#"{"t":"forked","worker":7,"pid":1}"#);

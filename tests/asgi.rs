@@ -239,6 +239,28 @@ with connect(f"ws://127.0.0.1:{port}/ws") as ws:
         "log:\n{}",
         server.log.text()
     );
+    // /metrics: the sessions' messages and closes, from the workers' heartbeats.
+    let probe = server.probe.unwrap();
+    let metrics = wait_for(Duration::from_secs(5), || {
+        let text = get(probe, "/metrics").ok()?.text();
+        text.contains("hurricane_websocket_closes_total{code=\"1009\"} 1")
+            .then_some(text)
+    })
+    .expect("websocket metrics");
+    assert!(
+        metrics.contains("hurricane_websocket_connections 0"),
+        "{metrics}"
+    );
+    assert!(
+        // "hi", the bytes and "close-4001" (the message past --ws-max-size was refused, not received)
+        metrics.contains("hurricane_websocket_messages_total{direction=\"received\"} 3")
+            && metrics.contains("hurricane_websocket_messages_total{direction=\"sent\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hurricane_event_loop_lag_seconds "),
+        "{metrics}"
+    );
     // One line per session at its close, with its code.
     wait_for(Duration::from_secs(5), || {
         (server.log.count("event=websocket ") >= 3).then_some(())
@@ -394,4 +416,32 @@ fn not_an_asgi_app_a_failed_lifespan_or_no_websockets_library_stop_startup() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A blocked event loop (a sync call in an async view) is the asynchronous frozen worker: past
+/// --timeout its Python stack is logged (the blocking line) and the worker replaced.
+#[test]
+fn a_loop_blocked_past_the_timeout_is_reported_with_its_stack_and_replaced() {
+    let server = Server::spawn(&mut asgi(&["asgiapp", "--workers", "1", "--timeout", "2"]));
+    server.wait_started();
+    let old = server.worker_pids();
+    let addr = server.addr;
+    std::thread::spawn(move || get(addr, "/block?20"));
+    let line = server
+        .log
+        .wait_for("event=timeout", Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("no timeout; log:\n{}", server.log.text()));
+    assert!(line.contains("method=LOOP"), "{line}");
+    // faulthandler's dump names the line that blocks the loop.
+    wait_for(Duration::from_secs(5), || {
+        let log = server.log.text();
+        (log.contains("asgiapp.py") && log.contains("in application")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no stack; log:\n{}", server.log.text()));
+    let new = server.wait_workers(1, Duration::from_secs(15));
+    assert_ne!(new, old, "replaced");
+    wait_for(Duration::from_secs(10), || {
+        (get(addr, "/").ok()?.status == 200).then_some(())
+    })
+    .expect("the new worker serves");
 }

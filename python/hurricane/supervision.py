@@ -33,6 +33,10 @@ EXIT_BOOT_FAILED = 3
 # After the master disappears, in-flight work gets this long before the process ends anyway.
 MASTER_GONE_GRACE_S = 1.0
 
+# An asyncio worker's loop ticks this often (asgi.server); silent past LOOP_BLOCKED_S it is blocked.
+LOOP_TICK_S = 0.1
+LOOP_BLOCKED_S = 1.0
+
 
 class StatusPipe:
     """Writes JSON lines to the master. Shared by the main and heartbeat threads, hence the lock."""
@@ -61,7 +65,8 @@ class Activity:
     """
 
     __slots__ = ("current", "inflight", "requests", "counts", "dur_bounds", "dur", "dur_sum",
-                 "size_bounds", "size_first", "size", "size_sum", "rejects")
+                 "size_bounds", "size_first", "size", "size_sum", "rejects", "loop_tick", "loop_lag",
+                 "ws")
 
     def __init__(self, dur_bounds: List[float], size_bounds: List[float]) -> None:
         self.current: Optional[tuple] = None  # (started, by time.monotonic(), method, path) while busy
@@ -78,6 +83,11 @@ class Activity:
         self.size = [0] * (len(size_bounds) + 1)
         self.size_sum = 0.0
         self.rejects: Dict[str, int] = {}  # rejection name (http.rejections.REJECTIONS) -> requests refused
+        # An asyncio worker's loop: when it last ticked (None: no loop), and the worst lag since
+        # the last heartbeat; and its WebSocket counters (asgi.websocket.Counters), if any.
+        self.loop_tick: Optional[float] = None
+        self.loop_lag = 0.0
+        self.ws: Any = None
 
     def reject(self, reason: str) -> None:
         """One refused request (the app never ran): counted apart from served requests."""
@@ -157,6 +167,8 @@ class Heartbeat:
         self._sent_size = list(activity.size)
         self._sent_size_sum = 0.0
         self._sent_rejects: Dict[str, int] = {}
+        self._sent_ws: Tuple[int, int] = (0, 0)
+        self._sent_closes: Dict[int, int] = {}
 
     def beat(self) -> None:
         with self._lock:
@@ -194,6 +206,26 @@ class Heartbeat:
                     if n != self._sent_rejects.get(reason, 0)
                 }
                 self._sent_rejects = rejects
+            tick = activity.loop_tick
+            if tick is not None:
+                # An event loop's lag: how late its last tick was, or, if it has not ticked for a
+                # while, how long it has been blocked. A loop blocked past a second is reported as
+                # busy, so the master's --timeout (and its traceback dump) applies to it.
+                blocked = time.monotonic() - tick
+                message["lag_s"] = round(max(activity.loop_lag, blocked - LOOP_TICK_S, 0.0), 4)
+                activity.loop_lag = 0.0
+                if current is None and blocked > LOOP_BLOCKED_S:
+                    current = (tick, "LOOP", "(event loop blocked)")
+            if activity.ws is not None:
+                ws = activity.ws
+                closes = dict(ws.closes)
+                message["ws"] = {
+                    "open": ws.open, "in": ws.received - self._sent_ws[0], "out": ws.sent - self._sent_ws[1],
+                    "closes": {str(c): n - self._sent_closes.get(c, 0) for c, n in closes.items()
+                               if n != self._sent_closes.get(c, 0)},
+                }
+                self._sent_ws = (ws.received, ws.sent)
+                self._sent_closes = closes
             if current is not None:
                 message["busy_s"] = round(time.monotonic() - current[0], 3)
                 message["method"] = current[1]

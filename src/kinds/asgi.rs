@@ -8,15 +8,19 @@
 //! ASGI worker needs is here: its options (WebSocket limits, the event loop), the check that the
 //! WebSocket library (and uvloop when asked for) import in the workers' Python, and its `Kind`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
 use crate::args::seconds;
 use crate::config::Usage;
 use crate::kind::{Embedded, Kind};
+use crate::metrics::{AsgiSnapshot, Snapshot};
 use crate::pool::WorkerId;
+use crate::protocol::Message;
 use crate::spawn::Launch;
 use crate::state::Doorbell;
 
@@ -102,8 +106,25 @@ impl Args {
     }
 }
 
-/// Our embedded ASGI worker on the shared socket: a pool of interchangeable workers, as `Http`.
-pub struct Asgi(pub Embedded);
+/// Our embedded ASGI worker on the shared socket: a pool of interchangeable workers, as `Http`,
+/// and what their heartbeats say of their event loops and WebSockets.
+pub struct Asgi {
+    pub embedded: Embedded,
+    /// Per worker pid: (its loop's lag, its open WebSockets), as of its last heartbeat.
+    workers: HashMap<i32, (f64, u64)>,
+    /// Messages and closes of every worker so far.
+    totals: AsgiSnapshot,
+}
+
+impl Asgi {
+    pub fn new(embedded: Embedded) -> Asgi {
+        Asgi {
+            embedded,
+            workers: HashMap::new(),
+            totals: AsgiSnapshot::default(),
+        }
+    }
+}
 
 impl Kind for Asgi {
     fn name(&self) -> &'static str {
@@ -111,14 +132,115 @@ impl Kind for Asgi {
     }
 
     fn launch(&self, worker: WorkerId, generation: u64) -> Launch {
-        self.0.launch(worker, generation)
+        self.embedded.launch(worker, generation)
     }
 
     fn zygote(&self, generation: u64) -> Option<Launch> {
-        self.0.zygote(generation)
+        self.embedded.zygote(generation)
     }
 
     fn start(&mut self, _bell: Doorbell) -> Result<(), String> {
-        self.0.debugger.claim_port()
+        self.embedded.debugger.claim_port()
+    }
+
+    fn message(&mut self, pid: i32, message: &Message, _now: Instant) -> bool {
+        if let Message::Heartbeat {
+            loop_lag,
+            websockets,
+            ..
+        } = message
+        {
+            let entry = self.workers.entry(pid).or_default();
+            if let Some(lag) = loop_lag {
+                entry.0 = *lag;
+            }
+            if let Some(ws) = websockets {
+                entry.1 = ws.open;
+                self.totals.messages_received += ws.received;
+                self.totals.messages_sent += ws.sent;
+                for (code, n) in &ws.closes {
+                    *self.totals.closes.entry(*code).or_default() += n;
+                }
+            }
+        }
+        false
+    }
+
+    fn worker_gone(&mut self, pid: i32) {
+        self.workers.remove(&pid);
+    }
+
+    fn metrics(&self, snapshot: &mut Snapshot) {
+        let values = self.workers.values();
+        snapshot.asgi = Some(AsgiSnapshot {
+            loop_lag_seconds: values.clone().map(|(lag, _)| *lag).fold(0.0, f64::max),
+            websockets_open: values.map(|(_, open)| open).sum(),
+            ..self.totals.clone()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use crate::debugger::Debugger;
+    use crate::protocol::{WebSockets, WorkerConfig};
+
+    fn heartbeat(lag: f64, open: u64, received: u64, closes: &[(u16, u64)]) -> Message {
+        Message::Heartbeat {
+            requests: 0,
+            busy: None,
+            inflight: 0,
+            counters: None,
+            rejects: vec![],
+            loop_lag: Some(lag),
+            websockets: Some(WebSockets {
+                open,
+                received,
+                sent: received,
+                closes: closes.iter().copied().collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_worst_lag_the_open_sockets_and_every_message_and_close_are_exported() {
+        let mut asgi = Asgi::new(Embedded {
+            python: PathBuf::from("python3"),
+            config: WorkerConfig {
+                app: "app".into(),
+                pythonpath: vec![],
+                graceful_timeout: Duration::from_secs(30),
+                heartbeat: Duration::from_secs(1),
+                autoreload: false,
+                workers: 2,
+                log_file: None,
+                log_json: false,
+                kind: "asgi",
+                settings: serde_json::Map::new(),
+                preload: false,
+            },
+            debugger: Debugger::Off,
+        });
+        let now = Instant::now();
+        asgi.message(100, &heartbeat(0.002, 3, 10, &[(1000, 1)]), now);
+        asgi.message(101, &heartbeat(0.250, 2, 5, &[(1000, 2), (1009, 1)]), now);
+        asgi.message(100, &heartbeat(0.001, 4, 1, &[]), now);
+        let mut snapshot = Snapshot::default();
+        asgi.metrics(&mut snapshot);
+        let a = snapshot.asgi.unwrap();
+        assert_eq!(a.loop_lag_seconds, 0.250);
+        assert_eq!(a.websockets_open, 6, "the latest count of each worker");
+        assert_eq!((a.messages_received, a.messages_sent), (16, 16));
+        assert_eq!(a.closes.get(&1000), Some(&3));
+        asgi.worker_gone(101);
+        let mut snapshot = Snapshot::default();
+        asgi.metrics(&mut snapshot);
+        let a = snapshot.asgi.unwrap();
+        assert_eq!((a.loop_lag_seconds, a.websockets_open), (0.001, 4));
+        assert_eq!(a.messages_received, 16, "counters never go back");
     }
 }

@@ -437,7 +437,7 @@ impl Setup for Args {
                     debugger,
                 };
                 match asgi {
-                    Some(_) => Box::new(crate::kinds::asgi::Asgi(embedded)),
+                    Some(_) => Box::new(crate::kinds::asgi::Asgi::new(embedded)),
                     None => Box::new(Http(embedded)),
                 }
             },

@@ -369,6 +369,8 @@ fn heartbeat(h: &mut Harness, pid: i32, requests: u64, busy_s: Option<u64>) {
             inflight: 0,
             counters: None,
             rejects: vec![],
+            loop_lag: None,
+            websockets: None,
         },
     );
 }

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import time
 
 STARTUP_FAILS = os.environ.get("ASGI_TEST_STARTUP_FAILS") == "1"
 MARKS = os.environ.get("ASGI_TEST_MARKS", "/tmp")
@@ -64,6 +65,11 @@ async def application(scope, receive, send):
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+    elif path == "/block":
+        # A sync call in an async view: the whole loop stops (the classic ASGI mistake).
+        time.sleep(float(scope["query_string"].decode() or "1"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"unblocked\n"})
     elif path == "/error":
         raise RuntimeError("this view fails")
     else:

@@ -37,7 +37,8 @@ from hurricane.http.request import HeadParser
 from hurricane.http.response import http_date
 from hurricane.log import log_line
 from hurricane.supervision import (
-    Activity, StatusPipe, Stopper, boot_failure, freeze_imports, load_object, report_ready, start_heartbeat,
+    LOOP_TICK_S, Activity, StatusPipe, Stopper, boot_failure, freeze_imports, load_object, report_ready,
+    start_heartbeat,
 )
 
 # The worker reads its control pipe from the start (checks; EOF: the master is gone).
@@ -162,6 +163,9 @@ class Server:
         listener = socket.socket(fileno=LISTEN_FD)
         listener.setblocking(False)
         server = await self.loop.create_server(lambda: Connection(self), sock=listener)
+        self.activity.ws = self.ws_counters
+        self.activity.loop_tick = time.monotonic()
+        ticker = self.loop.create_task(self._tick())
         self.heartbeat = start_heartbeat(self.config, status, self.activity)
         report_ready(self.config, status, booted, reject_reasons=sorted(REJECTIONS))
         await self.stop_event.wait()
@@ -175,8 +179,22 @@ class Server:
             await asyncio.sleep(0.05)
         for conn in list(self.conns):
             conn.close_transport()
+        ticker.cancel()
         await lifespan.shutdown()
         return 0
+
+    async def _tick(self) -> None:
+        """The loop's pulse: its lag (how late each tick is) for the heartbeat, and a tick the
+        heartbeat thread can see stop when code blocks the loop (a sync ORM call in an async view)."""
+        activity = self.activity
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(LOOP_TICK_S)
+            now = time.monotonic()
+            late = now - before - LOOP_TICK_S
+            if late > activity.loop_lag:
+                activity.loop_lag = late
+            activity.loop_tick = now
 
 
 class Request:
