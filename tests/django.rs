@@ -485,3 +485,47 @@ fn manage_py_serve_on_the_example_project_pages_static_probes_and_term() {
         Some(0)
     );
 }
+
+/// Issue 23: `manage.py serve --asgi` serves the project's ASGI app (here `djsite.asgi`, beside
+/// the settings): an `async def` view on the event loop, a sync view in Django's thread.
+#[test]
+fn manage_py_serve_asgi_runs_async_and_sync_views() {
+    let dir = TempDir::new("dj-asgi");
+    let project = apps_dir().join("djproject");
+    let mut cmd = manage_py_serve(
+        &project,
+        &[
+            "--asgi",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--workers",
+            "1",
+        ],
+    );
+    cmd.env("HURRICANE_TEST_DB", dir.0.join("db.sqlite3"));
+    let server = Server::spawn(&mut cmd);
+    server.wait_started();
+    let listening = server
+        .log
+        .wait_for("event=listening", Duration::ZERO)
+        .unwrap();
+    assert!(
+        listening.contains("kind=asgi") && listening.contains("app=djsite.asgi:application"),
+        "{listening}"
+    );
+    let async_view = server.get("/async");
+    assert_eq!(async_view.status, 200, "log:\n{}", server.log.text());
+    assert_eq!(async_view.text(), r#"{"hello": "async django"}"#);
+    let sync_view = server.get("/");
+    assert_eq!(sync_view.status, 200, "log:\n{}", server.log.text());
+    assert!(
+        sync_view.text().contains("\"db\": 1"),
+        "{}",
+        sync_view.text()
+    );
+    // Django's handler raises on the lifespan scope: no lifespan, said once, not a failure.
+    assert!(server.log.text().contains("event=lifespan_unsupported"));
+    assert_eq!(server.probe("/ready").status, 200);
+}

@@ -57,6 +57,8 @@ async def application(scope, receive, send):
                     "headers": [(b"content-type", b"text/event-stream")]})
         await send({"type": "http.response.body", "body": b"data: first\n\n", "more_body": True})
         message = await receive()
+        while message["type"] == "http.request":  # the (empty) request body first, as the spec says
+            message = await receive()
         _mark("disconnect-" + message["type"])
     elif path == "/state":
         body = json.dumps({"state": scope.get("state", {}), "scheme": scope["scheme"],

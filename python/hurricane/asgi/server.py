@@ -215,6 +215,7 @@ class Request:
         self.body_done = length == 0 and chunked is None
         self.body_waiter: Optional[asyncio.Future] = None
         self.disconnected = False
+        self.body_given = False  # an http.request message went to the app
         self.disconnect_waiter: Optional[asyncio.Future] = None
         self.started = False  # the response's head is sent
         self.finished = False  # the response's last byte is sent
@@ -271,7 +272,10 @@ class Request:
     async def receive(self) -> Dict[str, Any]:
         if self.disconnected:
             return {"type": "http.disconnect"}
-        if self.body or not self.body_done:
+        # The first receive is always an http.request, an empty one for a request without a body
+        # (the spec; Django's handler reads until it has one).
+        if self.body or not self.body_done or not self.body_given:
+            self.body_given = True
             if self.expect:
                 self.expect = False
                 self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -53,7 +53,12 @@ class PassThroughCommand(BaseCommand):
         raises CommandError when the project cannot supply one that is needed."""
         return []
 
+    def complete(self, args: List[str]) -> List[str]:
+        """The command line with what the project fills in for options given without a value."""
+        return args
+
     def hurricane_argv(self, binary: str, args: List[str], manage_py: str) -> List[str]:
+        args = self.complete(args)
         argv = [binary, self.subcommand] + self.project_args(args)
         if not given(args, "--python"):
             argv += ["--python", sys.executable]

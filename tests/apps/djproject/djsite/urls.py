@@ -17,4 +17,12 @@ def visits(request):
     return JsonResponse({"visits": Visit.objects.count()})
 
 
-urlpatterns = [path("", hello), path("visits", visits)]
+async def async_hello(request):
+    # An async view under ASGI runs on the worker's event loop.
+    import asyncio
+
+    await asyncio.sleep(0)
+    return JsonResponse({"hello": "async django"})
+
+
+urlpatterns = [path("", hello), path("visits", visits), path("async", async_hello)]
