@@ -445,3 +445,26 @@ fn a_loop_blocked_past_the_timeout_is_reported_with_its_stack_and_replaced() {
     })
     .expect("the new worker serves");
 }
+
+/// `--preload` with `--asgi`: workers forked from a zygote that imported the app serve it, and a
+/// HUP brings a new generation.
+#[test]
+fn preloaded_asgi_workers_serve_and_reload() {
+    let server = Server::spawn(&mut asgi(&["asgiapp", "--workers", "2", "--preload"]));
+    server.wait_started();
+    assert_eq!(server.log.count("event=fork "), 2, "{}", server.log.text());
+    assert!(server.get("/state").text().contains("hello from lifespan"));
+    let old = server.worker_pids();
+    server.signal(libc::SIGHUP);
+    server
+        .log
+        .wait_for("event=reload result=succeeded", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no reload; log:\n{}", server.log.text()));
+    // The old generation drains and exits; only new workers are left.
+    wait_for(Duration::from_secs(10), || {
+        let now = server.worker_pids();
+        (now.len() == 2 && now.iter().all(|pid| !old.contains(pid))).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{old:?} -> {:?}", server.worker_pids()));
+    assert_eq!(server.get("/").status, 200);
+}
