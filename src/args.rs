@@ -9,6 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+
+/// A usage error found after parsing (a directory that does not exist, a library missing from the
+/// workers' Python): exit 2.
+#[derive(Debug)]
+pub struct Usage(pub String);
 use clap::builder::BoolishValueParser;
 
 pub fn seconds(s: &str) -> Result<Duration, String> {

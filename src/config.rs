@@ -26,9 +26,7 @@ const PROCESS_MARGIN: u64 = 16;
 /// How often a worker reports in (DESIGN.md: heartbeat every second).
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1000;
 
-/// A usage error found after parsing (a directory that does not exist, say): exit 2.
-#[derive(Debug)]
-pub struct Usage(pub String);
+pub use crate::args::Usage;
 
 /// Where `serve` listens.
 pub struct Listen {

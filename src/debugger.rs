@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::args::DebugArgs;
-use crate::config::Usage;
+use crate::args::{DebugArgs, Usage};
 use crate::pool::{PoolConfig, ReloadStyle};
 
 /// With --debugger-wait the worker waits for a person to attach: no boot deadline that matters.

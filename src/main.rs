@@ -1,9 +1,10 @@
-//! hurricane: a process supervisor and prefork application server for Python WSGI apps.
+//! hurricane: a process supervisor and prefork application server for Python WSGI and ASGI apps,
+//! AMQP consumers and Celery.
 //!
 //! Why the entry point is this small: every kind of process builds its own configuration
 //! (`kinds`), and the master runs whatever it is given. What is left here is the edge of the
-//! program, where errors become exit codes (ripgrep keeps `anyhow`-style reporting at this edge
-//! too): 0 clean shutdown, 1 fatal error, 2 bad usage, 3 the app failed to boot.
+//! program, where every module's own error type becomes a line and an exit code (as ripgrep and
+//! tini do): 0 clean shutdown, 1 fatal error, 2 bad usage, 3 the app failed to boot.
 
 mod amqp;
 mod args;

@@ -468,3 +468,70 @@ fn preloaded_asgi_workers_serve_and_reload() {
     .unwrap_or_else(|| panic!("{old:?} -> {:?}", server.worker_pids()));
     assert_eq!(server.get("/").status, 200);
 }
+
+/// Channels on hurricane's ASGI worker: an `AsyncWebsocketConsumer` echo, and a group message
+/// sent on a socket of one worker process reaching a socket of the other through channels_redis
+/// (the local Redis, a database and a group of this test's own).
+#[test]
+fn channels_consumers_echo_and_a_redis_group_crosses_two_workers() {
+    if std::net::TcpStream::connect("127.0.0.1:6379").is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Redis is not running on 127.0.0.1:6379"
+        );
+        eprintln!("skipped: no Redis on 127.0.0.1:6379");
+        return;
+    }
+    let db = TempDir::new("channels");
+    let python = test_venv_python().display().to_string();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--asgi", "djsite.channels_asgi", "--workers", "2"])
+        .args(["--bind", "127.0.0.1", "--port", "0", "--chdir"])
+        .arg(apps_dir().join("djproject"))
+        .args(["--python", &python])
+        .env("DJANGO_SETTINGS_MODULE", "djsite.settings_channels")
+        .env("HURRICANE_TEST_DB", db.path("db.sqlite3"))
+        .env("CHANNELS_TEST_REDIS", "redis://127.0.0.1:6379/13")
+        .env(
+            "CHANNELS_TEST_GROUP",
+            format!("hurricane-room-{}", std::process::id()),
+        )
+        .env_remove("VIRTUAL_ENV")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    without_hurricane_env(&mut cmd);
+    let server = Server::spawn(&mut cmd);
+    server.wait_started();
+    let out = ws_client(
+        server.addr.port(),
+        r#"
+port = sys.argv[1]
+with connect(f"ws://127.0.0.1:{port}/ws/echo") as ws:
+    ws.send("hello channels"); print(ws.recv(timeout=5))
+by_pid = {}
+for _ in range(40):
+    ws = connect(f"ws://127.0.0.1:{port}/ws/room")
+    pid = ws.recv(timeout=5).split()[1]
+    if pid in by_pid:
+        ws.close()
+    else:
+        by_pid[pid] = ws
+    if len(by_pid) == 2:
+        break
+print(len(by_pid))
+a, b = by_pid.values()
+a.send("broadcast")
+got = sorted(m.split(" via ")[1] for m in (a.recv(timeout=5), b.recv(timeout=5)))
+print(got == sorted(by_pid))
+for ws in by_pid.values():
+    ws.close()
+"#,
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["hello channels", "2", "True"],
+        "log:\n{}",
+        server.log.text()
+    );
+}

@@ -636,6 +636,8 @@ pub fn test_venv_python() -> PathBuf {
             "kubernetes-validate",
             "debugpy",
             "websockets",
+            "channels",
+            "channels_redis",
         ];
         if std::fs::read_to_string(&marker).ok().as_deref() != Some(packages.join(" ").as_str()) {
             let ok = Command::new(python_for_venv())

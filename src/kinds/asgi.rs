@@ -15,8 +15,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::args::seconds;
-use crate::config::Usage;
+use crate::args::{Usage, seconds};
 use crate::kind::{Embedded, Kind};
 use crate::metrics::{AsgiSnapshot, Snapshot};
 use crate::pool::WorkerId;

@@ -22,9 +22,7 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from _socket import socket as _CSocket
-from bisect import bisect_left as _bisect
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
@@ -34,7 +32,7 @@ from hurricane import LISTEN_FD, __version__
 from hurricane.http.body import EMPTY_INPUT, ChunkedBody, PendingBody
 from hurricane.http.rejections import REJECTIONS, HTTPError, RejectLog, error_response
 from hurricane.http.proxies import Proxies
-from hurricane.http.request import HEAD_CACHE, METRIC_METHODS, HeadParser
+from hurricane.http.request import HEAD_CACHE, HeadParser
 from hurricane.http.response import (
     NO_BODY,
     WRITE_TIMEOUT_S,
@@ -65,7 +63,9 @@ from hurricane.http.wire import (
     register,
     send_closing,
 )
+from hurricane.http.threads import ThreadHandoff
 from hurricane.log import log_line as _log_line
+from hurricane.http.wsgi_call import Request, WsgiCall
 
 # While draining, a keep-alive connection idle this long is closed; until then its next request is
 # still served (with Connection: close), so a client in the middle of a request loop sees no error.
@@ -75,28 +75,15 @@ SERVER_SOFTWARE = "hurricane/" + __version__
 ACCEPT_BATCH = 16
 # --threads, more than one worker: a busy worker stops accepting for at most this long.
 ACCEPT_PAUSE_MAX_S = 0.1
-# (method, status class) -> the same tuple, prebuilt: the counter key costs a lookup, not a new tuple.
-_COUNT_KEYS = {(m, c): (m, c) for m in METRIC_METHODS for c in range(1, 6)}
-_monotonic = time.monotonic
 
 EPOLLEXCLUSIVE = getattr(select, "EPOLLEXCLUSIVE", 0)
 
 
-class Request:
-    """What finishing a request needs once its response's tail has gone out (see Server._finish)."""
+class Server(WsgiCall, ThreadHandoff):
+    """The worker's event loop: accept on the shared socket, parse, call the app, respond.
 
-    __slots__ = ("env", "method", "started", "result", "fd")
-
-    def __init__(self, env: Dict[str, Any], method: str, started: float, result: Any, fd: int) -> None:
-        self.env = env
-        self.method = method
-        self.started = started
-        self.result = result  # the app's iterable, closed at the end (PEP 3333)
-        self.fd = fd  # a static file's descriptor, ours to close; -1 if none
-
-
-class Server:
-    """The worker's event loop: accept on the shared socket, parse, call the app, respond."""
+    Calling the app for a request is ``WsgiCall``'s (http/wsgi_call.py), handing a request to a
+    --threads thread and taking its connection back is ``ThreadHandoff``'s (http/threads.py)."""
 
     def __init__(self, config: Dict[str, Any], activity: Any) -> None:
         self.activity = activity
@@ -158,7 +145,8 @@ class Server:
             except OSError:
                 pass
 
-    def serve(self, app: Callable) -> int:
+    def _listener(self) -> socket.socket:
+        """The shared listening socket (fd 3), and the environ every request starts from."""
         listener = socket.socket(fileno=LISTEN_FD)
         listener.setblocking(False)
         self.listen_family = (int(listener.family), int(listener.type), listener.proto)
@@ -182,11 +170,20 @@ class Server:
             "SERVER_SOFTWARE": SERVER_SOFTWARE,
         }
         self.parser.base_environ = self.base_environ
+        return listener
+
+    def _wakeup(self) -> socket.socket:
+        """The loop's wakeup: signals (TERM) and --threads' finished requests write to its pair."""
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         self._wake_w = wake_w
         signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        return wake_r
+
+    def serve(self, app: Callable) -> int:
+        listener = self._listener()
+        wake_r = self._wakeup()
 
         epoll = select.epoll()
         lfd = listener.fileno()
@@ -515,45 +512,6 @@ class Server:
             return SENDING if keep else CLOSING
         return READING if keep else CLOSED
 
-    def _resume_in_thread(self, conn: Conn) -> None:
-        state = CLOSED
-        try:
-            state = self._resume(conn)
-        except BaseException:  # noqa: BLE001 - a thread must always hand its connection back
-            self._log_app_error({})
-        finally:
-            self._done.append((conn, state))
-            self._wake()
-
-    def _finish(self, ex: Exchange, request: Request) -> bool:
-        """The end of a request whose response went out as its client read: close what the app
-        returned, count and log it; True to keep the connection."""
-        result = request.result
-        if result is not None and hasattr(result, "close"):
-            try:
-                result.close()
-            except Exception:
-                self._log_app_error(request.env)
-        if request.fd >= 0:
-            os.close(request.fd)
-        if ex.length is not None and ex.written < ex.length:
-            ex.keep_alive = False  # the app declared more than it gave
-        self._count(request.env, ex, _monotonic() - request.started)
-        return ex.keep_alive
-
-    def _count(self, env: Dict[str, Any], ex: Exchange, seconds: float) -> None:
-        """Count a finished request and write its access line (off the hot path: _run_app inlines
-        this for the common request)."""
-        method = env["REQUEST_METHOD"]
-        label = method if method in METRIC_METHODS else "other"  # bounded label values
-        if self.pool is not None:
-            with self._count_lock:
-                self.activity.record(label, ex.code, seconds, ex.written)
-        else:
-            self.activity.record(label, ex.code, seconds, ex.written)
-        if self.access_log:
-            self._log_access(env, ex.code, ex.written, seconds)
-
     def _process(self, conn: Conn, app: Callable, now: float) -> State:
         """Serve every complete request in the buffer, in order; returns the connection's state."""
         pending = conn.body
@@ -676,40 +634,6 @@ class Server:
             return IN_THREAD
         return self._run_app(conn, app, env, method, version11, keep_alive, body)
 
-    def _in_thread(
-        self, conn: Conn, app: Callable, env: Dict[str, Any], method: str,
-        version11: bool, keep_alive: bool, body: Any,
-    ) -> None:
-        """--threads: run one request off the event loop, then hand the connection back."""
-        state = CLOSED
-        try:
-            state = self._run_app(conn, app, env, method, version11, keep_alive, body)
-        except HTTPError as exc:
-            state = self._reject(conn, exc.reason)
-        except ClientGone:
-            pass
-        except BaseException:  # noqa: BLE001 - a thread must always hand its connection back
-            self._log_app_error(env)
-        finally:
-            self._done.append((conn, state))  # deque.append is atomic: no lock needed
-            self._wake()
-
-    def _take_back(self, app: Callable, epoll: Any, now: float) -> None:
-        """Connections a thread is done with: close them, or watch them again."""
-        done = self._done
-        while done:
-            conn, state = done.popleft()
-            self._inflight -= 1
-            conn.state = IN_THREAD
-            self.conns[conn.fd] = conn
-            if state is CLOSED:
-                self._close(conn, epoll)
-                continue
-            conn.last = now
-            if state is READING and conn.buf:
-                state = self._process(conn, app, now)
-            self._settle(conn, state, epoll)
-
     def _serve_static(
         self, conn: Conn, mount: Any, env: Dict[str, Any], target: bytes,
         version11: bool, keep_alive: bool, body: Any,
@@ -744,157 +668,3 @@ class Server:
         if conn.parked:
             return SENDING if ex.keep_alive else CLOSING
         return READING if ex.keep_alive else CLOSED
-
-    def _run_app(
-        self, conn: Conn, app: Callable, env: Dict[str, Any], method: str,
-        version11: bool, keep_alive: bool, body: Any,
-    ) -> State:
-        ex = Exchange(conn, version11, method == "HEAD", keep_alive, self.stopping, self._hold)
-        activity = self.activity
-        # The loop's clock (read once per wakeup) is precise enough for --timeout and saves a call.
-        threaded = self.pool is not None
-        started = self.now
-        if threaded:
-            ident = threading.get_ident()
-            activity.inflight[ident] = (self.now, method, env["PATH_INFO"])
-        else:
-            activity.current = (self.now, method, env["PATH_INFO"])
-        result = None
-        tail: Optional[Tail] = None
-        try:
-            result = app(env, ex.start_response)
-            if type(result) is list and len(result) == 1 and ex.status is not None:
-                ex.send_one(result[0])
-            elif type(result) is FileWrapper and ex.status is not None and (
-                    where := ex.file_fd(result)) is not None:
-                tail = self._send_file(ex, where)
-            else:
-                # Hold the first chunk: if it is also the last, it goes out with a Content-Length.
-                first: Optional[bytes] = None
-                it = iter(result)
-                for data in it:
-                    if not data:
-                        continue
-                    if ex.sent:
-                        ex.write(data)
-                    elif first is None:
-                        first = data
-                        continue
-                    else:
-                        ex.write(first)
-                        ex.write(data)
-                        first = None
-                    if conn.parked:
-                        # The client reads slower than the app yields: the rest of the iterator is
-                        # advanced as it reads, and the worker serves others meanwhile.
-                        tail = Tail(ex, it, -1, 0, 0, None)
-                        break
-                else:
-                    if first is not None and not ex.sent:
-                        ex.send_one(first)
-                    else:
-                        ex.finish()
-        except ClientGone:
-            ex.keep_alive = False
-        except HTTPError:
-            raise
-        except Exception:
-            self._log_app_error(env)
-            if ex.sent:
-                ex.keep_alive = False  # never a second status line; the client sees a cut response
-            else:
-                try:
-                    send_closing(conn, error_response("500 Internal Server Error"))
-                except ClientGone:
-                    pass
-                ex.code = 500
-                ex.keep_alive = False
-        finally:
-            if tail is not None:
-                # Not finished: the request ends when its tail is out (Server._finish).
-                if threaded:
-                    activity.inflight.pop(ident, None)
-                else:
-                    activity.current = None
-            else:
-                if result is not None and hasattr(result, "close"):
-                    try:
-                        result.close()
-                    except Exception:
-                        self._log_app_error(env)
-                ended = _monotonic()
-                seconds = ended - started
-                if not threaded:
-                    # The next request of this pass starts now, not when the loop woke up.
-                    self.now = ended
-                    if self.outbox is not None:
-                        self.outbox.expire(ended)
-                if threaded:
-                    activity.inflight.pop(ident, None)
-                    label = method if method in METRIC_METHODS else "other"  # bounded label values
-                    with self._count_lock:
-                        activity.record(label, ex.code, seconds, ex.written)
-                else:
-                    # Inline Activity.record: this runs for every request, a call would cost ~10 %.
-                    activity.current = None
-                    activity.requests += 1
-                    key = _COUNT_KEYS.get((method, ex.code // 100))
-                    if key is None:
-                        key = (method if method in METRIC_METHODS else "other", ex.code // 100)
-                    counts = activity.counts
-                    counts[key] = counts.get(key, 0) + 1
-                    activity.dur[_bisect(activity.dur_bounds, seconds)] += 1
-                    activity.dur_sum += seconds
-                    size = ex.written
-                    # Small bodies skip the search: they fall in the first bucket.
-                    activity.size[0 if size <= activity.size_first else _bisect(activity.size_bounds, size)] += 1
-                    activity.size_sum += size
-                if self.access_log:
-                    self._log_access(env, ex.code, ex.written, seconds)
-        if tail is not None:
-            tail.context = Request(env, method, started, result, -1)
-            conn.tail = tail
-            return SENDING
-        keep = ex.keep_alive
-        if conn.parked:
-            return SENDING if keep else CLOSING
-        return READING if keep else CLOSED
-
-    def _send_file(self, ex: Exchange, where: Tuple[int, int, int]) -> Optional[Tail]:
-        """wsgi.file_wrapper around a real file (fd, offset, size): sendfile(2), the rest as the
-        client reads."""
-        fd, offset, size = where
-        head = ex._head_bytes(size)
-        if ex.framing is NO_BODY:
-            ex._send_last(head)
-            return None
-        count = min(size, ex.length if ex.length is not None else size)
-        left = ex.send_range(head, fd, offset, count)
-        if left:
-            return Tail(ex, None, fd, offset + count - left, left, None)
-        if ex.length is not None and ex.written < ex.length:
-            ex.keep_alive = False  # the app declared more than the file holds
-        return None
-
-    def _log_access(self, env: Dict[str, Any], code: int, size: int, seconds: float) -> None:
-        """--access-log: one line per request, in the master's format, in one write(2)."""
-        fields = {
-            "remote": env["REMOTE_ADDR"],
-            "method": env["REQUEST_METHOD"],
-            "path": env["PATH_INFO"],
-            "query": env["QUERY_STRING"],
-            "status": code,
-            "size": size,
-            "duration_ms": round(seconds * 1000, 3),
-            "worker": self.worker_id,
-        }
-        _log_line("INFO", "access", fields, self.log_json)
-
-    def _log_app_error(self, env: Dict[str, Any]) -> None:
-        fields = {
-            "pid": os.getpid(),
-            "method": env.get("REQUEST_METHOD"),
-            "path": env.get("PATH_INFO"),
-            "traceback": traceback.format_exc(),
-        }
-        _log_line("ERROR", "app_error", fields, self.log_json)
