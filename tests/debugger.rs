@@ -293,3 +293,34 @@ fn without_debugpy_or_with_its_port_taken_startup_stops_with_one_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `--pycharm-host`: without pydevd-pycharm, exit 2 saying what to install; with it but no debug
+/// server listening, exit 3 with one line saying to start it. (Attaching a real PyCharm needs
+/// PyCharm; its handshake is not faked here.)
+#[test]
+fn pycharm_without_its_library_or_its_server_stops_startup_with_one_line() {
+    let out = command("debugapp", &["--pycharm-host", "127.0.0.1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("pip install pydevd-pycharm"), "{err}");
+    let closed = free_port().to_string();
+    let python = test_venv_python().display().to_string();
+    let out = command_with(
+        &python,
+        &apps_dir(),
+        "debugapp",
+        &["--pycharm-host", "127.0.0.1", "--pycharm-port", &closed],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("cannot connect to PyCharm's debug server at 127.0.0.1:{closed}"))
+            && last.contains("start it in PyCharm first"),
+        "{err}"
+    );
+}

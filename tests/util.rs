@@ -638,6 +638,7 @@ pub fn test_venv_python() -> PathBuf {
             "websockets",
             "channels",
             "channels_redis",
+            "pydevd-pycharm",
         ];
         if std::fs::read_to_string(&marker).ok().as_deref() != Some(packages.join(" ").as_str()) {
             let ok = Command::new(python_for_venv())

@@ -43,7 +43,7 @@ def attach(config: Dict[str, Any]) -> None:
     import pydevd_pycharm  # type: ignore[import-not-found]  # the user's, checked by the master
 
     try:
-        pydevd_pycharm.settrace(host, port=port, suspend=False, stdoutToServer=False, stderrToServer=False)
+        pydevd_pycharm.settrace(host, port=port, suspend=False)
     except BaseException as exc:  # noqa: BLE001 - pydevd exits or raises when nobody listens
         raise ConnectionError(f"--pycharm-host: cannot connect to PyCharm's debug server at {host}:{port} "
                               f"({type(exc).__name__}: {exc}); start it in PyCharm first (a Python Debug Server "
