@@ -78,7 +78,12 @@ impl Supervision {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
+    /// SIGTERM: drain and exit, the service is shutting down.
     Term,
+    /// SIGHUP: drain and exit like Term, because the worker is being replaced (a reload, a
+    /// recycle, a scale-down), not shut down: an ASGI worker closes its WebSockets with 1012
+    /// (service restart) instead of 1001, so clients reconnect at once.
+    Restart,
     Quit,
     Kill,
     /// SIGUSR2: the worker's faulthandler prints every thread's traceback.

@@ -535,3 +535,52 @@ for ws in by_pid.values():
         server.log.text()
     );
 }
+
+/// A reload replaces the worker: its open WebSockets close with 1012 (service restart), not 1001,
+/// so clients reconnect at once, to the new generation.
+#[test]
+fn a_reload_closes_websockets_with_1012_and_new_connections_reach_the_new_worker() {
+    let server = Server::spawn(&mut asgi(&["asgiapp", "--workers", "1"]));
+    server.wait_started();
+    let port = server.addr.port();
+    let python = test_venv_python();
+    let client = std::thread::spawn(move || {
+        let out = Command::new(python)
+            .args([
+                "-c",
+                "import sys\nfrom websockets.sync.client import connect\n\
+                 from websockets.exceptions import ConnectionClosed\n\
+                 with connect(f'ws://127.0.0.1:{sys.argv[1]}/ws') as ws:\n\
+                 \x20   ws.send('hello'); ws.recv(); print('open', flush=True)\n\
+                 \x20   try:\n\
+                 \x20       ws.recv()\n\
+                 \x20   except ConnectionClosed as e:\n\
+                 \x20       print(e.rcvd.code)\n",
+            ])
+            .arg(port.to_string())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    });
+    wait_for(Duration::from_secs(5), || {
+        let metrics = get(server.probe.unwrap(), "/metrics").ok()?.text();
+        metrics
+            .contains("hurricane_websocket_connections 1")
+            .then_some(())
+    })
+    .expect("the websocket is open");
+    let old = server.worker_pids();
+    server.signal(libc::SIGHUP);
+    let out = client.join().unwrap();
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["open", "1012"], "{out}");
+    server
+        .log
+        .wait_for("event=reload result=succeeded", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no reload; log:\n{}", server.log.text()));
+    wait_for(Duration::from_secs(10), || {
+        let now = server.worker_pids();
+        (now.len() == 1 && now != old).then_some(())
+    })
+    .expect("the old worker is gone");
+    assert_eq!(server.get("/").status, 200);
+}

@@ -319,8 +319,9 @@ fn pycharm_without_its_library_or_its_server_stops_startup_with_one_line() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     let last = err.lines().last().unwrap_or_default();
     assert!(
-        last.contains(&format!("cannot connect to PyCharm's debug server at 127.0.0.1:{closed}"))
-            && last.contains("start it in PyCharm first"),
+        last.contains(&format!(
+            "cannot connect to PyCharm's debug server at 127.0.0.1:{closed}"
+        )) && last.contains("start it in PyCharm first"),
         "{err}"
     );
 }

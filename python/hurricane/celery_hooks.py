@@ -169,7 +169,7 @@ def serve(config: Dict[str, Any], control: IO[bytes], status: StatusPipe, booted
     """Run the user's Celery command in this process, as its own ``__main__``."""
     # Celery installs its own handlers (TERM warm, QUIT cold shutdown); start from the defaults. A
     # TERM that came while Celery was being hooked ends the process as it would have then.
-    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1):
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     if stopper.asked:
         os.kill(os.getpid(), signal.SIGTERM)

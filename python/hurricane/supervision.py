@@ -19,6 +19,7 @@ from bisect import bisect_left
 import gc
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -288,10 +289,15 @@ class Stopper:
 
     def __init__(self) -> None:
         self.asked = False
+        # Why the worker stops: "shutdown" (SIGTERM, the master gone) or "restart" (SIGHUP: it is
+        # being replaced by a reload, a recycle or a scale-down).
+        self.reason = "shutdown"
         self._target: Optional[Callable[[], None]] = None
         self._watching = False
 
-    def __call__(self, *_: Any) -> None:
+    def __call__(self, signum: int = 0, *_: Any) -> None:
+        if signum == signal.SIGHUP and not self.asked:
+            self.reason = "restart"
         self.asked = True
         if self._target is not None:
             self._target()

@@ -63,6 +63,7 @@ def main(config: Dict[str, Any], control: IO[bytes]) -> None:
     # TERM before the app finished importing is handled like any other time: drain (nothing to drain).
     stopper = Stopper()
     signal.signal(signal.SIGTERM, stopper)
+    signal.signal(signal.SIGHUP, stopper)  # replaced (reload, recycle, scale-down): drain the same way
     if kind.WATCH_CONTROL_WHILE_LOADING:
         stopper.watch_control(control, status)
     try:

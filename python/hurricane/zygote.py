@@ -188,6 +188,8 @@ def _become_worker(request: Dict[str, Any], status_fd: int, control_fd: int, req
     stopper = Stopper()
     if not config.get("app_term"):
         signal.signal(signal.SIGTERM, stopper)
+    if signal.getsignal(signal.SIGHUP) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGHUP, stopper)  # replaced (reload, recycle, scale-down)
     config = dict(config, worker=request["worker"], generation=request["generation"], zygote=False)
     status = StatusPipe(STATUS_FD)
     status.send(t="boot", pid=os.getpid())

@@ -78,6 +78,7 @@ fn become_subreaper() {
 fn send_signal(pid: i32, signal: Signal) {
     let sig = match signal {
         Signal::Term => Sig::SIGTERM,
+        Signal::Restart => Sig::SIGHUP,
         Signal::Quit => Sig::SIGQUIT,
         Signal::Kill => Sig::SIGKILL,
         Signal::DumpTraceback => Sig::SIGUSR2,

@@ -20,7 +20,7 @@ impl Pool {
             kill_at: now + graceful,
         };
         let (slot, pid) = (w.slot, w.pid);
-        self.signal(pid, Signal::Term);
+        self.signal(pid, Signal::Restart);
         *self.restarts.entry(reason).or_default() += 1;
         log::info!(
             "event=retire worker={old} slot={slot} reason={}",
@@ -143,7 +143,7 @@ impl Pool {
                 w.plan = Plan::End(Reason::Scale);
                 w.state = WorkerState::Draining { kill_at };
                 let pid = w.pid;
-                self.signal(pid, Signal::Term);
+                self.signal(pid, Signal::Restart);
                 *self.restarts.entry(Reason::Scale).or_default() += 1;
             }
         } else {
@@ -234,7 +234,7 @@ impl Pool {
             kill_at: now + graceful,
         };
         let (slot, pid) = (w.slot, w.pid);
-        self.signal(pid, Signal::Term);
+        self.signal(pid, Signal::Restart);
         *self.restarts.entry(Reason::Reload).or_default() += 1;
         log::info!("event=retire worker={old} slot={slot} reason=reload style=stop_first");
     }

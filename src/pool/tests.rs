@@ -387,7 +387,7 @@ fn reload_replaces_slot_by_slot_new_ready_before_old_drains() {
         "nobody drains before the successor is ready"
     );
     ready(&mut h, 102);
-    assert_eq!(h.signals, vec![(100, Signal::Term)]);
+    assert_eq!(h.signals, vec![(100, Signal::Restart)]);
     assert_eq!(
         h.alive,
         vec![100, 101, 102, 103],
@@ -396,7 +396,10 @@ fn reload_replaces_slot_by_slot_new_ready_before_old_drains() {
     assert_eq!(h.pool.health().ready, 2, "never below the pool size");
     h.exit(100, ExitStatus::Code(0));
     ready(&mut h, 103);
-    assert_eq!(h.signals, vec![(100, Signal::Term), (101, Signal::Term)]);
+    assert_eq!(
+        h.signals,
+        vec![(100, Signal::Restart), (101, Signal::Restart)]
+    );
     h.exit(101, ExitStatus::Code(0));
     assert_eq!(h.pool.reloads_succeeded, 1);
     assert_eq!(h.pool.restarts.get(&Reason::Reload), Some(&2));
@@ -505,7 +508,7 @@ fn a_stop_first_reload_stops_the_old_worker_before_its_slot_gets_the_new_one() {
     h.ready_all();
     h.pool.reload(h.now);
     h.run();
-    assert_eq!(h.signals, vec![(100, Signal::Term)]);
+    assert_eq!(h.signals, vec![(100, Signal::Restart)]);
     assert_eq!(
         h.alive,
         vec![100],
@@ -577,7 +580,7 @@ fn a_hup_during_a_reload_restarts_it_with_the_newest_code() {
     h.exit(101, ExitStatus::Signal(9));
     assert_eq!(h.alive, vec![100, 102]);
     ready(&mut h, 102);
-    assert_eq!(h.signals.last(), Some(&(100, Signal::Term)));
+    assert_eq!(h.signals.last(), Some(&(100, Signal::Restart)));
     assert_eq!(h.pool.reloads_failed, 0);
 }
 
@@ -630,7 +633,7 @@ fn max_requests_recycles_with_the_successor_ready_first() {
         "old keeps serving until the successor is ready"
     );
     ready(&mut h, 102);
-    assert_eq!(h.signals, vec![(101, Signal::Term)]);
+    assert_eq!(h.signals, vec![(101, Signal::Restart)]);
     assert_eq!(h.pool.restarts.get(&Reason::MaxRequests), Some(&1));
 }
 
@@ -662,7 +665,7 @@ fn max_memory_recycles_the_worker_over_the_limit() {
     h.run();
     assert_eq!(h.alive, vec![100, 101, 102]);
     ready(&mut h, 102);
-    assert_eq!(h.signals, vec![(101, Signal::Term)]);
+    assert_eq!(h.signals, vec![(101, Signal::Restart)]);
     assert_eq!(h.pool.restarts.get(&Reason::MaxMemory), Some(&1));
 }
 
@@ -676,7 +679,7 @@ fn ttin_and_ttou_scale_never_below_one() {
     assert_eq!(h.pool.health().size, 2);
     h.pool.scale(false, h.now);
     h.run();
-    assert_eq!(h.signals, vec![(101, Signal::Term)]);
+    assert_eq!(h.signals, vec![(101, Signal::Restart)]);
     h.exit(101, ExitStatus::Code(0));
     h.pool.scale(false, h.now);
     h.run();

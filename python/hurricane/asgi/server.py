@@ -134,6 +134,7 @@ class Server:
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.stop_event: Optional[asyncio.Event] = None
         self.heartbeat: Any = None
+        self.stopper: Optional[Stopper] = None
 
     def request_stop(self) -> None:
         """TERM (from the signal handler) or the master gone (from the control thread)."""
@@ -151,6 +152,7 @@ class Server:
     async def run(self, status: StatusPipe, booted: float, stopper: Stopper) -> int:
         self.loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
+        self.stopper = stopper
         stopper.attach(self.request_stop)
         lifespan = Lifespan(self.app, self.state)
         failed = await lifespan.startup()
@@ -173,8 +175,11 @@ class Server:
         self.stopping = True
         server.close()
         deadline = self.loop.time() + self.graceful_timeout_s
+        # Replaced (reload, recycle): 1012, "service restart", so clients reconnect at once (to the
+        # new generation); shutting down: 1001, "going away".
+        code = 1012 if stopper.reason == "restart" else 1001
         for conn in list(self.conns):
-            conn.drain_start()
+            conn.drain_start(code)
         while self.conns and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.conns):
@@ -510,10 +515,10 @@ class Connection(asyncio.Protocol):
             self.paused_reading = False
             self.transport.resume_reading()
 
-    def drain_start(self) -> None:
+    def drain_start(self, code: int) -> None:
         """The worker is stopping: finish what is running, tell what is long-lived, close the idle."""
         if self.ws is not None:
-            self.ws.close(1001, "server shutting down")
+            self.ws.close(code, "server restarting" if code == 1012 else "server shutting down")
         elif self.request is None:
             self.close_transport()
         elif self.request.body_done and self.request.started:
