@@ -415,6 +415,9 @@ class Request:
 class Connection(asyncio.Protocol):
     """One client connection: HTTP/1.1 requests one after the other, or a WebSocket after an upgrade."""
 
+    __slots__ = ("server", "loop", "transport", "buf", "request", "ws", "idle", "paused_reading",
+                 "write_waiter", "write_paused_at", "closed", "client", "local")
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.loop = asyncio.get_event_loop()
@@ -425,6 +428,7 @@ class Connection(asyncio.Protocol):
         self.idle: Optional[asyncio.TimerHandle] = None
         self.paused_reading = False
         self.write_waiter: Optional[asyncio.Future] = None
+        self.write_paused_at = 0.0
         self.closed = False
         self.client: Optional[Tuple[str, int]] = None
         self.local: Optional[Tuple[str, int]] = None
