@@ -6,6 +6,7 @@
     python3 bench/run.py consume         # AMQP consumers against the local RabbitMQ (bench/consume.py)
     python3 bench/run.py memory          # 4 Django workers' total PSS, --preload and not, vs gunicorn
     python3 bench/run.py close-limit     # Connection: close with the server at a 0.5 CPU quota (cgroup)
+    python3 bench/run.py asgi            # serve --asgi: a 10 KB GET against uvicorn and granian's ASGI
 
 Sets up the peers itself (gunicorn, granian, pyuwsgi, Django into target/bench-venv; wrk from
 Debian if missing), builds hurricane in release mode, then for each scenario starts each server with
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "target" / "bench-venv"
 APPS = ROOT / "bench" / "apps"
 HURRICANE = ROOT / "target" / "release" / "hurricane"
-PEERS = ["gunicorn", "granian", "pyuwsgi", "django"]
+PEERS = ["gunicorn", "granian", "pyuwsgi", "django", "uvicorn[standard]", "websockets", "uvloop"]
 DURATION_S = int(os.environ.get("BENCH_SECONDS", "8"))
 # Single runs on a shared 2-core machine swing by 10-20 %: each server runs this many times,
 # interleaved with the others, and the median run is reported.
@@ -49,7 +50,7 @@ def log(msg: str) -> None:
 
 
 def setup() -> None:
-    if not (VENV / "bin" / "granian").exists():
+    if not (VENV / "bin" / "granian").exists() or not (VENV / "bin" / "uvicorn").exists():
         log(f"setting up {VENV} with {', '.join(PEERS)}")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", *PEERS], check=True)
@@ -84,7 +85,8 @@ def server_command(name: str, app: str, port: int, workers: int, extra: Dict[str
     bind = f"127.0.0.1:{port}"
     venv = VENV / "bin"
     if name == "hurricane":
-        cmd = [str(HURRICANE), "-w", app, "--bind", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        interface = "--asgi" if extra.get("asgi") else "-w"
+        cmd = [str(HURRICANE), interface, app, "--bind", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                "--no-probe", "--python", str(venv / "python"), "--log-level", "warn"]
         if "threads" in extra:
             cmd += ["--threads", extra["threads"]]
@@ -111,6 +113,15 @@ def server_command(name: str, app: str, port: int, workers: int, extra: Dict[str
         if "static" in extra:
             cmd += ["--static-path-route", "/static", "--static-path-mount", extra["static"]]
         return cmd
+    if name == "uvicorn httptools+uvloop":
+        return [str(venv / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                "--http", "httptools", "--loop", "uvloop", "--log-level", "warning", "--no-access-log"]
+    if name == "uvicorn h11+asyncio":
+        return [str(venv / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                "--http", "h11", "--loop", "asyncio", "--log-level", "warning", "--no-access-log"]
+    if name == "granian asgi":
+        return [str(venv / "granian"), "--interface", "asgi", "--workers", str(workers), "--host", "127.0.0.1",
+                "--port", str(port), "--log-level", "warning", app if ":" in app else app + ":application"]
     if name == "bare loop":
         return [str(venv / "python"), str(APPS / "bareloop.py"), app, str(port)]
     raise ValueError(name)
@@ -410,6 +421,10 @@ def main() -> None:
         scenario("Django JsonResponse view, keep-alive", "benchsite.wsgi", "/json",
                  ["hurricane", "gunicorn sync", "gunicorn gthread", "granian", "bare loop"],
                  env={"DJANGO_SETTINGS_MODULE": "benchsite.settings"}, targets={"granian": 1.2})
+    if not wanted or "asgi" in wanted:
+        scenario("ASGI: 10 KB GET, keep-alive", "asgi10k:application", "/",
+                 ["hurricane", "uvicorn httptools+uvloop", "uvicorn h11+asyncio", "granian asgi"],
+                 extra={"asgi": "1"}, targets={"uvicorn httptools+uvloop": 1.2, "granian asgi": 1.2})
     if not wanted or "static" in wanted:
         scenario("1 MiB static file, keep-alive", "hello", "/static/1mib.bin", ["hurricane", "granian"],
                  extra={"static": str(static_dir)}, targets={"granian": 1.0})

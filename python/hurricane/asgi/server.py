@@ -33,7 +33,7 @@ from hurricane import static
 from hurricane.http.body import ChunkedBody
 from hurricane.http.proxies import Proxies
 from hurricane.http.rejections import REJECTIONS, HTTPError, RejectLog, error_response
-from hurricane.http.request import HeadParser
+from hurricane.http.request import HEAD_CACHE, HeadParser
 from hurricane.http.response import http_date
 from hurricane.log import log_line
 from hurricane.supervision import (
@@ -57,6 +57,21 @@ _REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Create
             429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
             503: "Service Unavailable", 504: "Gateway Timeout"}
 _BAD_HEADER = (b"\r", b"\n", b"\x00")
+# id(environ template) -> (the template, its ASGI header list); the template is kept alive with
+# its entry, so an id is never reused while cached. Bounded like the parser's own cache.
+_SCOPE_HEADERS: Dict[int, Tuple[Dict[str, Any], List[Tuple[bytes, bytes]]]] = {}
+_SCOPE_HEADERS_MAX = 512
+
+
+_DATE_BYTES = ["", b""]
+
+
+def _date_line() -> bytes:
+    """The Date header line as bytes, encoded once per second (http_date refreshes the text)."""
+    text = http_date()
+    if text is not _DATE_BYTES[0]:
+        _DATE_BYTES[0], _DATE_BYTES[1] = text, text.encode("latin-1")
+    return _DATE_BYTES[1]
 
 
 class AppError(Exception):
@@ -346,7 +361,7 @@ class Request:
             self.keep_alive = False
         if not self.keep_alive:
             lines.append(b"connection: close\r\n")
-        lines.append(http_date().encode("latin-1"))
+        lines.append(_date_line())
         lines.append(SERVER_HEADER)
         lines.append(b"\r\n")
         self.head = b"".join(lines)
@@ -557,7 +572,10 @@ class Connection(asyncio.Protocol):
         self.buf = b""
         self._cancel_idle()
         try:
-            env, method, version11, keep_alive, chunked, length, expect, target = self.server.parser.parse(head)
+            # As the WSGI worker does: a head seen before is looked up, not parsed again (the
+            # template is only read here, never changed).
+            parsed = HEAD_CACHE.get(head) or self.server.parser.parse(head)
+            env, method, version11, keep_alive, chunked, length, expect, target = parsed
         except HTTPError as exc:
             self._reject(exc)
             return
@@ -585,14 +603,23 @@ class Connection(asyncio.Protocol):
         self.loop.create_task(request.run(self.server.app))
 
     def _scope(self, env: Dict[str, Any], method: str, target: bytes) -> Dict[str, Any]:
-        headers: List[Tuple[bytes, bytes]] = []
-        for key, value in env.items():
-            if key.startswith("HTTP_"):
-                headers.append((key[5:].lower().replace("_", "-").encode("latin-1"), value.encode("latin-1")))
-            elif key == "CONTENT_TYPE":
-                headers.append((b"content-type", value.encode("latin-1")))
-            elif key == "CONTENT_LENGTH":
-                headers.append((b"content-length", value.encode("latin-1")))
+        # The parser hands back the same environ template for a head it has seen (HEAD_CACHE):
+        # its ASGI headers are built once per template, not per request.
+        cached = _SCOPE_HEADERS.get(id(env))
+        if cached is not None and cached[0] is env:
+            headers = cached[1]
+        else:
+            headers = []
+            for key, value in env.items():
+                if key.startswith("HTTP_"):
+                    headers.append((key[5:].lower().replace("_", "-").encode("latin-1"), value.encode("latin-1")))
+                elif key == "CONTENT_TYPE":
+                    headers.append((b"content-type", value.encode("latin-1")))
+                elif key == "CONTENT_LENGTH":
+                    headers.append((b"content-length", value.encode("latin-1")))
+            if len(_SCOPE_HEADERS) >= _SCOPE_HEADERS_MAX:
+                _SCOPE_HEADERS.clear()
+            _SCOPE_HEADERS[id(env)] = (env, headers)
         raw_path, _, query = target.partition(b"?")
         client, scheme = self.client, "http"
         if client is not None and self.server.proxies.trusted(client[0]):
