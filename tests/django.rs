@@ -264,12 +264,16 @@ fn manage_py_serve_becomes_the_master_and_term_stops_it_cleanly() {
         .to_string();
     let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
     let project = apps_dir().join("djproject");
-    let help = std::process::Command::new(&python)
-        .args(["manage.py", "serve", "--help"])
-        .current_dir(&project)
-        .env("PATH", &path)
-        .output()
-        .unwrap();
+    let manage = |args: &[&str]| {
+        std::process::Command::new(&python)
+            .arg("manage.py")
+            .args(args)
+            .current_dir(&project)
+            .env("PATH", &path)
+            .output()
+            .unwrap()
+    };
+    let help = manage(&["serve", "--help"]);
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(
         text.contains("--graceful-timeout") && text.contains("HURRICANE_PORT"),
@@ -284,12 +288,7 @@ fn manage_py_serve_becomes_the_master_and_term_stops_it_cleanly() {
             && !text.contains("--wsgi <MODULE[:ATTR]>\n\n"),
         "{text}"
     );
-    let help = std::process::Command::new(&python)
-        .args(["manage.py", "consume", "-h"])
-        .current_dir(&project)
-        .env("PATH", &path)
-        .output()
-        .unwrap();
+    let help = manage(&["consume", "-h"]);
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(
         help.status.success()

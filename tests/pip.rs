@@ -225,25 +225,7 @@ fn master_rss_kb(server: &Server) -> u64 {
 fn the_installed_masters_memory_stays_under_5_mb_through_crashes_reaps_reloads_and_probe_floods() {
     const LIMIT_KB: u64 = 5 * 1024;
     let binary = installed().join("bin/hurricane");
-    let mut cmd = Command::new(&binary);
-    cmd.args([
-        "-w",
-        "app",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--workers",
-        "2",
-        "--chdir",
-    ])
-    .arg(apps_dir())
-    .args(["--python", &python()])
-    .env_remove("VIRTUAL_ENV")
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    without_hurricane_env(&mut cmd);
+    let mut cmd = command_of(&binary, &python(), &apps_dir(), "app", &["--workers", "2"]);
     let server = Server::spawn(&mut cmd);
     server.wait_started();
     let settle = || std::thread::sleep(Duration::from_millis(3000));

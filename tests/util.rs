@@ -116,7 +116,12 @@ pub fn command_in(dir: &Path, app: &str, args: &[&str]) -> Command {
 
 /// The same, with workers running `python` (the test venv's, for Django apps).
 pub fn command_with(python: &str, dir: &Path, app: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
+    command_of(Path::new(BIN), python, dir, app, args)
+}
+
+/// The same, with another hurricane binary (the one pip installed, say).
+pub fn command_of(binary: &Path, python: &str, dir: &Path, app: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(binary);
     cmd.args(["-w", app, "--bind", "127.0.0.1", "--port", "0", "--chdir"])
         .arg(dir)
         .args(["--python", python])
