@@ -146,6 +146,28 @@ pub struct Embedded {
 }
 
 impl Embedded {
+    /// A worker of `kind` in /venv/bin/python with everything else at its defaults (unit tests).
+    #[cfg(test)]
+    pub fn for_tests(kind: &'static str, preload: bool) -> Embedded {
+        Embedded {
+            python: PathBuf::from("/venv/bin/python"),
+            config: WorkerConfig {
+                app: "mysite.wsgi".into(),
+                pythonpath: vec![],
+                graceful_timeout: std::time::Duration::from_secs(30),
+                heartbeat: std::time::Duration::from_secs(1),
+                autoreload: false,
+                workers: 2,
+                log_file: None,
+                log_json: false,
+                kind,
+                settings: serde_json::Map::new(),
+                preload,
+            },
+            debugger: Debugger::Off,
+        }
+    }
+
     pub fn launch(&self, worker: WorkerId, generation: u64) -> Launch {
         embedded_worker(&self.python, &self.config, worker, generation)
     }
@@ -158,26 +180,9 @@ impl Embedded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn embedded(preload: bool) -> Embedded {
-        Embedded {
-            python: PathBuf::from("/venv/bin/python"),
-            config: WorkerConfig {
-                app: "mysite.wsgi".into(),
-                pythonpath: vec![],
-                graceful_timeout: Duration::from_secs(30),
-                heartbeat: Duration::from_secs(1),
-                autoreload: false,
-                workers: 2,
-                log_file: None,
-                log_json: false,
-                kind: "http",
-                settings: serde_json::Map::new(),
-                preload,
-            },
-            debugger: Debugger::Off,
-        }
+        Embedded::for_tests("http", preload)
     }
 
     /// The config line a launch sends last on the control pipe.

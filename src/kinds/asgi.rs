@@ -182,11 +182,8 @@ impl Kind for Asgi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-    use std::time::Duration;
 
-    use crate::debugger::Debugger;
-    use crate::protocol::{WebSockets, WorkerConfig};
+    use crate::protocol::WebSockets;
 
     fn heartbeat(lag: f64, open: u64, received: u64, closes: &[(u16, u64)]) -> Message {
         Message::Heartbeat {
@@ -207,23 +204,7 @@ mod tests {
 
     #[test]
     fn the_worst_lag_the_open_sockets_and_every_message_and_close_are_exported() {
-        let mut asgi = Asgi::new(Embedded {
-            python: PathBuf::from("python3"),
-            config: WorkerConfig {
-                app: "app".into(),
-                pythonpath: vec![],
-                graceful_timeout: Duration::from_secs(30),
-                heartbeat: Duration::from_secs(1),
-                autoreload: false,
-                workers: 2,
-                log_file: None,
-                log_json: false,
-                kind: "asgi",
-                settings: serde_json::Map::new(),
-                preload: false,
-            },
-            debugger: Debugger::Off,
-        });
+        let mut asgi = Asgi::new(Embedded::for_tests("asgi", false));
         let now = Instant::now();
         asgi.message(100, &heartbeat(0.002, 3, 10, &[(1000, 1)]), now);
         asgi.message(101, &heartbeat(0.250, 2, 5, &[(1000, 2), (1009, 1)]), now);

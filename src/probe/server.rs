@@ -32,6 +32,8 @@ const MAX_REQUEST_BYTES: usize = 8192;
 /// What the kernel queues on the probe port while the loop accepts (a flood arrives in bursts).
 const LISTEN_BACKLOG: i32 = 1024;
 
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const FIRST_CONNECTION: usize = 2;
@@ -243,7 +245,7 @@ impl Server {
         let request = Request::parse(head);
         let (method, path) = (request.method.to_string(), request.path.to_string());
         let config = &self.config;
-        let mut content_type = "text/plain; charset=utf-8";
+        let mut content_type = TEXT_PLAIN;
         let (code, body) = match method.as_str() {
             _ if head.len() > MAX_REQUEST_BYTES => (431, "request header too large\n".into()),
             "GET" | "HEAD" if config.metrics.as_deref() == Some(path.as_str()) => {
@@ -325,32 +327,15 @@ impl Server {
         else {
             return;
         };
-        let Some(result) = self.shared.checks_since(*asked, waited_enough) else {
-            if waited_enough {
-                let (method, path, code, body) =
-                    (method.clone(), path.clone(), *code, body.clone());
-                self.send(
-                    slot,
-                    &method,
-                    &path,
-                    code,
-                    "text/plain; charset=utf-8",
-                    &body,
-                );
-            }
-            return;
-        };
-        let (code, body) = judge(&self.config.paths, path, &result, self.config.debug)
+        let result = self.shared.checks_since(*asked, waited_enough);
+        if result.is_none() && !waited_enough {
+            return; // still waiting for the master's fresh answer
+        }
+        let (code, body) = result
+            .and_then(|r| judge(&self.config.paths, path, &r, self.config.debug))
             .unwrap_or((*code, body.clone()));
         let (method, path) = (method.clone(), path.clone());
-        self.send(
-            slot,
-            &method,
-            &path,
-            code,
-            "text/plain; charset=utf-8",
-            &body,
-        );
+        self.send(slot, &method, &path, code, TEXT_PLAIN, &body);
     }
 
     /// Starts writing the answer; the connection closes once it is out (or at its deadline).
