@@ -191,6 +191,19 @@ pub struct AmqpSnapshot {
     /// Message body sizes, per bucket of `SIZE_BUCKETS_BYTES`, then +Inf.
     pub size: Vec<u64>,
     pub size_sum: f64,
+    /// The queue consumed, and the broker's last count of it (None before the first reading).
+    pub queue: String,
+    pub queue_stats: Option<QueueStats>,
+}
+
+/// A queue as the broker last counted it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueStats {
+    /// Ready messages (not delivered to any consumer yet).
+    pub messages: u32,
+    pub consumers: u32,
+    /// How old the reading is: it grows while the broker is away.
+    pub age_seconds: f64,
 }
 
 /// A histogram whose buckets were counted elsewhere (in the workers).
@@ -638,6 +651,29 @@ fn register_amqp(registry: &mut Registry, amqp: &AmqpSnapshot) {
         "Times the consumer was set up again after losing the broker",
         reconnects,
     );
+    if let Some(stats) = &amqp.queue_stats {
+        let queue = labels(&[("queue", &amqp.queue)]);
+        let family = |value: f64| {
+            let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+            family.get_or_create(&queue).set(value);
+            family
+        };
+        registry.register(
+            "hurricane_amqp_queue_messages",
+            "Messages ready in the queue (not yet delivered to a consumer), as the broker last counted them",
+            family(f64::from(stats.messages)),
+        );
+        registry.register(
+            "hurricane_amqp_queue_consumers",
+            "Consumers of the queue (every replica's, and others'), as the broker last counted them",
+            family(f64::from(stats.consumers)),
+        );
+        registry.register(
+            "hurricane_amqp_queue_stats_age_seconds",
+            "Age of the last queue reading (it grows while the broker is away)",
+            family(stats.age_seconds),
+        );
+    }
 }
 
 #[cfg(test)]

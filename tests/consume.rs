@@ -628,3 +628,75 @@ fn hup_loses_no_delivery(test: &str, args: &[&str]) -> Server {
     assert_eq!(queue_depth(&names.queue), 0);
     server
 }
+
+#[test]
+fn the_queue_backlog_and_consumers_are_read_from_the_broker_and_exported() {
+    let names = Names::new("backlog");
+    let server = consumer(
+        &names,
+        "handlers.Recorder",
+        &[
+            "--workers",
+            "1",
+            "--prefetch",
+            "10",
+            "--queue-stats-interval",
+            "0.2",
+            "--graceful-timeout",
+            "1",
+            "--reconnect",
+        ],
+    );
+    let queue = [("queue", names.queue.as_str())];
+    let key = format!("{}.held", names.queue);
+    // Every handler is held: what the master holds (the prefetch) is in flight, the rest waits.
+    publish(&names.exchange, &key, "held", 500, r#"{"sleep": "60"}"#);
+    let seen = wait_for(Duration::from_secs(15), || {
+        let text = server.probe("/metrics").text();
+        let samples = parse_classic(&text);
+        let ready = sample_value(&samples, "hurricane_amqp_queue_messages", &queue)?;
+        let in_flight = sample_value(&samples, "hurricane_amqp_messages_in_flight", &[])?;
+        (in_flight == 10.0 && ready == 490.0).then_some(samples)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the backlog never read 500 - 10 in flight; metrics:\n{}",
+            server.probe("/metrics").text()
+        )
+    });
+    assert_eq!(
+        sample_value(&seen, "hurricane_amqp_queue_consumers", &queue),
+        Some(1.0)
+    );
+    let age = sample_value(&seen, "hurricane_amqp_queue_stats_age_seconds", &queue).unwrap();
+    assert!((0.0..2.0).contains(&age), "reading age {age}");
+    assert_eq!(queue_depth(&names.queue), 490, "the broker agrees");
+    // A queue deleted under the consumer (the broker cancels it): with --reconnect it is declared
+    // again, and the readings go on with the new session.
+    amqp_py("ch.queue_delete(sys.argv[1])", &[&names.queue]);
+    wait_for(Duration::from_secs(15), || {
+        let samples = parse_classic(&server.probe("/metrics").text());
+        let ready = sample_value(&samples, "hurricane_amqp_queue_messages", &queue)?;
+        let reconnects = sample_value(&samples, "hurricane_amqp_reconnects_total", &[])?;
+        (ready == 0.0 && reconnects == 1.0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no reading after the queue came back; log:\n{}",
+            server.log.text()
+        )
+    });
+}
+
+#[test]
+fn without_queue_stats_no_backlog_is_exported() {
+    let names = Names::new("nostats");
+    let server = consumer(
+        &names,
+        "handlers.Recorder",
+        &["--workers", "1", "--queue-stats-interval", "0"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let text = server.probe("/metrics").text();
+    assert!(!text.contains("hurricane_amqp_queue_messages"), "{text}");
+}

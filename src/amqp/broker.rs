@@ -56,6 +56,8 @@ pub struct Settings {
     pub reconnect: bool,
     /// The connection's name in the broker's management (`rabbitmqctl list_connections name`).
     pub connection_name: String,
+    /// How often the queue's depth and consumers are read (None: never).
+    pub queue_stats: Option<Duration>,
 }
 
 /// What the broker thread tells the master.
@@ -72,6 +74,12 @@ pub enum Event {
     /// A settle could not reach the broker (its channel is gone; the broker redelivers it).
     SettleFailed {
         count: usize,
+    },
+    /// The queue as the broker counts it (a passive queue.declare).
+    QueueStats {
+        /// Ready messages: not yet delivered to any consumer.
+        messages: u32,
+        consumers: u32,
     },
     /// Closed on request; the thread is ending.
     Closed,
@@ -290,6 +298,35 @@ async fn session(
     );
     *consumed = true;
     up.send(Event::Consuming);
+    let consuming = consume_loop(
+        settings,
+        &connection,
+        &channel,
+        &mut consumer,
+        &consumer_tag,
+        rx,
+        up,
+        ids,
+    );
+    match settings.queue_stats {
+        Some(every) => future::or(consuming, watch_queue(&connection, settings, every, up)).await,
+        None => consuming.await,
+    }
+}
+
+/// Hands deliveries up and settles what comes down, until the channel is lost or the master says
+/// close.
+#[allow(clippy::too_many_arguments)]
+async fn consume_loop(
+    settings: &Settings,
+    connection: &Connection,
+    channel: &Channel,
+    consumer: &mut lapin::Consumer,
+    consumer_tag: &str,
+    rx: &Receiver<Command>,
+    up: &Up,
+    ids: &mut IdSource,
+) -> Ended {
     ids.live.clear(); // settles for older channels are dropped from now on
     let mut settler = Settler::default();
     let mut receiving = true;
@@ -332,7 +369,7 @@ async fn session(
                         routing_key: d.routing_key.to_string(),
                         exchange: d.exchange.to_string(),
                         redelivered: d.redelivered,
-                        consumer_tag: consumer_tag.clone(),
+                        consumer_tag: consumer_tag.to_string(),
                         properties: properties_json(&d.properties),
                         body: d.data,
                     }));
@@ -366,8 +403,8 @@ async fn session(
                 }
                 Command::Cancel if receiving => {
                     receiving = false;
-                    let cancel = channel
-                        .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default());
+                    let cancel =
+                        channel.basic_cancel(consumer_tag.into(), BasicCancelOptions::default());
                     match timed("basic.cancel", cancel).await {
                         Ok(()) => log::info!("event=amqp_cancelled consumer={consumer_tag}"),
                         Err(e) => log::warn!("event=amqp_cancel_failed error={e:?}"),
@@ -387,6 +424,53 @@ async fn session(
             log::info!("event=amqp_closed broker={}", settings.display);
             return Ended::Closed;
         }
+    }
+}
+
+/// Reads the queue's depth and consumers now and every `every` after, with a passive
+/// queue.declare on a channel of its own: the consume loop never waits on it, and a broker that
+/// closes this channel (the queue was deleted: 404) costs only this reading; the next one opens a
+/// new channel. Never ends by itself: the session's end drops it.
+async fn watch_queue(
+    connection: &Connection,
+    settings: &Settings,
+    every: Duration,
+    up: &Up,
+) -> Ended {
+    let mut channel: Option<Channel> = None;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    loop {
+        if channel.as_ref().is_none_or(|c| !c.status().connected()) {
+            channel = timed("channel.open", connection.create_channel())
+                .await
+                .ok();
+        }
+        if let Some(c) = &channel {
+            let declare = c.queue_declare(
+                settings.queue.as_str().into(),
+                passive,
+                FieldTable::default(),
+            );
+            match timed("queue.declare passive", declare).await {
+                Ok(queue) => up.send(Event::QueueStats {
+                    messages: queue.message_count(),
+                    consumers: queue.consumer_count(),
+                }),
+                // A queue deleted under us (the broker's 404) is an empty queue, not an outage.
+                Err(e) if e.contains("NOT_FOUND") => up.send(Event::QueueStats {
+                    messages: 0,
+                    consumers: 0,
+                }),
+                Err(e) => log::warn!(
+                    "event=amqp_queue_stats_failed queue={} error={e:?}",
+                    settings.queue
+                ),
+            }
+        }
+        async_io::Timer::after(every).await;
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::amqp::broker::{Broker, Command, Event, Settings};
 use crate::amqp::dispatch::Dispatch;
 use crate::amqp::settle::Outcome;
-use crate::metrics::{AmqpSnapshot, DURATION_BUCKETS_S, SIZE_BUCKETS_BYTES};
+use crate::metrics::{AmqpSnapshot, DURATION_BUCKETS_S, QueueStats, SIZE_BUCKETS_BYTES};
 use crate::state::{Doorbell, Health};
 
 /// How long the master waits for the broker thread to settle and close at exit.
@@ -58,6 +58,16 @@ pub struct Consume {
     /// Set when the broker is lost for good (no --reconnect): the master stops with this error.
     fatal: Option<String>,
     totals: AmqpSnapshot,
+    /// The broker's last count of the queue (--queue-stats-interval).
+    queue_stats: Option<QueueReading>,
+}
+
+/// One passive queue.declare's answer, and when it came.
+#[derive(Debug, Clone, Copy)]
+struct QueueReading {
+    messages: u32,
+    consumers: u32,
+    at: Instant,
 }
 
 impl Consume {
@@ -75,6 +85,7 @@ impl Consume {
             ever_consumed: false,
             fatal: None,
             totals: AmqpSnapshot::new(),
+            queue_stats: None,
         })
     }
 
@@ -184,6 +195,16 @@ impl Consume {
                         "event=amqp_settle_failed deliveries={count} reason=\"channel gone; the broker redelivers them\""
                     );
                 }
+                Event::QueueStats {
+                    messages,
+                    consumers,
+                } => {
+                    self.queue_stats = Some(QueueReading {
+                        messages,
+                        consumers,
+                        at: Instant::now(),
+                    });
+                }
                 Event::Closed => {}
             }
         }
@@ -242,6 +263,12 @@ impl Consume {
         AmqpSnapshot {
             connected: self.link == Link::Consuming,
             in_flight: self.dispatch.in_flight() as u64,
+            queue: self.config.broker.queue.clone(),
+            queue_stats: self.queue_stats.map(|r| QueueStats {
+                messages: r.messages,
+                consumers: r.consumers,
+                age_seconds: r.at.elapsed().as_secs_f64(),
+            }),
             ..self.totals.clone()
         }
     }

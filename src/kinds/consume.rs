@@ -124,6 +124,12 @@ pub struct Args {
     #[arg(long, env = "HURRICANE_PREFETCH", value_name = "N", default_value = "200", value_parser = prefetch)]
     pub prefetch: u16,
 
+    /// Seconds between readings of the queue's depth and consumer count (a passive queue.declare on
+    /// a channel of its own, never on the scrape path), exported as hurricane_amqp_queue_messages
+    /// and hurricane_amqp_queue_consumers (0: never read)
+    #[arg(long, env = "HURRICANE_QUEUE_STATS_INTERVAL", value_name = "S", default_value = "5", value_parser = seconds)]
+    pub queue_stats_interval: Duration,
+
     /// Reconnect with backoff (0.5 s doubling to 30 s) when the broker connection or channel is lost
     #[arg(long, env = "HURRICANE_RECONNECT", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
     pub reconnect: bool,
@@ -300,6 +306,7 @@ impl Setup for Args {
                 prefetch: self.prefetch,
                 reconnect: self.reconnect,
                 connection_name: format!("hurricane-{}", std::process::id()),
+                queue_stats: Some(self.queue_stats_interval).filter(|t| !t.is_zero()),
             },
             routing_keys: self.routing_key.clone(),
             reconnect_timeout: Some(self.reconnect_timeout)
