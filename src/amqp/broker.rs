@@ -415,7 +415,7 @@ async fn consume_loop(
             }
             next = rx.try_recv();
         }
-        if let Err(e) = settle(&channel, &mut settler, up).await {
+        if let Err(e) = settle(channel, &mut settler, up).await {
             return Ended::Lost(e);
         }
         if close {
