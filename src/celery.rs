@@ -58,6 +58,10 @@ pub struct Celery {
     task_names: HashSet<String>,
     /// Beat entries counted under their own name.
     entry_names: HashSet<String>,
+    /// Queues counted under their own name.
+    queue_names: HashSet<String>,
+    /// When the queue lengths were last read.
+    queues_read: Option<Instant>,
 }
 
 impl Celery {
@@ -73,6 +77,8 @@ impl Celery {
             totals: CelerySnapshot::default(),
             task_names: HashSet::new(),
             entry_names: HashSet::new(),
+            queue_names: HashSet::new(),
+            queues_read: None,
         }
     }
 
@@ -138,6 +144,16 @@ impl Celery {
                 let entry = bounded(&mut self.entry_names, entry);
                 *self.totals.beat_sent.entry(entry).or_insert(0) += 1;
             }
+            CeleryEvent::Queues { lengths } => {
+                self.queues_read = Some(now);
+                // A queue no longer consumed (after a restart with other -Q) keeps its last value
+                // only until this reading: the reading is the whole set.
+                self.totals.queue_lengths.clear();
+                for (queue, n) in lengths {
+                    let queue = bounded(&mut self.queue_names, queue);
+                    *self.totals.queue_lengths.entry(queue).or_insert(0) += n;
+                }
+            }
         }
         false
     }
@@ -186,10 +202,13 @@ impl Celery {
             .map(|t| t + self.liveness + Duration::from_millis(1))
     }
 
-    pub fn snapshot(&self) -> CelerySnapshot {
+    pub fn snapshot(&self, now: Instant) -> CelerySnapshot {
         CelerySnapshot {
             connected: self.link == Link::Up,
             beat: self.beat,
+            queue_stats_age: self
+                .queues_read
+                .map(|at| now.duration_since(at).as_secs_f64()),
             ..self.totals.clone()
         }
     }
@@ -228,7 +247,7 @@ mod tests {
         c.event(&CeleryEvent::Lost, t0);
         assert!(judged(&c, t0).not_ready.unwrap().contains("reconnecting"));
         c.event(&CeleryEvent::Connected, t0);
-        assert_eq!(c.snapshot().reconnects, 1);
+        assert_eq!(c.snapshot(Instant::now()).reconnects, 1);
         c.event(&CeleryEvent::Stopping, t0);
         assert!(judged(&c, t0).not_ready.unwrap().contains("shutting down"));
     }
@@ -273,7 +292,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = Celery::new(Duration::from_secs(60));
         c.event(&CeleryEvent::TaskStart, t0);
-        assert_eq!(c.snapshot().active, 1);
+        assert_eq!(c.snapshot(Instant::now()).active, 1);
         let task = |result: &str| CeleryEvent::Task {
             name: "proj.add".into(),
             result: result.into(),
@@ -281,7 +300,7 @@ mod tests {
         };
         c.event(&task("succeeded"), t0);
         c.event(&task("failed"), t0);
-        let s = c.snapshot();
+        let s = c.snapshot(Instant::now());
         assert_eq!(s.active, 0, "never below zero");
         assert_eq!(
             s.tasks[&("proj.add".to_string(), "succeeded".to_string())],
@@ -310,7 +329,7 @@ mod tests {
             c.event(&task(format!("proj.t{i}")), t0);
         }
         c.event(&task("proj.t0".into()), t0); // a name seen before the bound keeps its own
-        let s = c.snapshot();
+        let s = c.snapshot(Instant::now());
         let names: HashSet<&String> = s.tasks.keys().map(|(n, _)| n).collect();
         assert_eq!(names.len(), MAX_NAMES + 1);
         let ok = |n: &str| s.tasks[&(n.to_string(), "succeeded".to_string())];
@@ -326,7 +345,7 @@ mod tests {
                 t0,
             );
         }
-        let s = c.snapshot();
+        let s = c.snapshot(Instant::now());
         assert_eq!(s.beat_sent.len(), MAX_NAMES + 1);
         assert_eq!(s.beat_sent["other"], 3);
     }
@@ -355,7 +374,7 @@ mod tests {
             },
             t0,
         );
-        let s = c.snapshot();
+        let s = c.snapshot(Instant::now());
         assert!(s.beat);
         assert_eq!(s.beat_sent["every-second"], 1);
         assert_eq!(s.beat_last_tick, Some(1_700_000_000.5));
@@ -365,5 +384,31 @@ mod tests {
                 .unwrap()
                 .contains("beat")
         );
+    }
+
+    #[test]
+    fn queue_lengths_are_the_last_reading_with_its_age_and_a_bounded_label_set() {
+        let t0 = Instant::now();
+        let mut c = Celery::new(Duration::from_secs(60));
+        assert_eq!(
+            c.snapshot(t0).queue_stats_age,
+            None,
+            "never read: not shown"
+        );
+        let mut lengths: std::collections::BTreeMap<String, u64> = (0..MAX_NAMES + 3)
+            .map(|i| (format!("q{i:03}"), 1))
+            .collect();
+        lengths.insert("celery".into(), 40);
+        c.event(&CeleryEvent::Queues { lengths }, t0);
+        let s = c.snapshot(t0 + Duration::from_secs(2));
+        assert_eq!(s.queue_stats_age, Some(2.0));
+        assert_eq!(s.queue_lengths["celery"], 40);
+        assert_eq!(s.queue_lengths.len(), MAX_NAMES + 1, "200 names and other");
+        assert_eq!(s.queue_lengths["other"], 4);
+        let fresh = [("celery".to_string(), 7)].into_iter().collect();
+        c.event(&CeleryEvent::Queues { lengths: fresh }, t0);
+        let s = c.snapshot(t0);
+        assert_eq!(s.queue_lengths["celery"], 7);
+        assert_eq!(s.queue_lengths.len(), 1, "a reading replaces the last one");
     }
 }

@@ -174,6 +174,10 @@ pub struct CelerySnapshot {
     /// beat: entry -> tasks sent.
     pub beat_sent: BTreeMap<String, u64>,
     pub beat_last_tick: Option<f64>,
+    /// queue -> messages waiting, as last read (bounded as task names are).
+    pub queue_lengths: BTreeMap<String, u64>,
+    /// Seconds since the queue lengths were read (None: never read).
+    pub queue_stats_age: Option<f64>,
 }
 
 /// What `/metrics` shows of `consume` (the names FastStream and Dramatiq users know).
@@ -579,6 +583,26 @@ fn register_celery(registry: &mut Registry, celery: &CelerySnapshot) {
         "Times the consumer connected again after losing the broker",
         reconnects,
     );
+    if let Some(age) = celery.queue_stats_age {
+        let lengths = Family::<Labels, Gauge>::default();
+        for (queue, n) in &celery.queue_lengths {
+            lengths
+                .get_or_create(&labels(&[("queue", queue)]))
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        registry.register(
+            "hurricane_celery_queue_length",
+            "Messages waiting in each queue the worker consumes, as its broker last counted them",
+            lengths,
+        );
+        let stale = Gauge::<f64, AtomicU64>::default();
+        stale.set(age);
+        registry.register(
+            "hurricane_celery_queue_stats_age_seconds",
+            "Age of the last queue-length reading (it grows while the broker is away)",
+            stale,
+        );
+    }
     if celery.beat {
         let sent = Family::<Labels, Counter>::default();
         for (entry, n) in &celery.beat_sent {

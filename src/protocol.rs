@@ -361,6 +361,8 @@ pub enum CeleryEvent {
     BeatTick { at: f64 },
     /// Beat sent a schedule entry's task.
     BeatSent { entry: String },
+    /// The length of each queue the worker consumes, as its broker counts it now.
+    Queues { lengths: BTreeMap<String, u64> },
 }
 
 /// A status-pipe line that is not a message this master understands.

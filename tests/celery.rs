@@ -494,3 +494,72 @@ fn a_celery_worker_run_under_debugpy_as_documented_keeps_its_probes_and_listens(
         server.log.text()
     );
 }
+
+/// The queue's length as the broker itself says (pika's passive declare; Redis' LLEN).
+fn broker_queue_length(run: &Run) -> f64 {
+    let script = if run.broker.starts_with("redis") {
+        // The base list and kombu's priority sub-queues (QUEUE\x06\x16N): every list under the name.
+        "import redis, sys\nr = redis.Redis.from_url(sys.argv[1])\nq = sys.argv[2].encode()\nprint(sum(r.llen(k) for k in r.keys(q + b'*') if r.type(k) == b'list' and (k == q or k.startswith(q + b'\\x06\\x16'))))"
+    } else {
+        "import pika, sys\nconn = pika.BlockingConnection(pika.ConnectionParameters('127.0.0.1'))\nprint(conn.channel().queue_declare(sys.argv[2], passive=True).method.message_count)"
+    };
+    let out = Command::new(test_venv_python())
+        .args(["-c", script, &run.broker, &run.queue])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// One child held by a long task, 40 more sent: the metric follows the broker's own count.
+fn the_length_of_the_consumed_queue_is_exported(broker: &str) {
+    let run = Run::new(&format!("qlen-{broker}"), broker);
+    let server = Server::spawn(&mut run.command(
+        &apps_dir(),
+        &["--queue-stats-interval", "0.3", "--graceful-timeout", "1"],
+        &[
+            "-A",
+            "celeryapp",
+            "worker",
+            "-c",
+            "1",
+            "--prefetch-multiplier",
+            "1",
+            "-l",
+            "info",
+        ],
+    ));
+    let queue = [("queue", run.queue.as_str())];
+    wait_metric(&server, "hurricane_celery_broker_connected", &[], 1.0);
+    // The queue exists and is empty (RabbitMQ), or has no list yet (Redis): 0 either way.
+    wait_for(Duration::from_secs(20), || {
+        (metric(&server, "hurricane_celery_queue_length", &queue) == Some(0.0)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no reading of 0:\n{}", server.probe("/metrics").text()));
+    let apps = apps_dir();
+    run.send(&apps, "celeryapp", "slow.delay(60, 'held')");
+    wait_metric(&server, "hurricane_celery_tasks_active", &[], 1.0);
+    run.send(&apps, "celeryapp", "send_adds(40)");
+    let settled = wait_for(Duration::from_secs(20), || {
+        let ours = metric(&server, "hurricane_celery_queue_length", &queue)?;
+        let theirs = broker_queue_length(&run);
+        (ours == theirs && ours >= 38.0).then_some(ours)
+    });
+    assert!(
+        settled.is_some(),
+        "the metric never matched the broker's {}:\n{}",
+        broker_queue_length(&run),
+        server.probe("/metrics").text()
+    );
+    let age = metric(&server, "hurricane_celery_queue_stats_age_seconds", &[]).unwrap();
+    assert!((0.0..2.0).contains(&age), "reading age {age}");
+}
+
+#[test]
+fn the_queue_length_is_read_on_rabbitmq() {
+    the_length_of_the_consumed_queue_is_exported("amqp");
+}
+
+#[test]
+fn the_queue_length_is_read_on_redis_with_its_priority_sub_queues() {
+    the_length_of_the_consumed_queue_is_exported("redis");
+}

@@ -13,6 +13,10 @@ cancels the timer entries of a failed connection). Here:
   task signals fire in the prefork pool's children, which inherited the status pipe and write to it
   directly (one write per line, under PIPE_BUF, so lines never mix), so nothing is lost when a child
   is recycled;
+- every --queue-stats-interval the same timer reads the length of each queue the worker consumes,
+  on the worker's own broker connection (RabbitMQ: a passive queue.declare on a channel of its own,
+  so a missing queue's 404 cannot close the consumer's; Redis: kombu's own count, which adds up the
+  priority sub-queues), and reports them; a queue the broker does not have yet is 0;
 - for beat, `Scheduler.tick` and `Scheduler.apply_entry` are wrapped: each tick and each entry sent
   is reported, and beat sleeps at most a third of --liveness-timeout between ticks, so a live beat
   always ticks in time.
@@ -28,7 +32,7 @@ import signal
 import sys
 import threading
 import time
-from typing import IO, Any, Dict
+from typing import IO, Any, Dict, List
 
 from hurricane import checks
 from hurricane.supervision import StatusPipe, Stopper, boot_failure, control_loop
@@ -55,10 +59,56 @@ class Reporter:
         return name[:MAX_NAME_CHARS]
 
 
-def install(reporter: Reporter, liveness_s: float) -> None:
+class QueueReader:
+    """Reads the lengths of the queues a consumer consumes, on its own connection."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.channel: Any = None
+
+    @staticmethod
+    def names(c: Any) -> List[str]:
+        task_consumer = getattr(c, "task_consumer", None)
+        queues = getattr(task_consumer, "queues", None)
+        if queues is None:  # the Tasks step has not started yet
+            queues = list(c.app.amqp.queues.consume_from.values())
+        return sorted({q.name for q in queues})
+
+    def _channel(self, c: Any) -> Any:
+        if c.connection.transport.driver_type != "amqp":
+            # kombu's virtual transports (Redis, SQS...) answer from their own channel, never closing it.
+            return c.connection.default_channel
+        if self.channel is None or not getattr(self.channel, "is_open", False):
+            self.channel = c.connection.channel()
+        return self.channel
+
+    def read(self, c: Any) -> None:
+        from kombu.exceptions import ChannelError, OperationalError
+
+        lengths: Dict[str, int] = {}
+        try:
+            for name in self.names(c):
+                try:
+                    lengths[name] = int(self._channel(c).queue_declare(queue=name, passive=True)[1])
+                except ChannelError:
+                    lengths[name] = 0  # not declared yet (RabbitMQ's 404; Redis: no list yet)
+                    self.channel = None
+        except (OSError, OperationalError) as exc:
+            self.channel = None
+            print(f"hurricane: queue lengths not read: {exc}", file=sys.stderr)
+            return
+        except Exception as exc:  # noqa: BLE001 - a broker quirk must not stop the consumer's timer
+            self.channel = None
+            print(f"hurricane: queue lengths not read: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return
+        self.reporter.send("queues", lengths={self.reporter.task_name(k): v for k, v in lengths.items()})
+
+
+def install(reporter: Reporter, liveness_s: float, queue_stats_s: float) -> None:
     from celery import bootsteps, signals  # the user's Celery
 
     started_at: Dict[str, float] = {}
+    reader = QueueReader(reporter)
 
     class HurricaneTick(bootsteps.StartStopStep):
         """Ticks on the consumer's timer; started on every consumer (re)start, after the connection."""
@@ -67,20 +117,24 @@ def install(reporter: Reporter, liveness_s: float) -> None:
 
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)
-            self.entry = None
+            self.entries: List[Any] = []
 
         def start(self, c: Any) -> None:
             reporter.send("connected")
             reporter.send("tick")
-            self.entry = c.timer.call_repeatedly(TICK_INTERVAL_S, lambda: reporter.send("tick"))
+            self.entries = [c.timer.call_repeatedly(TICK_INTERVAL_S, lambda: reporter.send("tick"))]
+            if queue_stats_s > 0:
+                reader.channel = None  # a restarted consumer has a new connection
+                c.timer.call_after(0.0, reader.read, (c,))
+                self.entries.append(c.timer.call_repeatedly(queue_stats_s, reader.read, (c,)))
 
         def stop(self, c: Any) -> None:
-            if self.entry is not None:
+            for entry in self.entries:
                 try:
-                    self.entry.cancel()
+                    entry.cancel()
                 except Exception:  # noqa: BLE001 - a cancelled entry is fine
                     pass
-                self.entry = None
+            self.entries = []
             reporter.send("lost")
 
         def shutdown(self, c: Any) -> None:
@@ -158,7 +212,7 @@ def load(config: Dict[str, Any], status: StatusPipe) -> Reporter:
     command = config.get("command") or {}
     reporter = Reporter(status)
     try:
-        install(reporter, float(command.get("liveness_s", 60)))
+        install(reporter, float(command.get("liveness_s", 60)), float(command.get("queue_stats_s", 5)))
     except ImportError as exc:
         boot_failure(status, dict(config, app=command.get("display", "celery")), exc, "import")
     return reporter

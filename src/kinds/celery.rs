@@ -47,6 +47,11 @@ pub struct Args {
     #[arg(long, env = "HURRICANE_LIVENESS_TIMEOUT", value_name = "S", default_value = "60", value_parser = seconds)]
     pub liveness_timeout: Duration,
 
+    /// Seconds between readings of the length of every queue the worker consumes, on the worker's
+    /// own broker connection (RabbitMQ or Redis), exported as hurricane_celery_queue_length (0: never)
+    #[arg(long, env = "HURRICANE_QUEUE_STATS_INTERVAL", value_name = "S", default_value = "5", value_parser = seconds)]
+    pub queue_stats_interval: Duration,
+
     /// Seconds Celery gets for its warm shutdown (running tasks finish) after SIGTERM before SIGKILL
     #[arg(long, env = "HURRICANE_GRACEFUL_TIMEOUT", value_name = "S", default_value = "30", value_parser = seconds)]
     pub graceful_timeout: Duration,
@@ -194,6 +199,10 @@ impl Setup for Args {
             "liveness_s".into(),
             json!(self.liveness_timeout.as_secs_f64()),
         );
+        command.insert(
+            "queue_stats_s".into(),
+            json!(self.queue_stats_interval.as_secs_f64()),
+        );
         command.insert("display".into(), json!(display));
         let mut settings = Map::new();
         settings.insert("command".into(), Value::Object(command));
@@ -271,7 +280,7 @@ impl Kind for CeleryCommand {
     }
 
     fn metrics(&self, snapshot: &mut Snapshot) {
-        snapshot.celery = Some(self.reports.snapshot());
+        snapshot.celery = Some(self.reports.snapshot(Instant::now()));
     }
 }
 

@@ -56,3 +56,9 @@ MANY = [_numbered(i) for i in range(205)]
 def send_many():
     for task in MANY:
         task.delay()
+
+
+def send_adds(n):
+    """n tasks, every other one with a priority (on Redis, kombu keeps those in sub-queues)."""
+    for i in range(n):
+        add.apply_async((i, i), priority=5 if i % 2 else None)
