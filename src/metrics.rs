@@ -126,6 +126,8 @@ impl Totals {
 pub struct Snapshot {
     pub totals: Totals,
     pub workers_by_state: BTreeMap<StateName, usize>,
+    /// The pool's size: --workers, as changed by TTIN/TTOU.
+    pub workers_desired: usize,
     pub restarts: BTreeMap<Reason, u64>,
     pub reloads_succeeded: u64,
     pub reloads_failed: u64,
@@ -301,6 +303,11 @@ fn render_openmetrics(snapshot: &Snapshot, listen_fd: RawFd) -> String {
             .set(n as i64);
     }
     registry.register("hurricane_workers", "Worker processes by state", workers);
+    registry.register(
+        "hurricane_workers_desired",
+        "Workers the pool should have (--workers, changed by TTIN/TTOU)",
+        gauge(snapshot.workers_desired as i64),
+    );
 
     let restarts = Family::<Labels, Counter>::default();
     for reason in Reason::ALL {

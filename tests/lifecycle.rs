@@ -302,6 +302,14 @@ fn ttin_and_ttou_change_the_worker_count_never_below_one() {
         (server.probe("/ready").text() == "ready: 3/3 workers ready\n").then_some(())
     })
     .expect("3 ready");
+    let desired = || {
+        sample_value(
+            &parse_classic(&server.probe("/metrics").text()),
+            "hurricane_workers_desired",
+            &[],
+        )
+    };
+    assert_eq!(desired(), Some(3.0), "the pool's size follows TTIN");
     for _ in 0..4 {
         server.signal(libc::SIGTTOU);
         thread::sleep(Duration::from_millis(100));
@@ -315,6 +323,7 @@ fn ttin_and_ttou_change_the_worker_count_never_below_one() {
     );
     // The refusal is the last TTOU handled: nothing is leaving any more.
     assert_eq!(server.worker_pids().len(), 1, "never below one");
+    assert_eq!(desired(), Some(1.0));
     assert_eq!(server.get("/").text(), "hello");
 }
 

@@ -80,6 +80,7 @@ impl Pool {
         for w in self.workers.values() {
             *snapshot.workers_by_state.entry(w.state.name()).or_default() += 1;
         }
+        snapshot.workers_desired = self.slots.len();
         snapshot.restarts = self.restarts.clone();
         snapshot.reloads_succeeded = self.reloads_succeeded;
         snapshot.reloads_failed = self.reloads_failed;
