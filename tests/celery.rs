@@ -17,14 +17,14 @@ fn celery_bin() -> String {
         .to_string()
 }
 
-struct Run {
-    queue: String,
-    broker: String,
+pub struct Run {
+    pub queue: String,
+    pub broker: String,
     out: TempDir,
 }
 
 impl Run {
-    fn new(test: &str, broker: &str) -> Run {
+    pub fn new(test: &str, broker: &str) -> Run {
         rabbitmq();
         let queue = format!("hurricane-celery-{test}-{}", std::process::id());
         let broker = match broker {
@@ -41,7 +41,7 @@ impl Run {
         }
     }
 
-    fn command(&self, dir: &Path, hurricane: &[&str], celery: &[&str]) -> Command {
+    pub fn command(&self, dir: &Path, hurricane: &[&str], celery: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(["celery", "--bind", "127.0.0.1", "--probe-port", "0"])
             .args(hurricane)
@@ -67,7 +67,7 @@ impl Run {
     }
 
     /// Sends `celeryapp.<task>(*args)` with `.delay()` from the test venv.
-    fn send(&self, dir: &Path, module: &str, call: &str) {
+    pub fn send(&self, dir: &Path, module: &str, call: &str) {
         let out = Command::new(test_venv_python())
             .args(["-c", &format!("import {module}; {module}.{call}")])
             .current_dir(dir)
@@ -112,7 +112,7 @@ fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     )
 }
 
-fn wait_metric(server: &Server, name: &str, labels: &[(&str, &str)], at_least: f64) {
+pub fn wait_metric(server: &Server, name: &str, labels: &[(&str, &str)], at_least: f64) {
     wait_for(Duration::from_secs(20), || {
         metric(server, name, labels)
             .filter(|v| *v >= at_least)
@@ -496,7 +496,7 @@ fn a_celery_worker_run_under_debugpy_as_documented_keeps_its_probes_and_listens(
 }
 
 /// The queue's length as the broker itself says (pika's passive declare; Redis' LLEN).
-fn broker_queue_length(run: &Run) -> f64 {
+pub fn broker_queue_length(run: &Run) -> f64 {
     let script = if run.broker.starts_with("redis") {
         // The base list and kombu's priority sub-queues (QUEUE\x06\x16N): every list under the name.
         "import redis, sys\nr = redis.Redis.from_url(sys.argv[1])\nq = sys.argv[2].encode()\nprint(sum(r.llen(k) for k in r.keys(q + b'*') if r.type(k) == b'list' and (k == q or k.startswith(q + b'\\x06\\x16'))))"

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 /// A consume test's names, handled-messages directory and cleanup.
-struct Names {
-    queue: String,
-    exchange: String,
+pub struct Names {
+    pub queue: String,
+    pub exchange: String,
     dir: TempDir,
 }
 
 impl Names {
-    fn new(test: &str) -> Names {
+    pub fn new(test: &str) -> Names {
         rabbitmq();
         let id = format!("hurricane-test-{test}-{}", std::process::id());
         let names = Names {
@@ -87,7 +87,7 @@ fn consume_command(names: &Names, handler: &str, args: &[&str]) -> Command {
 }
 
 /// Starts a consumer and waits until /startup says it consumes.
-fn consumer(names: &Names, handler: &str, args: &[&str]) -> Server {
+pub fn consumer(names: &Names, handler: &str, args: &[&str]) -> Server {
     let server = Server::spawn(&mut consume_command(names, handler, args));
     wait_consuming(&server);
     server

@@ -14,15 +14,6 @@ use crate::util::*;
 
 const DAP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A free loopback port for the debugger (bound and released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The app's file and the line marked BREAK.
 fn break_line() -> (String, u64) {
     let path = apps_dir().join("debugapp.py");

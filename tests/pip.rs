@@ -12,10 +12,6 @@ use std::time::Duration;
 
 use crate::util::*;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// Every file below `dir` (sorted), skipping caches.
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -63,14 +63,6 @@ fn probes_say_503_while_the_app_imports_then_200() {
     assert_eq!(server.get("/").text(), "booted slowly");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn no_probe_leaves_the_probe_port_closed() {
     let port = free_port();

@@ -18,6 +18,7 @@ mod metrics;
 mod pip;
 mod preload;
 mod probes;
+mod prometheus;
 mod serve;
 mod slow_readers;
 mod systemd;

@@ -154,7 +154,7 @@ pub fn without_hurricane_env(cmd: &mut Command) {
     }
 }
 
-fn capture(stream: impl Read + Send + 'static, log: Log) {
+pub fn capture(stream: impl Read + Send + 'static, log: Log) {
     thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             match line {
@@ -850,4 +850,33 @@ pub fn close_broker_connection_of(pid: i32) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// The repository's root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a Python snippet in the test venv with argv[1:] = args; its stdout as JSON.
+pub fn py_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(test_venv_python())
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -279,13 +279,17 @@ _hurricane() {
             return 0
             ;;
         hurricane__subcmd__celery)
-            opts="-h --liveness-timeout --graceful-timeout --bind --probe-port --webhook-url --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
+            opts="-h --liveness-timeout --queue-stats-interval --graceful-timeout --bind --probe-port --webhook-url --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --liveness-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --queue-stats-interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -357,7 +361,7 @@ _hurricane() {
             return 0
             ;;
         hurricane__subcmd__consume)
-            opts="-h --queue --exchange --amqp-host --amqp-port --amqp-vhost --amqp-user --amqp-password --amqp-url --routing-key --durable --prefetch --reconnect --reconnect-timeout --workers --preload --bind --probe-port --graceful-timeout --boot-timeout --timeout --autoreload --webhook-url --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --debugger --debugger-port --debugger-wait --pycharm-host --pycharm-port --help"
+            opts="-h --queue --exchange --amqp-host --amqp-port --amqp-vhost --amqp-user --amqp-password --amqp-url --routing-key --durable --prefetch --queue-stats-interval --reconnect --reconnect-timeout --workers --preload --bind --probe-port --graceful-timeout --boot-timeout --timeout --autoreload --webhook-url --python --chdir --pythonpath --startup-probe --readiness-probe --liveness-probe --metrics --no-metrics --no-probe --check-interval --debug --log-format --log-file --log-probes --log-level --debugger --debugger-port --debugger-wait --pycharm-host --pycharm-port --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -400,6 +404,10 @@ _hurricane() {
                     return 0
                     ;;
                 --prefetch)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --queue-stats-interval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -186,6 +186,7 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l amqp-pas
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l amqp-url -d 'The broker as one URL, instead of the --amqp-* options' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l routing-key -d 'Bind the queue with this routing key (repeatable) [default: the handler\'s get_routing_keys(queue), else the queue\'s name]' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l prefetch -d 'Deliveries the broker sends ahead of acks (basic.qos); they are spread over the workers' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l queue-stats-interval -d 'Seconds between readings of the queue\'s depth and consumer count (a passive queue.declare on a channel of its own, never on the scrape path), exported as hurricane_amqp_queue_messages and hurricane_amqp_queue_consumers (0: never read)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l reconnect-timeout -d 'With --reconnect, /alive fails once the broker has been lost this many seconds (0: never; a restart does not fix a broker outage)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l workers -d 'Number of handler processes [default: the CPUs this process may use]' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l bind -d 'Address of the probe server' -r
@@ -225,6 +226,7 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l debugger
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -l debugger-wait -d 'With --debugger: the worker waits for the debugger to attach before it loads the app and reports ready (so breakpoints at import hit; --boot-timeout does not apply)'
 complete -c hurricane -n "__fish_hurricane_using_subcommand consume" -s h -l help -d 'Print help'
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l liveness-timeout -d 'Seconds the worker\'s event loop (beat: its scheduler) may go without a tick before /alive fails' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l queue-stats-interval -d 'Seconds between readings of the length of every queue the worker consumes, on the worker\'s own broker connection (RabbitMQ or Redis), exported as hurricane_celery_queue_length (0: never)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l graceful-timeout -d 'Seconds Celery gets for its warm shutdown (running tasks finish) after SIGTERM before SIGKILL' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l bind -d 'Address of the probe server' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand celery" -l probe-port -d 'Port of the probe server' -r
