@@ -579,7 +579,9 @@ class Connection(asyncio.Protocol):
         except HTTPError as exc:
             self._reject(exc)
             return
-        scope = self._scope(env, method, target)
+        # A template the head cache keeps (parse() may just have put it there) comes back for
+        # this head again; any other environ is this request's alone.
+        scope = self._scope(env, method, target, HEAD_CACHE.get(head) is parsed)
         if (env.get("HTTP_UPGRADE", "").lower() == "websocket"
                 and "upgrade" in env.get("HTTP_CONNECTION", "").lower()):
             self._upgrade(head + b"\r\n\r\n", scope, rest)
@@ -602,10 +604,11 @@ class Connection(asyncio.Protocol):
             self.buf = leftover
         self.loop.create_task(request.run(self.server.app))
 
-    def _scope(self, env: Dict[str, Any], method: str, target: bytes) -> Dict[str, Any]:
+    def _scope(self, env: Dict[str, Any], method: str, target: bytes, template: bool) -> Dict[str, Any]:
         # The parser hands back the same environ template for a head it has seen (HEAD_CACHE):
-        # its ASGI headers are built once per template, not per request.
-        cached = _SCOPE_HEADERS.get(id(env))
+        # its ASGI headers are built once per template, not per request. Only templates are kept
+        # here: an uncached head (credentials, a WebSocket key) would hold its headers for nothing.
+        cached = _SCOPE_HEADERS.get(id(env)) if template else None
         if cached is not None and cached[0] is env:
             headers = cached[1]
         else:
@@ -617,9 +620,10 @@ class Connection(asyncio.Protocol):
                     headers.append((b"content-type", value.encode("latin-1")))
                 elif key == "CONTENT_LENGTH":
                     headers.append((b"content-length", value.encode("latin-1")))
-            if len(_SCOPE_HEADERS) >= _SCOPE_HEADERS_MAX:
-                _SCOPE_HEADERS.clear()
-            _SCOPE_HEADERS[id(env)] = (env, headers)
+            if template:
+                if len(_SCOPE_HEADERS) >= _SCOPE_HEADERS_MAX:
+                    _SCOPE_HEADERS.clear()
+                _SCOPE_HEADERS[id(env)] = (env, headers)
         raw_path, _, query = target.partition(b"?")
         client, scheme = self.client, "http"
         if client is not None and self.server.proxies.trusted(client[0]):

@@ -124,8 +124,12 @@ class Session:
             raise RuntimeError(f"unexpected ASGI message {kind!r} in websocket state {self.state}")
 
     def _accept(self, message: Dict[str, Any]) -> None:
-        response = self.proto.accept(self.request)
-        self.request = None  # answered: its headers need not live as long as the session
+        request, self.request = self.request, None
+        response = self.proto.accept(request)
+        # Answered: its headers need not live as long as the session. websockets' parser keeps
+        # the request it parsed (a local of its generator) until the connection ends, so the
+        # headers are emptied, not only our reference dropped.
+        request.headers.clear()
         if response.status_code != 101:
             self.proto.send_response(response)
             self.state = "closed"

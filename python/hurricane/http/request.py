@@ -63,6 +63,10 @@ _FRAMING_KEYS = frozenset(
 # Raw header line -> (environ key or None, decoded value, raw value). Bounded; valid lines only.
 _LINE_CACHE: Dict[bytes, Tuple[Optional[str], str, bytes]] = {}
 _LINE_CACHE_MAX = 1024
+# A WebSocket handshake's key is a nonce, new on every connection: its line and its head are never
+# seen again, so caching them would only hold memory (a worker with 1,000 websockets held 1,000
+# such heads and lines, and evicted the heads that do repeat).
+_NONCE_KEY = "HTTP_SEC_WEBSOCKET_KEY"
 
 
 def _parse_field(line: bytes) -> Tuple[Optional[str], str, bytes]:
@@ -78,6 +82,8 @@ def _parse_field(line: bytes) -> Tuple[Optional[str], str, bytes]:
         raise HTTPError("bad_header_value")
     key = _environ_key(name)  # raises for obs-fold, whitespace before the colon, non-tokens
     parsed = (key, value.decode("latin-1"), value)
+    if key == _NONCE_KEY:
+        return parsed
     if len(_LINE_CACHE) >= _LINE_CACHE_MAX:
         _LINE_CACHE.clear()  # cookies and the like vary; start over rather than grow
     _LINE_CACHE[line] = parsed
@@ -216,7 +222,8 @@ class HeadParser:
         env["SERVER_PROTOCOL"] = "HTTP/1.1" if version11 else "HTTP/1.0"
         parsed = (env, method, version11, keep_alive, chunked, length, expect_continue, target)
         # Heads with credentials are not kept past their request; the rest are, boundedly.
-        if len(head) <= HEAD_CACHE_MAX_BYTES and b"ookie:" not in head and b"uthorization:" not in head:
+        if (len(head) <= HEAD_CACHE_MAX_BYTES and b"ookie:" not in head and b"uthorization:" not in head
+                and _NONCE_KEY not in env):
             if len(HEAD_CACHE) >= HEAD_CACHE_MAX:
                 HEAD_CACHE.clear()
             HEAD_CACHE[head] = parsed
