@@ -654,3 +654,65 @@ fn a_websocket_handshake_head_and_its_key_line_are_never_cached() {
         "[heads cached, key lines cached, other handshake lines cached]"
     );
 }
+
+/// The worker keeps the master's --backlog: asyncio re-listens on the socket it is given (100
+/// unless told), which reset connections of a burst arriving while the loop was busy.
+#[test]
+fn the_accept_queue_keeps_the_backlog_and_a_burst_while_the_loop_is_blocked_is_served() {
+    let server = Server::spawn(&mut asgi(&[
+        "asgiapp",
+        "--workers",
+        "1",
+        "--backlog",
+        "1500",
+    ]));
+    server.wait_started();
+    let max = sample_value(
+        &parse_classic(&server.probe("/metrics").text()),
+        "hurricane_listen_queue_max",
+        &[],
+    );
+    assert_eq!(max, Some(1500.0), "the accept queue's limit is --backlog");
+    let addr = server.addr;
+    let blocked = std::thread::spawn(move || get(addr, "/block?2"));
+    // Blocked once a request goes unanswered for 300 ms: the burst then waits in the accept queue.
+    let mut sentinel = wait_for(Duration::from_secs(5), || {
+        let mut stream = TcpStream::connect(addr).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .ok()?;
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(stream),
+            _ => None,
+        }
+    })
+    .expect("the loop blocks");
+    let burst: Vec<_> = (0..400)
+        .map(|_| {
+            std::thread::spawn(move || get(addr, "/").map(|r| r.status).map_err(|e| e.to_string()))
+        })
+        .collect();
+    let failed: Vec<String> = burst
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|r| *r != Ok(200))
+        .map(|r| format!("{r:?}"))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 400 failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(blocked.join().unwrap().unwrap().status, 200);
+    sentinel
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    sentinel.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+}

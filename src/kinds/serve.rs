@@ -349,6 +349,7 @@ impl Args {
             "http".into(),
             json!({
                 "threads": self.threads,
+                "backlog": self.backlog,
                 "access_log": self.access_log,
                 "limit_request_line": self.limit_request_line,
                 "limit_request_fields": self.limit_request_fields,

@@ -20,6 +20,7 @@ import asyncio
 import inspect
 import os
 import socket
+import struct
 import sys
 import time
 import traceback
@@ -72,6 +73,18 @@ def _date_line() -> bytes:
     if text is not _DATE_BYTES[0]:
         _DATE_BYTES[0], _DATE_BYTES[1] = text, text.encode("latin-1")
     return _DATE_BYTES[1]
+
+
+def listen_backlog(listener: socket.socket, configured: int) -> int:
+    """The listening socket's accept-queue limit as it stands (TCP_INFO's tcpi_sacked on a
+    listener), so that listening again changes nothing, also for a socket systemd passed with its
+    own Backlog=; --backlog where the kernel does not say."""
+    try:
+        info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+        current = struct.unpack_from("I", info, 28)[0]
+    except (AttributeError, OSError, struct.error):
+        return configured
+    return current or configured
 
 
 class AppError(Exception):
@@ -130,6 +143,7 @@ class Server:
         self.keep_alive_s = float(config.get("keep_alive", 5))
         self.graceful_timeout_s = float(config.get("graceful_timeout", 30))
         self.write_timeout_s = float(http.get("write_timeout", 30))
+        self.backlog = int(http.get("backlog", 2048))
         self.access_log = bool(http.get("access_log"))
         self.proxies = Proxies(http.get("forwarded_allow_ips", ["127.0.0.1", "::1"]))
         self.mounts: List[Any] = []
@@ -179,7 +193,10 @@ class Server:
                                               "hint": "the app raised on the lifespan scope (as Django's does): none"})
         listener = socket.socket(fileno=LISTEN_FD)
         listener.setblocking(False)
-        server = await self.loop.create_server(lambda: Connection(self), sock=listener)
+        # asyncio (and uvloop) call listen() again on a socket they are given, with 100 unless
+        # told: the master's --backlog (2048) would shrink to 100 and a burst be reset.
+        server = await self.loop.create_server(lambda: Connection(self), sock=listener,
+                                               backlog=listen_backlog(listener, self.backlog))
         self.activity.ws = self.ws_counters
         self.activity.loop_tick = time.monotonic()
         ticker = self.loop.create_task(self._tick())
