@@ -1,24 +1,32 @@
 #!/usr/bin/env python3
-"""Benchmark hurricane against gunicorn, uWSGI and granian in one run, and print the ratios.
+"""Benchmark hurricane against its peers in one run, and print the ratios.
 
-    python3 bench/run.py                 # every scenario, median of 3 runs (about 15 minutes)
+    python3 bench/run.py                 # every scenario, median of 3 runs (about an hour)
     python3 bench/run.py hello close     # only these scenarios
-    python3 bench/run.py consume         # AMQP consumers against the local RabbitMQ (bench/consume.py)
-    python3 bench/run.py memory          # 4 Django workers' total PSS, --preload and not, vs gunicorn
-    python3 bench/run.py close-limit     # Connection: close with the server at a 0.5 CPU quota (cgroup)
-    python3 bench/run.py asgi            # serve --asgi: a 10 KB GET against uvicorn and granian's ASGI
+    python3 bench/run.py --check         # the regression gate: the scenarios with floors, checked
+    python3 bench/run.py --check hello   # ... only these
+    python3 bench/run.py --history       # bench/history.jsonl as a table
 
-Sets up the peers itself (gunicorn, granian, pyuwsgi, Django into target/bench-venv; wrk from
-Debian if missing), builds hurricane in release mode, then for each scenario starts each server with
-the same worker count, the server pinned to CPU 0 and wrk pinned to CPU 1, and measures with wrk.
-Prints one markdown table per scenario (req/s, p50, p99, hurricane/peer), ready for
-docs/PERFORMANCE.md. The keep-alive scenarios also run bench/apps/bareloop.py, a bare selectors loop
-with no HTTP checks at all: the reference for what pure Python can reach. Only loopback is used;
-every run is bounded by wrk's duration.
+Scenarios: hello, close, close-limit (Connection: close at a 0.5 CPU cgroup quota), django,
+asgi (10 KB GET), ws (WebSocket echo), channels (a Channels echo consumer), django-asgi (a Django
+async view, the sync view under ASGI, and under WSGI), sse (1,000 server-sent-event streams),
+static, threads, db (Django ORM views on the local PostgreSQL), spread, memory, consume (AMQP
+against the local RabbitMQ, bench/consume.py).
+
+Sets up the peers itself (gunicorn, granian, pyuwsgi, uvicorn, hypercorn, daphne, Django, Channels,
+psycopg into target/bench-venv; wrk from Debian if missing), builds hurricane and the bench's own
+WebSocket and SSE load clients (bench/wsload) in release mode, then for each scenario starts each
+server with one worker, pinned to CPU 0, with the load pinned to CPU 1. Prints one markdown table
+per scenario (rate, p50, p99, CPU, hurricane / peer), ready for docs/PERFORMANCE.md, and appends the
+ratios to bench/history.jsonl. With --check it then compares them with bench/floors.json and exits
+1 when one fell below its floor by more than the noise margin. The keep-alive scenarios also run
+bench/apps/bareloop.py, a bare selectors loop with no HTTP checks at all: the reference for what
+pure Python can reach. Only loopback is used; every run is bounded by its duration.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,13 +37,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "target" / "bench-venv"
 APPS = ROOT / "bench" / "apps"
 HURRICANE = ROOT / "target" / "release" / "hurricane"
-PEERS = ["gunicorn", "granian", "pyuwsgi", "django", "uvicorn[standard]", "websockets", "uvloop"]
+PEERS = ["gunicorn", "granian", "pyuwsgi", "django", "uvicorn[standard]", "websockets", "uvloop", "hypercorn",
+         "daphne", "channels", "psycopg[binary]"]
+# The load clients wrk cannot replace (WebSocket echo, many SSE streams): bench/wsload, built here.
+WSLOAD_DIR = ROOT / "target" / "wsload"
+WSLOAD = WSLOAD_DIR / "release" / "wsload"
+SSELOAD = WSLOAD_DIR / "release" / "sseload"
+# Every ASGI server of the issue's table, 1 worker each.
+ASGI_SERVERS = ["hurricane", "uvicorn httptools+uvloop", "uvicorn h11+asyncio", "granian asgi", "gunicorn asgi",
+                "hypercorn", "daphne"]
 DURATION_S = int(os.environ.get("BENCH_SECONDS", "8"))
 # Single runs on a shared 2-core machine swing by 10-20 %: each server runs this many times,
 # interleaved with the others, and the median run is reported.
@@ -50,15 +66,17 @@ def log(msg: str) -> None:
 
 
 def setup() -> None:
-    if not (VENV / "bin" / "granian").exists() or not (VENV / "bin" / "uvicorn").exists():
+    if not all((VENV / "bin" / tool).exists() for tool in ("granian", "uvicorn", "hypercorn", "daphne")):
         log(f"setting up {VENV} with {', '.join(PEERS)}")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", *PEERS], check=True)
     if shutil.which("wrk") is None:
         log("installing wrk (Debian)")
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
-    log("building hurricane (release)")
+    log("building hurricane and the bench's load clients (release)")
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "-q", "--target-dir", str(WSLOAD_DIR)],
+                   cwd=ROOT / "bench" / "wsload", check=True)
 
 
 def free_port() -> int:
@@ -86,7 +104,7 @@ def server_command(name: str, app: str, port: int, workers: int, extra: Dict[str
     venv = VENV / "bin"
     if name == "hurricane":
         interface = "--asgi" if extra.get("asgi") else "-w"
-        cmd = [str(HURRICANE), interface, app, "--bind", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        cmd = [str(HURRICANE), interface, extra.get("app", app), "--bind", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                "--no-probe", "--python", str(venv / "python"), "--log-level", "warn"]
         if "threads" in extra:
             cmd += ["--threads", extra["threads"]]
@@ -112,6 +130,8 @@ def server_command(name: str, app: str, port: int, workers: int, extra: Dict[str
                "--port", str(port), "--log-level", "warning", app if ":" in app else app + ":application"]
         if "static" in extra:
             cmd += ["--static-path-route", "/static", "--static-path-mount", extra["static"]]
+        if "blocking_threads" in extra:
+            cmd += ["--blocking-threads", extra["blocking_threads"]]
         return cmd
     if name == "uvicorn httptools+uvloop":
         return [str(venv / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
@@ -122,6 +142,15 @@ def server_command(name: str, app: str, port: int, workers: int, extra: Dict[str
     if name == "granian asgi":
         return [str(venv / "granian"), "--interface", "asgi", "--workers", str(workers), "--host", "127.0.0.1",
                 "--port", str(port), "--log-level", "warning", app if ":" in app else app + ":application"]
+    if name == "gunicorn asgi":
+        return [str(venv / "gunicorn"), "-w", str(workers), "-k", "asgi", "-b", bind, "--log-level", "warning",
+                app if ":" in app else app + ":application"]
+    if name == "hypercorn":
+        return [str(venv / "hypercorn"), "-w", str(workers), "-b", bind, "--log-level", "warning",
+                app if ":" in app else app + ":application"]
+    if name == "daphne":
+        return [str(venv / "daphne"), "-b", "127.0.0.1", "-p", str(port), "-v", "0",
+                app if ":" in app else app + ":application"]
     if name == "bare loop":
         return [str(venv / "python"), str(APPS / "bareloop.py"), app, str(port)]
     raise ValueError(name)
@@ -206,11 +235,51 @@ class CpuLimit:
             pass
 
 
-def run_one(name: str, app: str, path: str, workers: int, wrk_args: List[str], extra: Dict[str, str],
+# A load: given the server's port and the run's length, (rate, p50, p99, errors).
+Load = Callable[[int, int], Tuple[float, str, str, int]]
+
+
+def wrk_load(path: str, wrk_args: List[str] = ()) -> Load:
+    def run(port: int, seconds: int) -> Tuple[float, str, str, int]:
+        out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", f"-d{seconds}s", "--latency",
+                              *wrk_args, f"http://127.0.0.1:{port}{path}"],
+                             capture_output=True, text=True, check=True).stdout
+        return parse_wrk(out)
+    return run
+
+
+def ws_load(path: str, connections: int = 32, size: int = 64) -> Load:
+    """WebSocket echo: `connections` clients each sending a `size`-byte text and awaiting its echo."""
+    def run(port: int, seconds: int) -> Tuple[float, str, str, int]:
+        out = subprocess.run(["taskset", "-c", LOAD_CPU, str(WSLOAD), f"ws://127.0.0.1:{port}{path}",
+                              str(connections), str(seconds), str(size)],
+                             capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+        return parse_fields(out, "rate", "p50_us", "p99_us", "us")
+    return run
+
+
+def sse_load(path: str, streams: int) -> Load:
+    """`streams` concurrent server-sent-event streams; the rate is events received per second."""
+    def run(port: int, seconds: int) -> Tuple[float, str, str, int]:
+        out = subprocess.run(["taskset", "-c", LOAD_CPU, str(SSELOAD), f"127.0.0.1:{port}", path, str(streams),
+                              str(seconds)], capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+        rate, p50, p99, errors = parse_fields(out, "rate", "lag_p50_ms", "lag_p99_ms", "ms")
+        if f"streams={streams} " not in out:
+            errors += 1
+        return rate, p50, p99, errors
+    return run
+
+
+def parse_fields(out: str, rate: str, p50: str, p99: str, unit: str) -> Tuple[float, str, str, int]:
+    fields = dict(kv.split("=", 1) for kv in out.split())
+    return (float(fields[rate]), fields[p50] + unit, fields[p99] + unit, int(fields.get("errors", "0")))
+
+
+def run_one(name: str, app: str, ready: str, workers: int, load: Load, extra: Dict[str, str],
             env_extra: Dict[str, str], limit: Optional[CpuLimit] = None
             ) -> Optional[Tuple[float, str, str, int, float, float]]:
-    """(req/s, p50, p99, errors, server CPU microseconds per request, wrk's CPU busy %) of one
-    measured run."""
+    """(rate, p50, p99, errors, server CPU microseconds per request or message, the load's CPU busy %)
+    of one measured run."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(APPS), **env_extra)
     env.pop("VIRTUAL_ENV", None)
@@ -220,24 +289,21 @@ def run_one(name: str, app: str, path: str, workers: int, wrk_args: List[str], e
     with tempfile.TemporaryFile() as logf:
         proc = subprocess.Popen(cmd, cwd=APPS, env=env, stdout=logf, stderr=logf, start_new_session=True)
         try:
-            wait_http(port, path)
-            url = f"http://127.0.0.1:{port}{path}"
-            subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", "-d2s", *wrk_args, url],
-                           capture_output=True, check=True)  # warm-up
-            # When wrk's own CPU is the limit (Connection: close makes it connect per request), req/s
-            # of two servers converge; the server's CPU per request still tells them apart. (The
+            wait_http(port, ready)
+            load(port, 2)  # warm-up
+            # When the load's own CPU is the limit (Connection: close makes wrk connect per request),
+            # req/s of two servers converge; the server's CPU per request still tells them apart. (The
             # kernel's softirq work on the server's CPU is not charged to any process, so it is not in it.)
             pids = tree(proc.pid)
             before = cpu_seconds(pids)
             load_before = cpu_busy(LOAD_CPU)
-            out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t1", "-c50", f"-d{DURATION_S}s", "--latency",
-                                  *wrk_args, url], capture_output=True, text=True, check=True).stdout
+            rps, p50, p99, errors = load(port, DURATION_S)
             used = cpu_seconds(pids) - before
             load_after = cpu_busy(LOAD_CPU)
-            load = 100.0 * (load_after[0] - load_before[0]) / max(1, load_after[1] - load_before[1])
-            rps, p50, p99, errors = parse_wrk(out)
-            return rps, p50, p99, errors, 1e6 * used / max(1.0, rps * DURATION_S), load
-        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            busy = 100.0 * (load_after[0] - load_before[0]) / max(1, load_after[1] - load_before[1])
+            return rps, p50, p99, errors, 1e6 * used / max(1.0, rps * DURATION_S), busy
+        except (RuntimeError, subprocess.CalledProcessError, subprocess.TimeoutExpired, KeyError,
+                ValueError) as exc:
             logf.seek(0)
             log(f"  {name}: failed: {exc}\n{logf.read().decode(errors='replace')[-2000:]}")
             return None
@@ -245,39 +311,59 @@ def run_one(name: str, app: str, path: str, workers: int, wrk_args: List[str], e
             stop(proc)
 
 
-def scenario(title: str, app: str, path: str, servers: List[str], wrk_args: List[str] = (),
+# scenario name -> {peer: hurricane's rate / the peer's}, for --check and the history.
+MEASURED: Dict[str, Dict[str, float]] = {}
+
+
+def scenario(key: str, title: str, app: str, path: str, servers: List[str], wrk_args: List[str] = (),
              extra: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None,
-             targets: Optional[Dict[str, float]] = None, limit: Optional[CpuLimit] = None) -> None:
+             targets: Optional[Dict[str, float]] = None, limit: Optional[CpuLimit] = None,
+             load: Optional[Load] = None, ready: Optional[str] = None, unit: str = "req/s",
+             options: Optional[Dict[str, Dict[str, str]]] = None) -> None:
+    """Runs every server REPEAT times, interleaved, and prints the median run of each. `options`:
+    per server, extra settings on top of `extra` (e.g. its thread count)."""
     log(f"== {title}")
+    load = load or wrk_load(path, list(wrk_args))
     runs: Dict[str, list] = {name: [] for name in servers}
     for round_ in range(REPEAT):
         for name in servers:
             log(f"  {name} (run {round_ + 1}/{REPEAT}) ...")
-            result = run_one(name, app, path, 1, list(wrk_args), extra or {}, env or {}, limit)
+            settings = dict(extra or {}, **(options or {}).get(name, {}))
+            result = run_one(server_base(name), app, ready or path, 1, load, settings, env or {}, limit)
             if result is not None:
                 runs[name].append(result)
     results = {}
     for name, done in runs.items():
         done.sort(key=lambda r: r[0])
         results[name] = done[len(done) // 2] if done else None
-    ours = results.get("hurricane")
+    ours = results.get(servers[0])
     print(f"\n### {title}\n")
-    print("| server | req/s | p50 | p99 | errors | server CPU/req | wrk's CPU | hurricane / server "
-          "| CPU: server / hurricane |")
+    print(f"| server | {unit} | p50 | p99 | errors | server CPU each | load's CPU | {servers[0]} / server "
+          f"| CPU: server / {servers[0]} |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratios: Dict[str, float] = {}
     for name, result in results.items():
         if result is None:
             print(f"| {name} | failed | | | | | | | |")
             continue
-        rps, p50, p99, errors, cpu_us, load = result
-        ratio = f"{ours[0] / rps:.2f}x" if ours and name != "hurricane" else ""
+        rps, p50, p99, errors, cpu_us, busy = result
+        ratio = ""
+        if ours and name != servers[0]:
+            ratios[name] = ours[0] / rps
+            ratio = f"{ours[0] / rps:.2f}x"
         target = (targets or {}).get(name)
         if target and ours:
             ratio += " (target >= %.1fx: %s)" % (target, "met" if ours[0] / rps >= target else "NOT met")
-        cpu_ratio = f"{cpu_us / ours[4]:.2f}x" if ours and name != "hurricane" and ours[4] else ""
-        print(f"| {name} | {rps:,.0f} | {p50} | {p99} | {errors} | {cpu_us:.1f} us | {load:.0f} % | {ratio} "
+        cpu_ratio = f"{cpu_us / ours[4]:.2f}x" if ours and name != servers[0] and ours[4] else ""
+        print(f"| {name} | {rps:,.0f} | {p50} | {p99} | {errors} | {cpu_us:.1f} us | {busy:.0f} % | {ratio} "
               f"| {cpu_ratio} |")
+    MEASURED[key] = ratios
     sys.stdout.flush()
+
+
+def server_base(name: str) -> str:
+    """A server's command family: "granian (8 threads)" runs as "granian"."""
+    return name.split(" (")[0]
 
 
 def fair_spread() -> None:
@@ -388,20 +474,179 @@ def memory() -> None:
     sys.stdout.flush()
 
 
+def postgres_setup() -> None:
+    """The `db` scenario's database on the local PostgreSQL: 100 items to read, an empty visit table."""
+    psql = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q"]
+    exists = subprocess.run(psql + ["-tAc", "SELECT 1 FROM pg_database WHERE datname = 'hurricane_bench'"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    if not exists:
+        subprocess.run(psql + ["-c", "CREATE DATABASE hurricane_bench"], check=True)
+    subprocess.run(psql + ["-d", "hurricane_bench", "-c",
+                           "DROP TABLE IF EXISTS bench_item, bench_visit;"
+                           "CREATE TABLE bench_item (id serial PRIMARY KEY, name varchar(100) NOT NULL,"
+                           " price integer NOT NULL);"
+                           "INSERT INTO bench_item (name, price) SELECT 'item ' || n, n * 7 FROM generate_series(1, 100) n;"
+                           "CREATE TABLE bench_visit (id serial PRIMARY KEY, path varchar(100) NOT NULL,"
+                           " at timestamptz NOT NULL);"], check=True)
+
+
+def asgi_scenarios(wanted: set) -> None:
+    """Issue 23's table: every ASGI server, 1 worker, the same apps."""
+    django_env = {"DJANGO_SETTINGS_MODULE": "benchsite.settings"}
+    asgi = {"asgi": "1"}
+    if not wanted or "asgi" in wanted:
+        scenario("asgi", "ASGI: 10 KB GET, keep-alive", "asgi10k:application", "/", ASGI_SERVERS, extra=asgi,
+                 targets={"uvicorn httptools+uvloop": 1.2, "granian asgi": 1.2, "gunicorn asgi": 1.2})
+    if not wanted or "ws" in wanted:
+        scenario("ws", "ASGI: WebSocket echo, 64-byte text, 32 connections", "wsecho:application", "/ws",
+                 ASGI_SERVERS, extra=asgi, load=ws_load("/ws"), ready="/", unit="msg/s",
+                 targets={"uvicorn httptools+uvloop": 1.2, "granian asgi": 1.2, "gunicorn asgi": 1.2})
+    if not wanted or "channels" in wanted:
+        scenario("channels", "ASGI: Channels AsyncWebsocketConsumer echo, 64-byte text, 32 connections",
+                 "benchsite.asgi:application", "/ws", ASGI_SERVERS, extra=asgi, env=django_env,
+                 load=ws_load("/ws"), ready="/json", unit="msg/s",
+                 targets={"uvicorn httptools+uvloop": 1.1, "granian asgi": 1.1, "gunicorn asgi": 1.1})
+    if not wanted or "django-asgi" in wanted:
+        scenario("django-async", "ASGI: Django async view (JsonResponse)", "benchsite.asgi:application", "/ajson",
+                 ASGI_SERVERS, extra=asgi, env=django_env,
+                 targets={"uvicorn httptools+uvloop": 1.1, "granian asgi": 1.1, "gunicorn asgi": 1.1})
+        scenario("django-sync-asgi", "ASGI: Django sync view (JsonResponse) under ASGI",
+                 "benchsite.asgi:application", "/json", ASGI_SERVERS, extra=asgi, env=django_env,
+                 targets={"uvicorn httptools+uvloop": 1.1, "granian asgi": 1.1, "gunicorn asgi": 1.1})
+        scenario("django-sync-wsgi", "The same Django sync view under WSGI, and hurricane's ASGI worker",
+                 "benchsite.wsgi", "/json", ["hurricane", "granian", "gunicorn sync", "hurricane (--asgi)"],
+                 env=django_env, options={"hurricane (--asgi)": {"asgi": "1", "app": "benchsite.asgi:application"}})
+    if not wanted or "sse" in wanted:
+        streams = int(os.environ.get("SSE_STREAMS", "1000"))
+        scenario("sse", f"ASGI: {streams:,} server-sent-event streams, an event every 10 ms each", "sse:application",
+                 "/sse", ASGI_SERVERS, extra=asgi, load=sse_load("/sse", streams), ready="/",
+                 unit="events/s")
+
+
+def db_scenarios() -> None:
+    """Issue 25: Django views on the local PostgreSQL, at each server's defaults and its best
+    thread setting."""
+    postgres_setup()
+    servers = ["hurricane", "hurricane (--threads 4)", "granian", "granian (--blocking-threads 8)",
+               "gunicorn sync", "gunicorn gthread"]
+    options = {"hurricane (--threads 4)": {"threads": "4"},
+               "granian (--blocking-threads 8)": {"blocking_threads": "8"},
+               "gunicorn gthread": {"threads": "8"}}
+    targets = {"granian": 1.2, "granian (--blocking-threads 8)": 1.2}
+    for key, title, path, age in (
+            ("db-read", "Django ORM read of 10 rows, PostgreSQL, CONN_MAX_AGE=600", "/db/read", "600"),
+            ("db-read-conn0", "Django ORM read of 10 rows, PostgreSQL, CONN_MAX_AGE=0 (Django's default)",
+             "/db/read", "0"),
+            ("db-write", "Django ORM insert of one row, PostgreSQL, CONN_MAX_AGE=600", "/db/write", "600")):
+        scenario(key, title, "benchsite.wsgi", path, servers, options=options, targets=targets,
+                 env={"DJANGO_SETTINGS_MODULE": "benchsite.settings", "BENCH_DB": "postgres",
+                      "BENCH_CONN_MAX_AGE": age})
+
+
+# The regression gate: bench/floors.json holds, per scenario, the least ratio hurricane / peer each
+# peer may reach; a run fails a floor only below it by more than this margin (runs here swing by
+# 10-20 %, medians of 3 by less).
+FLOORS = ROOT / "bench" / "floors.json"
+HISTORY = ROOT / "bench" / "history.jsonl"
+NOISE_MARGIN = 0.10
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return out.stdout.strip() + ("+changes" if dirty else "")
+
+
+def machine() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs {model}, Python {sys.version.split()[0]}"
+
+
+def record_history() -> None:
+    """Appends this run's ratios to bench/history.jsonl, one line per scenario."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(HISTORY, "a") as f:
+        for key, ratios in MEASURED.items():
+            f.write(json.dumps({"commit": commit(), "date": stamp, "scenario": key,
+                                "ratios": {k: round(v, 3) for k, v in ratios.items()},
+                                "machine": machine(), "repeat": REPEAT, "seconds": DURATION_S}) + "\n")
+
+
+def check_floors() -> int:
+    """Compares MEASURED with the floors; prints what fell below (beyond the margin). Exit status."""
+    floors = json.loads(FLOORS.read_text())
+    rows, failed = [], 0
+    for key, peers in floors.items():
+        if key.startswith("_") or key not in MEASURED:
+            continue
+        for peer, floor in peers.items():
+            ratio = MEASURED[key].get(peer)
+            if ratio is None:
+                rows.append((key, peer, floor, "not measured", "FAILED (the peer did not run)"))
+                failed += 1
+                continue
+            ok = ratio >= floor * (1 - NOISE_MARGIN)
+            failed += not ok
+            rows.append((key, peer, floor, f"{ratio:.2f}x", "ok" if ok else "BELOW FLOOR"))
+    print(f"\n### Regression gate (floors: bench/floors.json, noise margin {NOISE_MARGIN:.0%})\n")
+    print("| scenario | peer | floor | measured | result |")
+    print("|---|---|---:|---:|---|")
+    for key, peer, floor, measured, result in rows:
+        print(f"| {key} | {peer} | {floor:.2f}x | {measured} | {result} |")
+    print(f"\n{failed} below their floor" if failed else "\nevery ratio is at or above its floor")
+    return 1 if failed else 0
+
+
+def print_history() -> None:
+    """bench/history.jsonl as a markdown table (docs/PERFORMANCE.md keeps its latest rows)."""
+    print("| date | commit | scenario | hurricane / peer |")
+    print("|---|---|---|---|")
+    if not HISTORY.exists():
+        return
+    for line in HISTORY.read_text().splitlines():
+        entry = json.loads(line)
+        ratios = ", ".join(f"{peer} {ratio:.2f}x" for peer, ratio in entry["ratios"].items())
+        print(f"| {entry['date'][:10]} | {entry['commit']} | {entry['scenario']} | {ratios} |")
+
+
+SCENARIO_NAMES = ["hello", "close", "close-limit", "django", "asgi", "ws", "channels", "django-asgi", "sse", "static",
+                  "threads", "db", "spread", "memory", "consume"]
+
+
 def main() -> None:
-    wanted = set(sys.argv[1:])
+    args = sys.argv[1:]
+    if args == ["--history"]:
+        print_history()
+        return
+    check = "--check" in args
+    wanted = {a for a in args if a != "--check"}
+    unknown = wanted - set(SCENARIO_NAMES)
+    if unknown:
+        print(f"unknown scenario {', '.join(sorted(unknown))}; choose from {' '.join(SCENARIO_NAMES)}",
+              file=sys.stderr)
+        sys.exit(2)
+    if check and not wanted:
+        # The gate runs what has floors (the ratio scenarios), not the memory or consume runs.
+        wanted = {key for key in json.loads(FLOORS.read_text()) if not key.startswith("_")}
+        wanted = {("db" if k.startswith("db") else "django-asgi" if k.startswith("django-") else k) for k in wanted}
     setup()
     static_dir = Path(tempfile.mkdtemp(prefix="hurricane-bench-"))
     (static_dir / "1mib.bin").write_bytes(os.urandom(1 << 20))
     all_servers = ["hurricane", "gunicorn sync", "gunicorn gthread", "uWSGI", "granian"]
-    print(f"\nMachine: {os.cpu_count()} CPUs, {sys.version.split()[0]} (bench venv), "
-          f"{time.strftime('%Y-%m-%d')}; 1 worker, server on CPU {SERVER_CPU}, wrk -t1 -c50 on CPU {LOAD_CPU}, "
+    print(f"\nMachine: {machine()} (bench venv), {time.strftime('%Y-%m-%d')}, commit {commit()}; 1 worker, server "
+          f"on CPU {SERVER_CPU}, load (wrk -t1 -c50, or bench/wsload) on CPU {LOAD_CPU}, "
           f"{DURATION_S}s per run after a 2s warm-up, median of {REPEAT} interleaved runs.")
     if not wanted or "hello" in wanted:
-        scenario("Hello world, keep-alive", "hello", "/", all_servers + ["bare loop"],
-                 targets={"granian": 1.2, "gunicorn sync": 10.0})
+        scenario("hello", "Hello world, keep-alive", "hello", "/", all_servers + ["bare loop"],
+                 targets={"granian": 1.3, "gunicorn sync": 10.0})
     if not wanted or "close" in wanted:
-        scenario("Hello world, Connection: close", "hello", "/", all_servers,
+        scenario("close", "Hello world, Connection: close", "hello", "/", all_servers,
                  wrk_args=["-H", "Connection: close"], targets={"uWSGI": 1.0, "granian": 1.2})
     if not wanted or "close-limit" in wanted:
         try:
@@ -412,26 +657,25 @@ def main() -> None:
                   f"quota in ({exc}); run as root on a machine with the cgroup cpu controller")
         if limit is not None:
             try:
-                scenario(f"Hello world, Connection: close, server limited to {POD_CPU_QUOTA_US / 1e5:.1f} CPU "
-                         "(a pod's limits.cpu)", "hello", "/", ["hurricane", "granian", "uWSGI"],
-                         wrk_args=["-H", "Connection: close"], targets={"granian": 1.2}, limit=limit)
+                scenario("close-limit", f"Hello world, Connection: close, server limited to "
+                         f"{POD_CPU_QUOTA_US / 1e5:.1f} CPU (a pod's limits.cpu)", "hello", "/",
+                         ["hurricane", "granian", "uWSGI"], wrk_args=["-H", "Connection: close"],
+                         targets={"granian": 1.2}, limit=limit)
             finally:
                 limit.remove()
     if not wanted or "django" in wanted:
-        scenario("Django JsonResponse view, keep-alive", "benchsite.wsgi", "/json",
+        scenario("django", "Django JsonResponse view, keep-alive", "benchsite.wsgi", "/json",
                  ["hurricane", "gunicorn sync", "gunicorn gthread", "granian", "bare loop"],
-                 env={"DJANGO_SETTINGS_MODULE": "benchsite.settings"}, targets={"granian": 1.2})
-    if not wanted or "asgi" in wanted:
-        scenario("ASGI: 10 KB GET, keep-alive", "asgi10k:application", "/",
-                 ["hurricane", "uvicorn httptools+uvloop", "uvicorn h11+asyncio", "granian asgi"],
-                 extra={"asgi": "1"}, targets={"uvicorn httptools+uvloop": 1.2, "granian asgi": 1.2})
+                 env={"DJANGO_SETTINGS_MODULE": "benchsite.settings"}, targets={"granian": 1.4})
+    asgi_scenarios(wanted)
     if not wanted or "static" in wanted:
-        scenario("1 MiB static file, keep-alive", "hello", "/static/1mib.bin", ["hurricane", "granian"],
+        scenario("static", "1 MiB static file, keep-alive", "hello", "/static/1mib.bin", ["hurricane", "granian"],
                  extra={"static": str(static_dir)}, targets={"granian": 1.0})
-    if (not wanted or "threads" in wanted) and "--threads" in subprocess.run(
-            [str(HURRICANE), "--help"], capture_output=True, text=True).stdout:
-        scenario("Sleeping 10 ms view, 8 threads", "sleepy", "/", ["hurricane", "gunicorn gthread"],
+    if not wanted or "threads" in wanted:
+        scenario("threads", "Sleeping 10 ms view, 8 threads", "sleepy", "/", ["hurricane", "gunicorn gthread"],
                  extra={"threads": "8"}, targets={"gunicorn gthread": 1.0})
+    if not wanted or "db" in wanted:
+        db_scenarios()
     if not wanted or "spread" in wanted:
         fair_spread()
     if not wanted or "memory" in wanted:
@@ -442,6 +686,10 @@ def main() -> None:
 
         consume.scenario(REPEAT)
     shutil.rmtree(static_dir, ignore_errors=True)
+    if MEASURED:
+        record_history()
+    if check:
+        sys.exit(check_floors())
 
 
 if __name__ == "__main__":
