@@ -716,3 +716,43 @@ fn the_accept_queue_keeps_the_backlog_and_a_burst_while_the_loop_is_blocked_is_s
     sentinel.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
 }
+
+/// Keep-alive: a connection in use is never cut, however long it lives, and one left idle is
+/// closed once --keep-alive has passed since its last response.
+#[test]
+fn a_keep_alive_connection_in_use_stays_and_an_idle_one_closes_after_keep_alive() {
+    let server = Server::spawn(&mut asgi(&[
+        "asgiapp",
+        "--workers",
+        "1",
+        "--keep-alive",
+        "1",
+    ]));
+    server.wait_started();
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // 8 requests 300 ms apart: 2.4 s on one connection, past two keep-alive periods.
+    for i in 0..8 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !got.ends_with(b"Hello, ASGI!\n") {
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "request {i}: the connection was closed while in use");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let idle = Instant::now() - Duration::from_millis(300);
+    let mut byte = [0u8; 1];
+    assert_eq!(stream.read(&mut byte).unwrap(), 0, "closed when idle");
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
+        "closed after {waited:?} idle (--keep-alive 1)"
+    );
+}

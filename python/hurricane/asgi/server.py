@@ -58,6 +58,12 @@ _REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Create
             429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
             503: "Service Unavailable", 504: "Gateway Timeout"}
 _BAD_HEADER = (b"\r", b"\n", b"\x00")
+# (name, value) of a response header -> (its line, its kind). Bounded; only pairs that passed the checks.
+_HEADER_LINES: Dict[Tuple[bytes, bytes], Tuple[bytes, int]] = {}
+_HEADER_LINES_MAX = 1024
+# Status code -> "HTTP/1.1 200 OK\r\n" (at most the 900 valid codes).
+_STATUS_LINES: Dict[int, bytes] = {}
+_PLAIN, _CONTENT_LENGTH, _FRAMING = 0, 1, 2  # _FRAMING: the server's own (dropped)
 # id(environ template) -> (the template, its ASGI header list); the template is kept alive with
 # its entry, so an id is never reused while cached. Bounded like the parser's own cache.
 _SCOPE_HEADERS: Dict[int, Tuple[Dict[str, Any], List[Tuple[bytes, bytes]]]] = {}
@@ -73,6 +79,16 @@ def _date_line() -> bytes:
     if text is not _DATE_BYTES[0]:
         _DATE_BYTES[0], _DATE_BYTES[1] = text, text.encode("latin-1")
     return _DATE_BYTES[1]
+
+
+def _header_line(name: bytes, value: bytes) -> Tuple[bytes, int]:
+    """A response header's line and kind, once it is known to be safe; AppError for one that is not."""
+    if any(c in name or c in value for c in _BAD_HEADER) or b":" in name or not name:
+        raise AppError(f"bad response header {name!r}")
+    lower = name.lower()
+    kind = _CONTENT_LENGTH if lower == b"content-length" else (
+        _FRAMING if lower in (b"connection", b"transfer-encoding") else _PLAIN)
+    return name + b": " + value + b"\r\n", kind
 
 
 def listen_backlog(listener: socket.socket, configured: int) -> int:
@@ -355,18 +371,32 @@ class Request:
         if not 100 <= status <= 999:
             raise AppError(f"bad status {status}")
         self.status = status
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Unknown").encode())]
+        status_line = _STATUS_LINES.get(status)
+        if status_line is None:
+            status_line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (
+                status, _REASONS.get(status, "Unknown").encode())
+        lines = [status_line]
         has_length = False
+        cache = _HEADER_LINES
         for name, value in message.get("headers", []):
-            name, value = bytes(name), bytes(value)
-            if any(c in name or c in value for c in _BAD_HEADER) or b":" in name or not name:
-                raise AppError(f"bad response header {name!r}")
-            lower = name.lower()
-            if lower == b"content-length":
+            # An app sends the same header pairs again and again: each is checked and formatted once.
+            try:
+                known = cache.get((name, value))
+            except TypeError:  # a pair of bytearrays or memoryviews: not hashable, not cached
+                known = None
+            if known is None:
+                known = _header_line(bytes(name), bytes(value))
+                # Cookies vary per response and carry credentials: never kept.
+                if isinstance(name, bytes) and isinstance(value, bytes) and name.lower() != b"set-cookie":
+                    if len(cache) >= _HEADER_LINES_MAX:
+                        cache.clear()
+                    cache[(name, value)] = known
+            line, kind = known
+            if kind == _PLAIN:
+                lines.append(line)
+            elif kind == _CONTENT_LENGTH:
                 has_length = True
-            elif lower in (b"connection", b"transfer-encoding"):
-                continue  # framing is the server's
-            lines.append(name + b": " + value + b"\r\n")
+                lines.append(line)
         no_body = self.method == "HEAD" or status in (204, 304) or status < 200
         if not has_length and not no_body:
             if self.version11:
@@ -447,7 +477,7 @@ class Request:
 class Connection(asyncio.Protocol):
     """One client connection: HTTP/1.1 requests one after the other, or a WebSocket after an upgrade."""
 
-    __slots__ = ("server", "loop", "transport", "buf", "request", "ws", "idle", "paused_reading",
+    __slots__ = ("server", "loop", "transport", "buf", "request", "ws", "idle", "idle_since", "paused_reading",
                  "write_waiter", "write_paused_at", "closed", "client", "local")
 
     def __init__(self, server: Server) -> None:
@@ -458,6 +488,8 @@ class Connection(asyncio.Protocol):
         self.request: Optional[Request] = None
         self.ws: Optional[Session] = None
         self.idle: Optional[asyncio.TimerHandle] = None
+        # The loop time the connection became idle; None while a request or a WebSocket runs.
+        self.idle_since: Optional[float] = None
         self.paused_reading = False
         self.write_waiter: Optional[asyncio.Future] = None
         self.write_paused_at = 0.0
@@ -499,7 +531,10 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.closed = True
-        self._cancel_idle()
+        self.idle_since = None
+        if self.idle is not None:
+            self.idle.cancel()
+            self.idle = None
         self.server.conns.discard(self)
         if self.request is not None:
             self.request.lost()
@@ -736,15 +771,24 @@ class Connection(asyncio.Protocol):
     # Keep-alive ------------------------------------------------------------------------------
 
     def _arm_idle(self) -> None:
-        self._cancel_idle()
-        self.idle = self.loop.call_later(self.server.keep_alive_s, self._idle_timeout)
+        """Idle from now. One timer per connection and keep-alive period, not one per request: a
+        busy keep-alive connection only moves `idle_since`, and the timer, when it fires, closes the
+        connection or waits for what is left of the period."""
+        self.idle_since = self.loop.time()
+        if self.idle is None:
+            self.idle = self.loop.call_at(self.idle_since + self.server.keep_alive_s, self._idle_timeout)
 
     def _cancel_idle(self) -> None:
-        if self.idle is not None:
-            self.idle.cancel()
-            self.idle = None
+        self.idle_since = None  # busy: the timer, if it fires meanwhile, leaves the connection alone
 
     def _idle_timeout(self) -> None:
-        if self.request is None and self.ws is None:
+        self.idle = None
+        since = self.idle_since
+        if since is None or self.closed or self.request is not None or self.ws is not None:
+            return  # busy: _arm_idle arms a new timer when it is idle again
+        due = since + self.server.keep_alive_s
+        if self.loop.time() >= due:
             self.close_transport()
+        else:
+            self.idle = self.loop.call_at(due, self._idle_timeout)
 
