@@ -348,16 +348,17 @@ def scenario(key: str, title: str, app: str, path: str, servers: List[str], wrk_
             continue
         rps, p50, p99, errors, cpu_us, busy = result
         ratio = ""
-        if ours and name != servers[0]:
+        if ours and name != servers[0] and rps > 0:
             ratios[name] = ours[0] / rps
             ratio = f"{ours[0] / rps:.2f}x"
         target = (targets or {}).get(name)
-        if target and ours:
+        if target and ours and rps > 0:
             ratio += " (target >= %.1fx: %s)" % (target, "met" if ours[0] / rps >= target else "NOT met")
-        cpu_ratio = f"{cpu_us / ours[4]:.2f}x" if ours and name != servers[0] and ours[4] else ""
+        cpu_ratio = f"{cpu_us / ours[4]:.2f}x" if ours and name != servers[0] and ours[4] and rps > 0 else ""
         print(f"| {name} | {rps:,.0f} | {p50} | {p99} | {errors} | {cpu_us:.1f} us | {busy:.0f} % | {ratio} "
               f"| {cpu_ratio} |")
     MEASURED[key] = ratios
+    record_history(key, ratios)
     sys.stdout.flush()
 
 
@@ -568,14 +569,13 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs {model}, Python {sys.version.split()[0]}"
 
 
-def record_history() -> None:
-    """Appends this run's ratios to bench/history.jsonl, one line per scenario."""
+def record_history(key: str, ratios: Dict[str, float]) -> None:
+    """Appends one scenario's ratios to bench/history.jsonl as soon as it is measured."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with open(HISTORY, "a") as f:
-        for key, ratios in MEASURED.items():
-            f.write(json.dumps({"commit": commit(), "date": stamp, "scenario": key,
-                                "ratios": {k: round(v, 3) for k, v in ratios.items()},
-                                "machine": machine(), "repeat": REPEAT, "seconds": DURATION_S}) + "\n")
+        f.write(json.dumps({"commit": commit(), "date": stamp, "scenario": key,
+                            "ratios": {k: round(v, 3) for k, v in ratios.items()},
+                            "machine": machine(), "repeat": REPEAT, "seconds": DURATION_S}) + "\n")
 
 
 def check_floors() -> int:
@@ -686,8 +686,6 @@ def main() -> None:
 
         consume.scenario(REPEAT)
     shutil.rmtree(static_dir, ignore_errors=True)
-    if MEASURED:
-        record_history()
     if check:
         sys.exit(check_floors())
 

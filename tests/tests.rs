@@ -3,6 +3,7 @@
 mod util;
 
 mod asgi;
+mod autobahn;
 mod celery;
 mod cli;
 mod consume;

@@ -434,7 +434,7 @@ class Request:
             self.finished = True
         if out:
             self.conn.write(b"".join(out))
-        if more:
+        if more and self.conn.write_waiter is not None:  # the client's buffer is full: wait for it
             await self.conn.drain()
 
     async def run(self, app: Callable) -> None:

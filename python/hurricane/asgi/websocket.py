@@ -3,10 +3,11 @@ upgraded.
 
 Why the ``websockets`` library's Sans-I/O layer and not our own framing: it is the measured
 fastest well-kept implementation (its C extension unmasks frames), and it already answers pings,
-echoes closes, and fails a connection with the right code: 1009 past ``--ws-max-size``, 1007 for
-invalid UTF-8, 1002 for protocol errors. This module only moves bytes between it and the
-transport and messages between it and the app, adds the idle ping (``--ws-ping-interval``,
-``--ws-ping-timeout``) and the drain (1001 going away; 1012 on a reload), and counts.
+echoes closes, and fails a connection with the right code: 1009 past ``--ws-max-size``, 1002 for
+protocol errors. This module moves bytes between it and the transport and messages between it and
+the app, checks that text messages are UTF-8 (1007: the Sans-I/O layer leaves decoding to its
+user), adds the idle ping (``--ws-ping-interval``, ``--ws-ping-timeout``) and the drain (1001
+going away; 1012 on a reload), and counts.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import asyncio
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from websockets.frames import Frame, Opcode  # type: ignore[import-not-found]
+from websockets.frames import CloseCode, Frame, Opcode  # type: ignore[import-not-found]
 from websockets.http11 import Response  # type: ignore[import-not-found]
 from websockets.datastructures import Headers  # type: ignore[import-not-found]
+from websockets.protocol import OPEN  # type: ignore[import-not-found]
 from websockets.server import ServerProtocol  # type: ignore[import-not-found]
 
 # A client that does not answer our close within this long is cut.
@@ -81,7 +83,7 @@ class Session:
 
     async def receive(self) -> Dict[str, Any]:
         while not self.inbox:
-            self.waiter = asyncio.get_running_loop().create_future()
+            self.waiter = self.conn.loop.create_future()
             await self.waiter
             self.waiter = None
         return self.inbox.pop(0)
@@ -107,7 +109,8 @@ class Session:
             self.messages[1] += 1
             self.counters.sent += 1
             self.flush()
-            await self.conn.drain()
+            if self.conn.write_waiter is not None:  # the client's buffer is full: wait for it
+                await self.conn.drain()
         elif kind == "websocket.close":
             self.close(int(message.get("code", 1000)), str(message.get("reason") or ""))
         elif kind == "websocket.http.response.start" and self.state == "connecting":
@@ -186,10 +189,17 @@ class Session:
             self.pending += data  # frames sent before our accept wait for it
             return
         self.last_seen = time.monotonic()
-        self.proto.receive_data(data)
-        for event in self.proto.events_received():
+        proto = self.proto
+        proto.receive_data(data)
+        for event in proto.events_received():
             if isinstance(event, Frame):
                 self._frame(event)
+                if proto.state is not OPEN:
+                    break  # failed (invalid UTF-8): what followed in the same read is not delivered
+        if self.state == "open" and proto.state is not OPEN:
+            # The library failed the connection (a protocol error, a message too big) or answered
+            # the client's close: the app's sends from now on go nowhere, as after our own close.
+            self.state = "closing"
         self.flush()
 
     def _frame(self, frame: Frame) -> None:
@@ -213,7 +223,13 @@ class Session:
         self.messages[0] += 1
         self.counters.received += 1
         if self.text:
-            self._put({"type": "websocket.receive", "text": data.decode("utf-8")})
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                # RFC 6455 8.1: a text message must be valid UTF-8 (the library leaves it to us).
+                self.proto.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                return
+            self._put({"type": "websocket.receive", "text": text})
         else:
             self._put({"type": "websocket.receive", "bytes": data})
 
