@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-fn asgi(args: &[&str]) -> Command {
+pub fn asgi(args: &[&str]) -> Command {
     let python = test_venv_python().display().to_string();
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--asgi"])
@@ -630,24 +630,15 @@ fn a_thousand_idle_websockets_on_one_worker_and_their_memory() {
 /// a plain head is kept, a handshake head and its key line are not (memory per idle websocket).
 #[test]
 fn a_websocket_handshake_head_and_its_key_line_are_never_cached() {
-    let script = "import json\n\
+    let script = "import json, sys\n\
+        sys.path.insert(0, sys.argv[1])\n\
         from hurricane.http.request import HEAD_CACHE, _LINE_CACHE, HeadParser\n\
         p = HeadParser(8190, 100, 8190, 1 << 20)\n\
         p.parse(b'GET / HTTP/1.1\\r\\nHost: a')\n\
         for key in (b'dGhlIHNhbXBsZSBub25jZQ==', b'b3RoZXIgbm9uY2UgaGVyZQ=='):\n\
         \x20   p.parse(b'GET /ws HTTP/1.1\\r\\nHost: a\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Key: ' + key + b'\\r\\nSec-WebSocket-Version: 13')\n\
         print(json.dumps([len(HEAD_CACHE), sum(b'Key' in line for line in _LINE_CACHE), b'Upgrade: websocket' in _LINE_CACHE]))\n";
-    let out = Command::new(test_venv_python())
-        .args(["-c", script])
-        .env("PYTHONPATH", root().join("python"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = py_json(script, &[&root().join("python").display().to_string()]);
     assert_eq!(
         answer,
         serde_json::json!([1, 0, true]),

@@ -86,6 +86,16 @@ fn chopped(op: u8, payload: &[u8], chop: usize) -> Step {
     }
 }
 
+fn chopped_fragment(fin: bool, op: u8, payload: &[u8], chop: usize) -> Step {
+    Step::Frame {
+        fin,
+        rsv: 0,
+        op,
+        payload: payload.to_vec(),
+        chop: Some(chop),
+    }
+}
+
 fn with_rsv(rsv: u8, op: u8, payload: &[u8]) -> Step {
     Step::Frame {
         fin: true,
@@ -373,18 +383,7 @@ fn check(cases: Vec<Case>) {
 }
 
 fn asgi_server() -> Command {
-    let python = test_venv_python().display().to_string();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "--asgi", "asgiapp", "--workers", "1"])
-        .args(["--bind", "127.0.0.1", "--port", "0", "--chdir"])
-        .arg(apps_dir())
-        .args(["--python", &python])
-        .env_remove("VIRTUAL_ENV")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    without_hurricane_env(&mut cmd);
-    cmd
+    crate::asgi::asgi(&["asgiapp", "--workers", "1"])
 }
 
 fn text_of(n: usize) -> Vec<u8> {
@@ -640,20 +639,8 @@ fn autobahn_5_fragmentation() {
         case(
             "5.5",
             vec![
-                Step::Frame {
-                    fin: false,
-                    rsv: 0,
-                    op: TEXT,
-                    payload: f("fragment1"),
-                    chop: Some(1),
-                },
-                Step::Frame {
-                    fin: true,
-                    rsv: 0,
-                    op: CONT,
-                    payload: f("fragment2"),
-                    chop: Some(1),
-                },
+                chopped_fragment(false, TEXT, b"fragment1", 1),
+                chopped_fragment(true, CONT, b"fragment2", 1),
             ],
             vec![(TEXT, f("fragment1fragment2"))],
             End::Clean,
@@ -671,21 +658,9 @@ fn autobahn_5_fragmentation() {
         case(
             "5.8",
             vec![
-                Step::Frame {
-                    fin: false,
-                    rsv: 0,
-                    op: TEXT,
-                    payload: f("fragment1"),
-                    chop: Some(1),
-                },
+                chopped_fragment(false, TEXT, b"fragment1", 1),
                 chopped(PING, b"ping payload", 1),
-                Step::Frame {
-                    fin: true,
-                    rsv: 0,
-                    op: CONT,
-                    payload: f("fragment2"),
-                    chop: Some(1),
-                },
+                chopped_fragment(true, CONT, b"fragment2", 1),
             ],
             vec![(PONG, f("ping payload")), (TEXT, f("fragment1fragment2"))],
             End::Clean,

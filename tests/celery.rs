@@ -510,12 +510,17 @@ pub fn broker_queue_length(run: &Run) -> f64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-/// One child held by a long task, 40 more sent: the metric follows the broker's own count.
-fn the_length_of_the_consumed_queue_is_exported(broker: &str) {
-    let run = Run::new(&format!("qlen-{broker}"), broker);
+/// A one-child Celery worker that prefetches one task, reading its queues every `interval`
+/// seconds, once connected.
+pub fn one_child_worker(run: &Run, interval: &str) -> Server {
     let server = Server::spawn(&mut run.command(
         &apps_dir(),
-        &["--queue-stats-interval", "0.3", "--graceful-timeout", "1"],
+        &[
+            "--queue-stats-interval",
+            interval,
+            "--graceful-timeout",
+            "1",
+        ],
         &[
             "-A",
             "celeryapp",
@@ -528,8 +533,15 @@ fn the_length_of_the_consumed_queue_is_exported(broker: &str) {
             "info",
         ],
     ));
-    let queue = [("queue", run.queue.as_str())];
     wait_metric(&server, "hurricane_celery_broker_connected", &[], 1.0);
+    server
+}
+
+/// One child held by a long task, 40 more sent: the metric follows the broker's own count.
+fn the_length_of_the_consumed_queue_is_exported(broker: &str) {
+    let run = Run::new(&format!("qlen-{broker}"), broker);
+    let server = one_child_worker(&run, "0.3");
+    let queue = [("queue", run.queue.as_str())];
     // The queue exists and is empty (RabbitMQ), or has no list yet (Redis): 0 either way.
     wait_for(Duration::from_secs(20), || {
         (metric(&server, "hurricane_celery_queue_length", &queue) == Some(0.0)).then_some(())

@@ -123,12 +123,7 @@ fn the_kubernetes_manifests_validate_and_match_the_binary() {
     );
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
-    let args: Vec<String> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let args = container_args(container);
     let help = serve_help();
     for flag in args.iter().filter(|w| w.starts_with("--")) {
         assert!(
@@ -238,12 +233,7 @@ fn the_consumer_and_celery_manifests_match_the_binary_and_the_adapter() {
         );
         let pod = &deployment["spec"]["template"]["spec"];
         let container = &pod["containers"][0];
-        let args: Vec<String> = container["args"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect();
+        let args = container_args(container);
         assert_eq!(args[0], kind, "{file}");
         // hurricane's own flags: up to `--` (after it, Celery's command).
         let ours: Vec<&String> = args.iter().take_while(|a| *a != "--").collect();

@@ -258,20 +258,7 @@ fn the_listen_queue_is_measured_and_fails_ready_past_req_queue_len() {
         &["--workers", "1", "--req-queue-len", "3", "--backlog", "64"],
     );
     assert_eq!(server.probe("/ready").status, 200);
-    let addr = server.addr;
-    let mark = dir.path("busy");
-    let busy = std::thread::spawn(move || get(addr, &format!("/sleep?s=5&mark={mark}")));
-    wait_for(Duration::from_secs(5), || {
-        std::path::Path::new(&dir.path("busy"))
-            .exists()
-            .then_some(())
-    })
-    .unwrap();
-    // The only worker is busy: these wait in the kernel's accept queue (their request sent, so
-    // TCP_DEFER_ACCEPT counts them as ready to accept).
-    let waiting: Vec<_> = (0..5)
-        .map(|_| std::thread::spawn(move || get(addr, "/")))
-        .collect();
+    let (busy, waiting) = hold_the_worker(server.addr, &dir, 5, 5);
     // /ready first (cheap), then one parsed scrape while the worker is still busy.
     let ready = wait_for(Duration::from_secs(3), || {
         let r = server.probe("/ready");

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::celery::{Run, broker_queue_length, wait_metric};
+use crate::celery::{Run, broker_queue_length, one_child_worker, wait_metric};
 use crate::consume::{Names, consumer};
 use crate::util::*;
 
@@ -270,19 +270,7 @@ fn the_web_accept_queue_query_rises_while_every_worker_is_held() {
         r#"namespace="test",pod=~"web-0""#,
     );
     assert_eq!(prometheus.wait_value(&query, |v| v == 0.0), 0.0, "idle");
-    let addr = server.addr;
-    let mark = dir.path("busy");
-    let busy = std::thread::spawn(move || get(addr, &format!("/sleep?s=8&mark={mark}")));
-    wait_for(Duration::from_secs(5), || {
-        std::path::Path::new(&dir.path("busy"))
-            .exists()
-            .then_some(())
-    })
-    .unwrap();
-    // The only worker is held: these wait in the kernel's accept queue.
-    let waiting: Vec<_> = (0..5)
-        .map(|_| std::thread::spawn(move || get(addr, "/")))
-        .collect();
+    let (busy, waiting) = hold_the_worker(server.addr, &dir, 8, 5);
     let risen = prometheus.wait_value(&query, |v| v > 0.0);
     assert!(risen > 0.0);
     prometheus.wait_value(
@@ -342,23 +330,8 @@ fn the_amqp_backlog_query_answers_500_minus_what_the_workers_hold() {
 #[test]
 fn the_celery_backlog_query_answers_the_queue_length() {
     let run = Run::new("prom", "redis");
-    let server = Server::spawn(&mut run.command(
-        &apps_dir(),
-        &["--queue-stats-interval", "0.5", "--graceful-timeout", "1"],
-        &[
-            "-A",
-            "celeryapp",
-            "worker",
-            "-c",
-            "1",
-            "--prefetch-multiplier",
-            "1",
-            "-l",
-            "info",
-        ],
-    ));
+    let server = one_child_worker(&run, "0.5");
     let prometheus = Prometheus::start(&[("celery-worker-0", server.probe.unwrap())]);
-    wait_metric(&server, "hurricane_celery_broker_connected", &[], 1.0);
     let apps = apps_dir();
     run.send(&apps, "celeryapp", "slow.delay(60, 'held')");
     wait_metric(&server, "hurricane_celery_tasks_active", &[], 1.0);

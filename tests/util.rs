@@ -913,3 +913,37 @@ pub fn listening_ports(pid: i32) -> Vec<u16> {
     ports.sort_unstable();
     ports
 }
+
+/// Holds a one-worker server's only worker in `/sleep?s=seconds` (until its mark file exists),
+/// then sends `waiting` more requests, which wait in the kernel's accept queue (their request sent,
+/// so TCP_DEFER_ACCEPT counts them as ready to accept). The held request's thread, and theirs.
+pub fn hold_the_worker(
+    addr: SocketAddr,
+    dir: &TempDir,
+    seconds: u32,
+    waiting: usize,
+) -> (
+    thread::JoinHandle<std::io::Result<Response>>,
+    Vec<thread::JoinHandle<std::io::Result<Response>>>,
+) {
+    let mark = dir.path("busy");
+    let held = thread::spawn(move || get(addr, &format!("/sleep?s={seconds}&mark={mark}")));
+    wait_for(Duration::from_secs(5), || {
+        Path::new(&dir.path("busy")).exists().then_some(())
+    })
+    .expect("the worker took the held request");
+    let waiting = (0..waiting)
+        .map(|_| thread::spawn(move || get(addr, "/")))
+        .collect();
+    (held, waiting)
+}
+
+/// A manifest's container arguments, as strings.
+pub fn container_args(container: &serde_json::Value) -> Vec<String> {
+    container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}

@@ -5,24 +5,17 @@ GET / answers 200 for the bench's readiness check. The same app for every server
 import asyncio
 import time
 
+from lifespan import lifespan, ok
+
 INTERVAL_S = 0.01
 HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
 
 async def application(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await lifespan(receive, send)
     if scope["path"] != "/sse":
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"3")]})
-        await send({"type": "http.response.body", "body": b"ok\n"})
-        return
+        return await ok(send)
     while (await receive()).get("more_body"):  # the request's (empty) body
         pass
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})

@@ -1,21 +1,14 @@
 """A plain ASGI WebSocket echo for the `ws` scenario (and a 200 on GET / for the bench's readiness
 check): the same app for every server."""
 
+from lifespan import lifespan, ok
+
 
 async def application(scope, receive, send):
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        return await lifespan(receive, send)
     if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", b"3")]})
-        await send({"type": "http.response.body", "body": b"ok\n"})
-        return
+        return await ok(send)
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
     while True:
