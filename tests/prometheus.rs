@@ -229,16 +229,10 @@ fn adapter_query(section: &str, name: &str, matchers: &str) -> String {
 }
 
 fn promtool(args: &[&str]) {
-    let out = Command::new(prometheus_tool("promtool"))
-        .args(args)
-        .current_dir(root().join("contrib/prometheus"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool {args:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    output_ok(
+        Command::new(prometheus_tool("promtool"))
+            .args(args)
+            .current_dir(root().join("contrib/prometheus")),
     );
 }
 
@@ -248,15 +242,7 @@ fn the_rules_pass_promtool_and_their_unit_tests_and_the_kubernetes_wrappers_are_
     promtool(&["check", "rules", "hurricane-rules.yaml"]);
     promtool(&["check", "config", "prometheus.yml"]);
     promtool(&["test", "rules", "hurricane-rules.test.yaml"]);
-    let out = Command::new(root().join("scripts/gen-contrib"))
-        .arg("--check")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    output_ok(Command::new(root().join("scripts/gen-contrib")).arg("--check"));
 }
 
 #[test]

@@ -517,15 +517,10 @@ for f in files:
     ast.parse(f.read_text(), str(f), feature_version=(3, 8))
 print(len(files))
 "#;
-    let out = std::process::Command::new(python())
-        .args(["-c", script])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        std::process::Command::new(python())
+            .args(["-c", script])
+            .current_dir(env!("CARGO_MANIFEST_DIR")),
     );
     let count: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(count >= 8, "checked only {count} files");

@@ -866,17 +866,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Runs a Python snippet in the test venv with argv[1:] = args; its stdout as JSON.
-pub fn py_json(script: &str, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(test_venv_python())
-        .args(["-c", script])
-        .args(args)
-        .output()
-        .unwrap();
+/// Runs `cmd` to its end and asserts it succeeded (the message: its command line, stdout and
+/// stderr); its output.
+pub fn output_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{cmd:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a Python snippet in the test venv with argv[1:] = args; its stdout as JSON.
+pub fn py_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = output_ok(
+        Command::new(test_venv_python())
+            .args(["-c", script])
+            .args(args),
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
