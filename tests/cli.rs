@@ -161,6 +161,23 @@ fn absurd_or_negative_worker_counts_are_one_line_usage_errors() {
     }
 }
 
+/// `--threads` takes `auto` (the default) or a count; anything else is a one-line usage error.
+#[test]
+fn a_thread_count_is_auto_or_a_number_from_1_to_1024() {
+    for count in ["0", "1025", "many"] {
+        let (code, err) = run(&["-w", "app", "--port", "0", "--threads", count]);
+        assert_eq!(code, 2, "--threads {count}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: invalid value")
+                && first.contains(&format!(
+                    "'{count}' is not auto or a thread count from 1 to 1024"
+                )),
+            "--threads {count}: {err}"
+        );
+    }
+}
+
 /// Issue 10: a pool the process limit cannot hold is refused before anything starts.
 #[test]
 fn more_workers_than_the_process_limit_allows_is_refused() {

@@ -646,6 +646,118 @@ fn threads_run_requests_concurrently_in_one_worker_and_keep_pipelines_in_order()
     );
 }
 
+/// `--threads auto`'s decisions (http/governor.py) from made-up samples: a pool only when most
+/// requests wait long enough to pay for the hand-off, sized from the wait, never during warm-up.
+#[test]
+fn the_thread_governor_pools_only_apps_whose_requests_wait() {
+    let script = "import json, sys\n\
+        sys.path.insert(0, sys.argv[1])\n\
+        from hurricane.http.governor import Governor, Phase\n\
+        def run(samples, **kw):\n\
+        \x20   g = Governor(warmup=8, window=32, **kw)\n\
+        \x20   for i, (wall, cpu) in enumerate(samples):\n\
+        \x20       n = g.sample(wall, cpu)\n\
+        \x20       if n:\n\
+        \x20           return [i, n, g.phase.value, g.sample(wall, cpu)]\n\
+        \x20   return [None, 0, g.phase.value, 0]\n\
+        out = {}\n\
+        out['hello'] = run([(10e-6, 10e-6)] * 1000)\n\
+        out['django_json'] = run([(180e-6, 178e-6)] * 1000)\n\
+        out['db_read'] = run([(1000e-6, 800e-6)] * 1000)\n\
+        out['db_insert'] = run([(1100e-6, 700e-6)] * 1000)\n\
+        out['sleeping'] = run([(10e-3, 50e-6)] * 1000)\n\
+        out['rare_stalls'] = run(([(180e-6, 178e-6)] * 20 + [(50e-3, 180e-6)] * 12) * 30)\n\
+        out['slow_start'] = run([(20e-3, 100e-6)] * 8 + [(180e-6, 178e-6)] * 1000)\n\
+        out['later_waits'] = run([(180e-6, 178e-6)] * 200 + [(2e-3, 500e-6)] * 1000)\n\
+        out['clock_skew'] = run([(100e-6, 120e-6), (0.0, 0.0)] * 500)\n\
+        print(json.dumps(out))\n";
+    let answer = py_json(script, &[&root().join("python").display().to_string()]);
+    let expect = serde_json::json!({
+        // [the sample that started a pool, its size, the phase, what a later sample returns]
+        "hello": [null, 0, "watching", 0],
+        "django_json": [null, 0, "watching", 0],
+        "db_read": [39, 3, "pooled", 0],
+        "db_insert": [39, 4, "pooled", 0],
+        "sleeping": [39, 32, "pooled", 0],
+        "rare_stalls": [null, 0, "watching", 0],
+        "slow_start": [null, 0, "watching", 0],
+        "later_waits": [231, 8, "pooled", 0],
+        "clock_skew": [null, 0, "watching", 0],
+    });
+    assert_eq!(answer, expect);
+}
+
+/// The default, `--threads auto`: a worker whose app waits (here it sleeps 5 ms a request) moves
+/// it to a pool after a few hundred requests, says so, and then serves requests side by side; an
+/// app that only computes stays on the loop; `--threads 1` keeps a waiting app on the loop.
+#[test]
+fn threads_auto_starts_a_pool_for_an_app_that_waits_and_not_for_one_that_computes() {
+    let server = Server::start("app", &["--workers", "1", "--timeout", "5"]);
+    let worker = server.wait_workers(1, START_TIMEOUT)[0];
+    let multithread = |server: &Server| -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(&server.get("/environ").body).unwrap()["wsgi.multithread"].clone()
+    };
+    let mut client = KeepAlive::new(server.addr);
+    for _ in 0..1000 {
+        assert_eq!(client.get("/").unwrap().text(), "hello");
+    }
+    assert_eq!(
+        multithread(&server),
+        false,
+        "an app that only computes stays on the loop"
+    );
+    assert_eq!(server.log.count("event=threads_started"), 0);
+    for _ in 0..400 {
+        assert_eq!(
+            client.get("/sleep?s=0.005").unwrap().text(),
+            format!("slept {worker}")
+        );
+        if server.log.count("event=threads_started") > 0 {
+            break;
+        }
+    }
+    let line = server
+        .log
+        .wait_for("event=threads_started", Duration::from_secs(2))
+        .expect("a pool once the app is seen waiting");
+    assert!(
+        line.contains(&format!("pid={worker}")) && line.contains("threads=32"),
+        "{line}"
+    );
+    assert_eq!(multithread(&server), true);
+    let started = Instant::now();
+    let addr = server.addr;
+    let handles: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || get(addr, "/sleep?s=1").unwrap()))
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap().text(), format!("slept {worker}"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "side by side: {:?}",
+        started.elapsed()
+    );
+
+    let fixed = Server::start("app", &["--workers", "1", "--threads", "1"]);
+    let mut client = KeepAlive::new(fixed.addr);
+    for _ in 0..400 {
+        assert!(
+            client
+                .get("/sleep?s=0.005")
+                .unwrap()
+                .text()
+                .starts_with("slept")
+        );
+    }
+    assert_eq!(
+        multithread(&fixed),
+        false,
+        "--threads 1 keeps the app on the loop"
+    );
+    assert_eq!(fixed.log.count("event=threads_started"), 0);
+}
+
 #[test]
 fn identical_heads_get_independent_environs() {
     // Repeated heads are parsed once and their environ copied: a mutation must never leak.

@@ -21,6 +21,39 @@ use crate::prestart::Prestart;
 use crate::spawn::Launch;
 use crate::state::Doorbell;
 
+/// `--threads`: how a worker runs its WSGI app.
+///
+/// Why `auto` is the default: a view that waits on PostgreSQL leaves a single-threaded worker idle
+/// for the wait (an insert's commit, a connection per request at Django's `CONN_MAX_AGE=0`), while a
+/// view that only computes loses ~10 % to a hand-off per request. The worker measures which one it
+/// serves (`http/governor.py`) instead of asking the user to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// On the event loop until sampled requests show the app waiting, then on a pool sized from the wait.
+    Auto,
+    /// Always this many (1: on the event loop).
+    Fixed(u16),
+}
+
+impl Threads {
+    fn parse(value: &str) -> Result<Threads, String> {
+        if value.eq_ignore_ascii_case("auto") {
+            return Ok(Threads::Auto);
+        }
+        match value.parse::<u16>() {
+            Ok(n @ 1..=1024) => Ok(Threads::Fixed(n)),
+            _ => Err(format!("'{value}' is not auto or a thread count from 1 to 1024")),
+        }
+    }
+
+    fn setting(self) -> Value {
+        match self {
+            Threads::Auto => json!("auto"),
+            Threads::Fixed(n) => json!(n),
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// The WSGI app to serve: a module, optionally with the callable's name (default `application`)
@@ -122,9 +155,10 @@ pub struct Args {
     #[arg(long, env = "HURRICANE_CHECK_MIGRATIONS_APPLY", value_parser = BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
     pub check_migrations_apply: bool,
 
-    /// Threads per worker running the app (for I/O-bound views; 1: the app runs on the event loop)
-    #[arg(long, env = "HURRICANE_THREADS", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub threads: u16,
+    /// Threads per worker running the app: auto starts a pool when the app is seen waiting on I/O
+    /// (a database, an API), N always runs N threads, 1 runs the app on the event loop
+    #[arg(long, env = "HURRICANE_THREADS", value_name = "auto|N", default_value = "auto", value_parser = Threads::parse)]
+    pub threads: Threads,
 
     /// Longest request line, in bytes; longer is answered 414
     #[arg(
@@ -348,7 +382,7 @@ impl Args {
         settings.insert(
             "http".into(),
             json!({
-                "threads": self.threads,
+                "threads": self.threads.setting(),
                 "backlog": self.backlog,
                 "access_log": self.access_log,
                 "limit_request_line": self.limit_request_line,
@@ -388,7 +422,7 @@ impl Setup for Args {
                 "{flag} '{app}' is not MODULE[:ATTR]: give a dotted module path such as mysite.wsgi, not a file name"
             )));
         }
-        if self.asgi.asgi.is_some() && self.threads > 1 {
+        if self.asgi.asgi.is_some() && matches!(self.threads, Threads::Fixed(n) if n > 1) {
             return Err(Usage(
                 "--threads runs a WSGI app on threads; an ASGI app runs on its worker's event loop (Django runs sync views in a thread of its own): drop --threads or use -w".into(),
             ));

@@ -30,6 +30,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from hurricane import LISTEN_FD, __version__
 from hurricane.http.body import EMPTY_INPUT, ChunkedBody, PendingBody
+from hurricane.http.governor import Governor
 from hurricane.http.rejections import REJECTIONS, HTTPError, RejectLog, error_response
 from hurricane.http.proxies import Proxies
 from hurricane.http.request import HEAD_CACHE, HeadParser
@@ -112,7 +113,11 @@ class Server(WsgiCall, ThreadHandoff):
         self.access_log = bool(http.get("access_log"))
         self.log_json = log_json
         self.worker_id = config.get("worker", 0)
-        self.threads = max(1, int(http.get("threads", 1)))
+        threads = http.get("threads", "auto")
+        # --threads auto: the app runs on the loop until sampled requests show it waiting
+        # (http/governor.py), then on a pool (ThreadHandoff._start_pool).
+        self.governor = Governor() if threads == "auto" else None
+        self.threads = 1 if threads == "auto" else max(1, int(threads))
         self.rotate_accept = int(config.get("workers", 1)) > 1
         self.accept_batch = 1 if self.rotate_accept else ACCEPT_BATCH
         # --threads: requests run on a pool; the event loop stays on the main thread.

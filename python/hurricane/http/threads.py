@@ -1,21 +1,37 @@
 """--threads: a request handed to a thread of the pool, and its connection taken back by the event
 loop when the thread is done. Mixed into ``server.Server``.
 
-Why apart: with one thread (the default) none of this runs; with more, the event loop never waits
+Why apart: while the app runs on the loop (``--threads 1``, or ``auto`` until the governor sees the
+app wait: http/governor.py) none of this runs; with a pool, the event loop never waits
 for the app, and a thread never touches epoll: it appends the connection and its state to
 ``_done`` (an atomic deque append) and wakes the loop, which settles it.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict
 
+from hurricane.http.governor import Governor
 from hurricane.http.rejections import HTTPError
 from hurricane.http.wire import CLOSED, IN_THREAD, READING, ClientGone, Conn
+from hurricane.log import log_line as _log_line
 
 
 class ThreadHandoff:
     """The --threads side of ``Server``."""
+
+    def _start_pool(self, governor: Governor) -> None:
+        """--threads auto: the governor saw the app wait; from the next request on, it runs on a
+        pool. Called on the loop's thread, between two requests, so nothing is in flight."""
+        self.threads = governor.threads
+        self.pool = ThreadPoolExecutor(governor.threads, "hurricane-app")
+        # Responses now leave from their thread at once; the outbox holds only the loop's own.
+        self._hold = None
+        fields = {"pid": os.getpid(), "worker": self.worker_id, "threads": governor.threads,
+                  "waiting_share": round(governor.share, 2), "gain": round(governor.gain, 2)}
+        _log_line("INFO", "threads_started", fields, self.log_json)
 
     def _in_thread(
         self, conn: Conn, app: Callable, env: Dict[str, Any], method: str,

@@ -16,6 +16,7 @@ import traceback
 from bisect import bisect_left as _bisect
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from hurricane.http.governor import SAMPLE_EVERY as _SAMPLE_EVERY
 from hurricane.http.rejections import HTTPError, error_response
 from hurricane.http.request import METRIC_METHODS
 from hurricane.http.response import NO_BODY, Exchange, FileWrapper, Tail
@@ -25,6 +26,7 @@ from hurricane.log import log_line as _log_line
 # (method, status class) -> the same tuple, prebuilt: the counter key costs a lookup, not a new tuple.
 _COUNT_KEYS = {(m, c): (m, c) for m in METRIC_METHODS for c in range(1, 6)}
 _monotonic = time.monotonic
+_thread_time = time.thread_time
 
 
 class Request:
@@ -59,6 +61,11 @@ class WsgiCall:
             activity.current = (self.now, method, env["PATH_INFO"])
         result = None
         tail: Optional[Tail] = None
+        # --threads auto: every SAMPLE_EVERY-th request on the loop is timed for the governor.
+        sample_cpu = -1.0
+        if not threaded and self.governor is not None and not activity.requests % _SAMPLE_EVERY:
+            sample_cpu = _thread_time()
+            sample_wall = _monotonic()
         try:
             result = app(env, ex.start_response)
             if type(result) is list and len(result) == 1 and ex.status is not None:
@@ -127,6 +134,9 @@ class WsgiCall:
                     self.now = ended
                     if self.outbox is not None:
                         self.outbox.expire(ended)
+                    if sample_cpu >= 0.0:
+                        if self.governor.sample(ended - sample_wall, _thread_time() - sample_cpu):
+                            self._start_pool(self.governor)
                 if threaded:
                     activity.inflight.pop(ident, None)
                     label = method if method in METRIC_METHODS else "other"  # bounded label values
