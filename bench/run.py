@@ -525,12 +525,12 @@ def asgi_scenarios(wanted: set) -> None:
 
 
 def db_scenarios() -> None:
-    """Issue 25: Django views on the local PostgreSQL, at each server's defaults and its best
-    thread setting."""
+    """Issue 25: Django views on the local PostgreSQL, at each server's defaults (hurricane's is
+    --threads auto) and its best thread setting."""
     postgres_setup()
-    servers = ["hurricane", "hurricane (--threads 4)", "granian", "granian (--blocking-threads 8)",
-               "gunicorn sync", "gunicorn gthread"]
-    options = {"hurricane (--threads 4)": {"threads": "4"},
+    servers = ["hurricane", "hurricane (--threads 1)", "hurricane (--threads 8)", "granian",
+               "granian (--blocking-threads 8)", "gunicorn sync", "gunicorn gthread"]
+    options = {"hurricane (--threads 1)": {"threads": "1"}, "hurricane (--threads 8)": {"threads": "8"},
                "granian (--blocking-threads 8)": {"blocking_threads": "8"},
                "gunicorn gthread": {"threads": "8"}}
     targets = {"granian": 1.2, "granian (--blocking-threads 8)": 1.2}

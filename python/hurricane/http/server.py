@@ -15,6 +15,7 @@ send(). Where bookkeeping is inlined below rather than called, it was measured t
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import signal
@@ -117,6 +118,8 @@ class Server(WsgiCall, ThreadHandoff):
         # --threads auto: the app runs on the loop until sampled requests show it waiting
         # (http/governor.py), then on a pool (ThreadHandoff._start_pool).
         self.governor = Governor() if threads == "auto" else None
+        # When the loop times its next request for the governor (wsgi_call.py): never without one.
+        self.next_sample = 0.0 if self.governor is not None else math.inf
         self.threads = 1 if threads == "auto" else max(1, int(threads))
         self.rotate_accept = int(config.get("workers", 1)) > 1
         self.accept_batch = 1 if self.rotate_accept else ACCEPT_BATCH

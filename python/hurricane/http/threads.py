@@ -9,6 +9,7 @@ for the app, and a thread never touches epoll: it appends the connection and its
 
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict
@@ -27,6 +28,7 @@ class ThreadHandoff:
         pool. Called on the loop's thread, between two requests, so nothing is in flight."""
         self.threads = governor.threads
         self.pool = ThreadPoolExecutor(governor.threads, "hurricane-app")
+        self.next_sample = math.inf
         # Responses now leave from their thread at once; the outbox holds only the loop's own.
         self._hold = None
         fields = {"pid": os.getpid(), "worker": self.worker_id, "threads": governor.threads,

@@ -16,7 +16,7 @@ import traceback
 from bisect import bisect_left as _bisect
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from hurricane.http.governor import SAMPLE_EVERY as _SAMPLE_EVERY
+from hurricane.http.governor import SAMPLE_INTERVAL_S as _SAMPLE_INTERVAL_S
 from hurricane.http.rejections import HTTPError, error_response
 from hurricane.http.request import METRIC_METHODS
 from hurricane.http.response import NO_BODY, Exchange, FileWrapper, Tail
@@ -61,9 +61,10 @@ class WsgiCall:
             activity.current = (self.now, method, env["PATH_INFO"])
         result = None
         tail: Optional[Tail] = None
-        # --threads auto: every SAMPLE_EVERY-th request on the loop is timed for the governor.
+        # --threads auto: a request on the loop is timed for the governor once per
+        # SAMPLE_INTERVAL_S (never, without a governor or once on a pool: the next is +inf).
         sample_cpu = -1.0
-        if not threaded and self.governor is not None and not activity.requests % _SAMPLE_EVERY:
+        if started >= self.next_sample:
             sample_cpu = _thread_time()
             sample_wall = _monotonic()
         try:
@@ -135,6 +136,7 @@ class WsgiCall:
                     if self.outbox is not None:
                         self.outbox.expire(ended)
                     if sample_cpu >= 0.0:
+                        self.next_sample = ended + _SAMPLE_INTERVAL_S
                         if self.governor.sample(ended - sample_wall, _thread_time() - sample_cpu):
                             self._start_pool(self.governor)
                 if threaded:
