@@ -44,7 +44,7 @@ complete -c hurricane -n "__fish_hurricane_needs_command" -l boot-timeout -d 'Se
 complete -c hurricane -n "__fish_hurricane_needs_command" -l keep-alive -d 'Seconds an idle keep-alive connection stays open' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l write-timeout -d 'Seconds a client may take without reading any of a response before its connection is cut (a response the socket cannot take waits on its connection, holding no worker; 0: never)' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l command -d 'Run this Django management command before the workers start, e.g. "migrate --noinput" (repeatable, in order; in the environment, \';\'-separated). A failure stops startup' -r
-complete -c hurricane -n "__fish_hurricane_needs_command" -l threads -d 'Threads per worker running the app (for I/O-bound views; 1: the app runs on the event loop)' -r
+complete -c hurricane -n "__fish_hurricane_needs_command" -l threads -d 'Threads per worker running the app: auto starts a pool when the app is seen waiting on I/O (a database, an API), N always runs N threads, 1 runs the app on the event loop' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l limit-request-line -d 'Longest request line, in bytes; longer is answered 414' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l limit-request-fields -d 'Most header fields in a request; more is answered 431' -r
 complete -c hurricane -n "__fish_hurricane_needs_command" -l limit-request-field-size -d 'Longest header field line, in bytes; longer is answered 431' -r
@@ -123,7 +123,7 @@ complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l boot-timeo
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l keep-alive -d 'Seconds an idle keep-alive connection stays open' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l write-timeout -d 'Seconds a client may take without reading any of a response before its connection is cut (a response the socket cannot take waits on its connection, holding no worker; 0: never)' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l command -d 'Run this Django management command before the workers start, e.g. "migrate --noinput" (repeatable, in order; in the environment, \';\'-separated). A failure stops startup' -r
-complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l threads -d 'Threads per worker running the app (for I/O-bound views; 1: the app runs on the event loop)' -r
+complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l threads -d 'Threads per worker running the app: auto starts a pool when the app is seen waiting on I/O (a database, an API), N always runs N threads, 1 runs the app on the event loop' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l limit-request-line -d 'Longest request line, in bytes; longer is answered 414' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l limit-request-fields -d 'Most header fields in a request; more is answered 431' -r
 complete -c hurricane -n "__fish_hurricane_using_subcommand serve" -l limit-request-field-size -d 'Longest header field line, in bytes; longer is answered 431' -r

@@ -8,11 +8,20 @@ protocol errors. This module moves bytes between it and the transport and messag
 the app, checks that text messages are UTF-8 (1007: the Sans-I/O layer leaves decoding to its
 user), adds the idle ping (``--ws-ping-interval``, ``--ws-ping-timeout``) and the drain (1001
 going away; 1012 on a reload), and counts.
+
+One exception, measured: the message a chat, a game or an echo sends most, a whole masked text or
+binary frame under 64 KiB outside a fragmented message, is unmasked here (with the library's own C
+``apply_mask``) and its answer framed here, because the library's generator-based parser and its
+Frame objects cost more than the rest of the echo's path together. Everything else (control
+frames, fragments, bad or unmasked frames, frames of 64 KiB and over, anything after a close) goes
+through the library, whole frames only, so it always resumes at a frame boundary and decides
+every error and close exactly as before (the Autobahn case list in tests/autobahn.rs covers both).
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -21,6 +30,14 @@ from websockets.http11 import Response  # type: ignore[import-not-found]
 from websockets.datastructures import Headers  # type: ignore[import-not-found]
 from websockets.protocol import OPEN  # type: ignore[import-not-found]
 from websockets.server import ServerProtocol  # type: ignore[import-not-found]
+
+try:
+    from websockets.speedups import apply_mask as _apply_mask  # type: ignore[import-not-found]
+except ImportError:  # a build without its C extension
+    from websockets.utils import apply_mask as _apply_mask  # type: ignore[import-not-found]
+
+_TEXT, _BINARY = 0x81, 0x82  # FIN set, no RSV bits: a whole text or binary message in one frame
+_MASKED = 0x80
 
 # A client that does not answer our close within this long is cut.
 CLOSE_TIMEOUT_S = 5.0
@@ -49,7 +66,7 @@ class Session:
 
     __slots__ = ("conn", "scope", "counters", "log", "proto", "request", "inbox", "waiter", "state",
                  "parts", "text", "ping_interval", "ping_timeout", "last_seen", "ping_sent", "timer",
-                 "started", "messages", "denial", "close_code", "pending")
+                 "started", "messages", "denial", "close_code", "pending", "fast", "max_size")
 
     def __init__(self, conn: Any, raw_head: bytes, scope: Dict[str, Any], settings: Dict[str, Any],
                  counters: Counters, log: Callable[[str, Dict[str, Any]], None]) -> None:
@@ -77,7 +94,12 @@ class Session:
         self.messages = [0, 0]  # received, sent
         self.denial: Optional[Tuple[int, List[Tuple[bytes, bytes]], List[bytes]]] = None
         self.close_code = 1006
+        # Before accept: frames sent early; after: the start of a frame not all here yet.
         self.pending: bytes = b""
+        # Whole frames are split here (the fast path); False once the library reads the stream
+        # on its own: a frame of 64 KiB or more, a failure, a close.
+        self.fast = False
+        self.max_size = int(settings["max_size"])
 
     # The app's side --------------------------------------------------------------------------
 
@@ -101,11 +123,24 @@ class Session:
         elif kind == "websocket.send" and self.state == "open":
             text, data = message.get("text"), message.get("bytes")
             if text is not None:
-                self.proto.send_text(text.encode("utf-8"))
+                payload, opcode = text.encode("utf-8"), _TEXT
             elif data is not None:
-                self.proto.send_binary(data)
+                payload, opcode = bytes(data), _BINARY
             else:
                 raise ValueError("websocket.send needs text or bytes")
+            if self.fast and self.proto.state is OPEN:
+                # A server's frame is unmasked: a header and the payload (RFC 6455 5.2).
+                size = len(payload)
+                if size < 126:
+                    self.conn.write(bytes((opcode, size)) + payload)
+                elif size < 65536:
+                    self.conn.write(struct.pack("!BBH", opcode, 126, size) + payload)
+                else:
+                    self.conn.write(struct.pack("!BBQ", opcode, 127, size) + payload)
+            elif opcode == _TEXT:
+                self.proto.send_text(payload)
+            else:
+                self.proto.send_binary(payload)
             self.messages[1] += 1
             self.counters.sent += 1
             self.flush()
@@ -146,6 +181,8 @@ class Session:
             response.headers[bytes(name).decode("latin-1")] = bytes(value).decode("latin-1")
         self.proto.send_response(response)
         self.state = "open"
+        # No extension is offered (permessage-deflate is refused), so frames are plain.
+        self.fast = not self.proto.extensions
         self.counters.open += 1
         self.flush()
         self._arm_ping()
@@ -190,17 +227,79 @@ class Session:
             return
         self.last_seen = time.monotonic()
         proto = self.proto
+        if self.fast:
+            self._split(self.pending + data if self.pending else data)
+        else:
+            self._to_library(data)
+        if self.state == "open" and proto.state is not OPEN:
+            # The library failed the connection (a protocol error, a message too big) or answered
+            # the client's close: the app's sends from now on go nowhere, as after our own close.
+            self.state = "closing"
+        self.flush()
+
+    def _split(self, buf: bytes) -> None:
+        """Whole frames from `buf`: the common message here, any other frame to the library."""
+        proto = self.proto
+        size = len(buf)
+        at = 0
+        while size - at >= 2:
+            b0, b1 = buf[at], buf[at + 1]
+            length = b1 & 0x7F
+            head = 2
+            if length == 126:
+                if size - at < 4:
+                    break
+                length = (buf[at + 2] << 8) | buf[at + 3]
+                head = 4
+            elif length == 127:
+                length = self.max_size + 1  # 64 KiB or more: not split here
+            if length > self.max_size:
+                # Large: the library reads it (and enforces --ws-max-size) and the rest of the stream.
+                self.fast = False
+                self.pending = b""
+                self._to_library(buf[at:])
+                return
+            masked = b1 & _MASKED
+            if masked:
+                head += 4
+            end = at + head + length
+            if end > size:
+                break  # the rest of this frame is still to come (at most 64 KiB are held)
+            if (b0 == _TEXT or b0 == _BINARY) and masked and not self.parts:
+                data = _apply_mask(buf[at + head:end], buf[at + head - 4:at + head])
+                self.messages[0] += 1
+                self.counters.received += 1
+                if b0 == _TEXT:
+                    try:
+                        text = data.decode("utf-8")
+                    except UnicodeDecodeError:
+                        proto.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                        self.fast = False
+                        self.pending = b""
+                        return  # failed: what followed in the same read is not delivered
+                    self._put({"type": "websocket.receive", "text": text})
+                else:
+                    self._put({"type": "websocket.receive", "bytes": data})
+            else:
+                self._to_library(buf[at:end])
+                if proto.state is not OPEN:
+                    self.fast = False  # a close or a failure: the library reads (discards) the rest
+                    self.pending = b""
+                    if end < size:
+                        proto.receive_data(buf[end:])
+                    return
+            at = end
+        self.pending = buf[at:] if at < size else b""
+
+    def _to_library(self, data: bytes) -> None:
+        """Bytes the library parses: its frames reach the session as events."""
+        proto = self.proto
         proto.receive_data(data)
         for event in proto.events_received():
             if isinstance(event, Frame):
                 self._frame(event)
                 if proto.state is not OPEN:
                     break  # failed (invalid UTF-8): what followed in the same read is not delivered
-        if self.state == "open" and proto.state is not OPEN:
-            # The library failed the connection (a protocol error, a message too big) or answered
-            # the client's close: the app's sends from now on go nowhere, as after our own close.
-            self.state = "closing"
-        self.flush()
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
