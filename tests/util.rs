@@ -478,9 +478,13 @@ pub fn parse_response(data: &[u8], head_request: bool) -> Option<Response> {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// A directory of its own: tests run in parallel threads of one process, so the pid alone
+    /// would hand two tests of the same name one directory, and the first to finish deletes it.
     pub fn new(name: &str) -> TempDir {
-        let dir =
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
