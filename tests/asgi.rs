@@ -172,6 +172,17 @@ fn http_requests_lifespan_state_and_streamed_bodies() {
             && forwarded.contains("\"scheme\": \"https\""),
         "{forwarded}"
     );
+    // A scope is the request's own: what an app changes in one (its headers, asgi, state, path)
+    // is not in the next, also for the same head again on the same connection.
+    let mut client = KeepAlive::new(server.addr);
+    let first = client.get("/mutate").unwrap().text();
+    assert_eq!(
+        first,
+        r#"{"headers": 1, "asgi": ["spec_version", "version"], "state": ["greeting"]}"#
+    );
+    for _ in 0..3 {
+        assert_eq!(client.get("/mutate").unwrap().text(), first);
+    }
     // The metrics count ASGI requests like WSGI ones.
     let metrics = server.probe("/metrics").text();
     assert!(

@@ -67,6 +67,17 @@ async def application(scope, receive, send):
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+    elif path == "/mutate":
+        # What a middleware may do to its scope: none of it may reach the next request.
+        seen = {"headers": len(scope["headers"]), "asgi": sorted(scope["asgi"]), "state": sorted(scope["state"])}
+        scope["headers"].append((b"x-added", b"1"))
+        scope["asgi"]["added"] = True
+        scope["state"]["added"] = True
+        scope["path"] = "/changed"
+        body = json.dumps(seen).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
     elif path == "/block":
         # A sync call in an async view: the whole loop stops (the classic ASGI mistake).
         time.sleep(float(scope["query_string"].decode() or "1"))

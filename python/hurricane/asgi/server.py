@@ -253,6 +253,10 @@ class Server:
 class Request:
     """One HTTP request/response cycle: the app's receive and send for it."""
 
+    __slots__ = ("conn", "scope", "method", "keep_alive", "version11", "remaining", "chunked", "expect", "body",
+                 "buffered", "body_done", "body_waiter", "disconnected", "body_given", "disconnect_waiter",
+                 "started", "finished", "chunked_response", "status", "sent_bytes", "t0", "head", "no_body")
+
     def __init__(self, conn: "Connection", scope: Dict[str, Any], method: str, keep_alive: bool,
                  version11: bool, length: int, chunked: Optional[ChunkedBody], expect: bool) -> None:
         self.conn = conn
@@ -276,6 +280,8 @@ class Request:
         self.status = 0
         self.sent_bytes = 0
         self.t0 = time.monotonic()
+        self.head = b""  # the response's status line and headers until its first body part takes them
+        self.no_body = False  # HEAD, 1xx, 204, 304: the app's body is not sent
 
     # The body, as the connection reads it ---------------------------------------------------
 
@@ -416,24 +422,22 @@ class Request:
         self.no_body = no_body
 
     async def _body(self, body: bytes, more: bool) -> None:
-        out = []
-        if self.head:
-            out.append(self.head)
+        # One write per body part, the head going out with the first (most responses are one part).
+        data = self.head
+        if data:
             self.head = b""
         if body and not self.no_body:
             self.sent_bytes += len(body)
             if self.chunked_response:
-                out.append(b"%x\r\n" % len(body))
-                out.append(body)
-                out.append(b"\r\n")
+                data = b"".join((data, b"%x\r\n" % len(body), body, b"\r\n"))
             else:
-                out.append(body)
+                data = data + body if data else body
         if not more:
             if self.chunked_response and not self.no_body:
-                out.append(b"0\r\n\r\n")
+                data += b"0\r\n\r\n"
             self.finished = True
-        if out:
-            self.conn.write(b"".join(out))
+        if data:
+            self.conn.write(data)
         if more and self.conn.write_waiter is not None:  # the client's buffer is full: wait for it
             await self.conn.drain()
 
@@ -478,7 +482,7 @@ class Connection(asyncio.Protocol):
     """One client connection: HTTP/1.1 requests one after the other, or a WebSocket after an upgrade."""
 
     __slots__ = ("server", "loop", "transport", "buf", "request", "ws", "idle", "idle_since", "paused_reading",
-                 "write_waiter", "write_paused_at", "closed", "client", "local")
+                 "write_waiter", "write_paused_at", "closed", "client", "local", "last_scope")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -496,6 +500,9 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.client: Optional[Tuple[str, int]] = None
         self.local: Optional[Tuple[str, int]] = None
+        # (environ template, the scope worked out from it on this connection) of the last request
+        # whose head the parser's cache keeps: a keep-alive client repeats its head.
+        self.last_scope: Optional[Tuple[Dict[str, Any], Dict[str, Any]]] = None
 
     # asyncio's callbacks ----------------------------------------------------------------------
 
@@ -623,18 +630,22 @@ class Connection(asyncio.Protocol):
         head, rest = self.buf[:end], self.buf[end + 4:]
         self.buf = b""
         self._cancel_idle()
-        try:
-            # As the WSGI worker does: a head seen before is looked up, not parsed again (the
-            # template is only read here, never changed).
-            parsed = HEAD_CACHE.get(head) or self.server.parser.parse(head)
-            env, method, version11, keep_alive, chunked, length, expect, target = parsed
-        except HTTPError as exc:
-            self._reject(exc)
-            return
-        # A template the head cache keeps (parse() may just have put it there) comes back for
-        # this head again; any other environ is this request's alone.
-        scope = self._scope(env, method, target, HEAD_CACHE.get(head) is parsed)
-        if (env.get("HTTP_UPGRADE", "").lower() == "websocket"
+        # As the WSGI worker does: a head seen before is looked up, not parsed again (the
+        # template is only read here, never changed).
+        parsed = HEAD_CACHE.get(head)
+        template = parsed is not None
+        if parsed is None:
+            try:
+                parsed = self.server.parser.parse(head)
+            except HTTPError as exc:
+                self._reject(exc)
+                return
+            # A template the head cache keeps (parse() may just have put it there) comes back
+            # for this head again; any other environ is this request's alone.
+            template = HEAD_CACHE.get(head) is parsed
+        env, method, version11, keep_alive, chunked, length, expect, target = parsed
+        scope = self._scope(env, method, target, template)
+        if ("HTTP_UPGRADE" in env and env["HTTP_UPGRADE"].lower() == "websocket"
                 and "upgrade" in env.get("HTTP_CONNECTION", "").lower()):
             self._upgrade(head + b"\r\n\r\n", scope, rest)
             return
@@ -657,6 +668,21 @@ class Connection(asyncio.Protocol):
         self.loop.create_task(request.run(self.server.app))
 
     def _scope(self, env: Dict[str, Any], method: str, target: bytes, template: bool) -> Dict[str, Any]:
+        """The request's scope: a copy of what its head and this connection give, with its own
+        header list, state and asgi dicts (an app or middleware may change any of them)."""
+        last = self.last_scope
+        if template and last is not None and last[0] is env:
+            base = last[1]
+        else:
+            base = self._base_scope(env, method, target, template)
+            self.last_scope = (env, base) if template else None
+        scope = base.copy()
+        scope["asgi"] = {"version": "3.0", "spec_version": "2.4"}
+        scope["headers"] = base["headers"][:]
+        scope["state"] = self.server.state.copy()
+        return scope
+
+    def _base_scope(self, env: Dict[str, Any], method: str, target: bytes, template: bool) -> Dict[str, Any]:
         # The parser hands back the same environ template for a head it has seen (HEAD_CACHE):
         # its ASGI headers are built once per template, not per request. Only templates are kept
         # here: an uncached head (credentials, a WebSocket key) would hold its headers for nothing.
@@ -685,7 +711,6 @@ class Connection(asyncio.Protocol):
             scheme = Proxies.scheme(env.get("HTTP_X_FORWARDED_PROTO", "")) or "http"
         return {
             "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": env.get("SERVER_PROTOCOL", "HTTP/1.1")[5:],
             "method": method,
             "scheme": scheme,
@@ -696,7 +721,6 @@ class Connection(asyncio.Protocol):
             "headers": headers,
             "client": client,
             "server": self.local,
-            "state": dict(self.server.state),
         }
 
     def _static(self, mount: Any, env: Dict[str, Any], target: bytes, method: str, keep_alive: bool,
