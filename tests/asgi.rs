@@ -11,7 +11,12 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 pub fn asgi(args: &[&str]) -> Command {
-    let python = test_venv_python().display().to_string();
+    asgi_on(&test_venv_python(), args)
+}
+
+/// `serve --asgi` on the tests' apps with the given Python.
+fn asgi_on(python: &std::path::Path, args: &[&str]) -> Command {
+    let python = python.display().to_string();
     let mut cmd = Command::new(BIN);
     cmd.args(["serve", "--asgi"])
         .args(args)
@@ -757,4 +762,114 @@ fn a_keep_alive_connection_in_use_stays_and_an_idle_one_closes_after_keep_alive(
         waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
         "closed after {waited:?} idle (--keep-alive 1)"
     );
+}
+
+/// A Python 3.12 or later on this machine (pyenv's versions, or PATH), for the eager task start;
+/// each candidate is asked, since a pyenv shim on PATH may not run.
+fn python_3_12_or_later() -> Option<std::path::PathBuf> {
+    let pyenv = std::env::var("PYENV_ROOT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".pyenv")
+        });
+    let mut candidates: Vec<std::path::PathBuf> = std::fs::read_dir(pyenv.join("versions"))
+        .map(|versions| {
+            versions
+                .flatten()
+                .map(|v| v.path().join("bin/python"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.sort();
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            for name in ["python3.14", "python3.13", "python3.12"] {
+                candidates.push(dir.join(name));
+            }
+        }
+    }
+    candidates.into_iter().find(|python| {
+        Command::new(python)
+            .args(["-c", "import sys; sys.exit(sys.version_info < (3, 12))"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+#[test]
+fn on_python_3_12_a_request_starts_eagerly_and_a_long_pipeline_is_answered_in_order() {
+    let Some(base) = python_3_12_or_later() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "no Python 3.12 or later here (PATH or ~/.pyenv/versions): install one"
+        );
+        eprintln!("skipped: no Python 3.12 or later");
+        return;
+    };
+    // A venv of its own with the ASGI kind's one dependency, made once per interpreter.
+    let venv = root().join("target/test-venv-eager");
+    let python = venv.join("bin/python");
+    let marker = venv.join(".hurricane-test-packages");
+    let wanted = format!("{} websockets", base.display());
+    if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
+        let _ = std::fs::remove_dir_all(&venv);
+        let ok = Command::new(&base)
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new(&python)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    "websockets",
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+        assert!(ok, "could not create {} (pip needs PyPI)", venv.display());
+        std::fs::write(&marker, &wanted).unwrap();
+    }
+    let server = Server::spawn(&mut asgi_on(&python, &["asgiapp", "--workers", "1"]));
+    server.wait_started();
+    // The app's first step runs inside the server's request start, not from the loop's queue.
+    let callers = server.get("/callers").text();
+    assert!(
+        callers.contains("_next") && callers.contains("data_received"),
+        "{callers}"
+    );
+    // 2,000 pipelined requests in one write: each starts after the one before it finished, from
+    // the loop (not nested in the one before), and all are answered in order.
+    let mut pipeline = Vec::new();
+    for i in 0..2000 {
+        pipeline
+            .extend_from_slice(format!("GET /state?n={i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    }
+    pipeline.extend_from_slice(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let mut conn = TcpStream::connect(server.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    conn.write_all(&pipeline).unwrap();
+    let mut answers = String::new();
+    conn.read_to_string(&mut answers).unwrap();
+    assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2001);
+    let mut at = 0;
+    for i in 0..2000 {
+        let needle = format!("\"query\": \"n={i}\"");
+        at += answers[at..]
+            .find(&needle)
+            .unwrap_or_else(|| panic!("answer {i} missing or out of order"));
+    }
+    assert!(answers.ends_with("Hello, ASGI!\n"));
+    // What runs eagerly is contained as before: a scope of its own, an error is a 500.
+    let mut client = KeepAlive::new(server.addr);
+    let first = client.get("/mutate").unwrap().text();
+    assert_eq!(client.get("/mutate").unwrap().text(), first);
+    assert_eq!(server.get("/error").status, 500);
+    assert_eq!(server.get("/").status, 200);
+    assert!(!server.log.text().contains("RecursionError"));
 }

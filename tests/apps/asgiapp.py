@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import sys
 import time
 
 STARTUP_FAILS = os.environ.get("ASGI_TEST_STARTUP_FAILS") == "1"
@@ -75,6 +76,17 @@ async def application(scope, receive, send):
         scope["state"]["added"] = True
         scope["path"] = "/changed"
         body = json.dumps(seen).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+    elif path == "/callers":
+        # The functions this first step was called from: the server's own when its task started
+        # eagerly (Python 3.12+), the event loop's task step otherwise.
+        frame, names = sys._getframe(1), []
+        while frame is not None:
+            names.append(frame.f_code.co_name)
+            frame = frame.f_back
+        body = " ".join(names).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
