@@ -808,11 +808,12 @@ fn on_python_3_12_a_request_starts_eagerly_and_a_long_pipeline_is_answered_in_or
         eprintln!("skipped: no Python 3.12 or later");
         return;
     };
-    // A venv of its own with the ASGI kind's one dependency, made once per interpreter.
+    // A venv of its own with what `hurricane[asgi]` brings (websockets, uvloop: the loop `auto`
+    // picks), made once per interpreter.
     let venv = root().join("target/test-venv-eager");
     let python = venv.join("bin/python");
     let marker = venv.join(".hurricane-test-packages");
-    let wanted = format!("{} websockets", base.display());
+    let wanted = format!("{} websockets uvloop", base.display());
     if std::fs::read_to_string(&marker).ok().as_deref() != Some(wanted.as_str()) {
         let _ = std::fs::remove_dir_all(&venv);
         let ok = Command::new(&base)
@@ -828,6 +829,7 @@ fn on_python_3_12_a_request_starts_eagerly_and_a_long_pipeline_is_answered_in_or
                     "-q",
                     "--disable-pip-version-check",
                     "websockets",
+                    "uvloop",
                 ])
                 .status()
                 .is_ok_and(|s| s.success());
