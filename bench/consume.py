@@ -12,6 +12,7 @@ Only the local RabbitMQ (127.0.0.1:5672) is used; every wait is bounded.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import struct
@@ -164,8 +165,40 @@ def run_once(name: str, tag: str) -> Optional[Tuple[float, int]]:
     return MESSAGES / (last - first), rss
 
 
-def latency(name: str, rate: float, seconds: float = 3.0) -> Optional[Tuple[float, float, int]]:
-    """Messages published at `rate` while `name` consumes: (p50 ms, p99 ms, messages)."""
+def thread_ticks(pid: int) -> Dict[str, int]:
+    """CPU clock ticks (user + system) of `pid`'s threads and of its children's, by name: a
+    hurricane master's main, amqp and lapin-io-loop threads, and its workers as "workers"."""
+    ticks: Dict[str, int] = {}
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for owner in [pid] + [int(c) for c in children]:
+        try:
+            tids = os.listdir(f"/proc/{owner}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tids:
+            try:
+                stat = Path(f"/proc/{owner}/task/{tid}/stat").read_text()
+            except FileNotFoundError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            thread = stat[stat.index("(") + 1:stat.rindex(")")]
+            key = "workers" if owner != pid else ("main" if int(tid) == pid else thread)
+            ticks[key] = ticks.get(key, 0) + int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def broker_ticks() -> int:
+    """RabbitMQ's (beam.smp's) CPU clock ticks, 0 when it cannot be found."""
+    pids = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True).stdout.split()
+    if not pids:
+        return 0
+    fields = Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def latency(name: str, rate: float, seconds: float = 3.0) -> Optional[Tuple[float, float, int, Dict[str, float]]]:
+    """Messages published at `rate` while `name` consumes: (p50 ms, p99 ms, messages, the CPU each
+    part spent per message in us: the consumer's threads, its workers, RabbitMQ, the publisher)."""
     queue, exchange = f"bench-latency-{os.getpid()}-{int(rate)}", f"bench-latency-x-{os.getpid()}-{int(rate)}"
     out = Path(tempfile.mkdtemp(prefix="hurricane-latency-"))
     python(PUBLISH, queue, exchange, "0", "0")  # declare only
@@ -175,13 +208,24 @@ def latency(name: str, rate: float, seconds: float = 3.0) -> Optional[Tuple[floa
                               start_new_session=True)
              for cmd in consumers(queue, exchange)[name]()]
     n = int(rate * seconds)
+    cpu: Dict[str, float] = {}
     try:
         time.sleep(1.5)  # boot and consume before the clock starts
+        before, broker_before = thread_ticks(procs[0].pid), broker_ticks()
+        publisher_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         python(PUBLISH, queue, exchange, str(n), str(rate))
+        publisher = resource.getrusage(resource.RUSAGE_CHILDREN)
         deadline = time.monotonic() + 30
         while handled_count(out) < n and time.monotonic() < deadline:
             time.sleep(0.01)
         count, lat = handled(out)
+        after, broker_after = thread_ticks(procs[0].pid), broker_ticks()
+        tick_us = 1e6 / os.sysconf("SC_CLK_TCK") / max(n, 1)
+        for part, value in after.items():
+            cpu[part] = (value - before.get(part, 0)) * tick_us
+        cpu["RabbitMQ"] = (broker_after - broker_before) * tick_us
+        cpu["publisher"] = ((publisher.ru_utime + publisher.ru_stime) - (publisher_before.ru_utime
+                            + publisher_before.ru_stime)) * 1e6 / max(n, 1)
     finally:
         for p in procs:
             os.killpg(p.pid, signal.SIGTERM)
@@ -191,7 +235,7 @@ def latency(name: str, rate: float, seconds: float = 3.0) -> Optional[Tuple[floa
     if count < n:
         return None
     lat.sort()
-    return lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000, count
+    return lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000, count, cpu
 
 
 def scenario(repeat: int) -> None:
@@ -235,14 +279,17 @@ def scenario(repeat: int) -> None:
               f"master RSS < 10 MB: {'met' if max(r[1] for r in ours) < 10 * 1024 else 'NOT met'}.")
         # Publish-to-handler latency while a publisher runs on the same 2 cores as the broker and the
         # consumer: at half the best rate, and at a steady 2,000 msg/s; bare pika is the anchor.
-        print("\n| latency, publisher running | rate | p50 | p99 | goal p99 < 5 ms |")
-        print("|---|---:|---:|---:|---|")
+        # The CPU column says where the time goes (us per message, from /proc over the run): the
+        # consumer's threads and workers, RabbitMQ and the publisher, all on the same 2 cores.
+        print("\n| latency, publisher running | rate | p50 | p99 | goal p99 < 5 ms | CPU per message |")
+        print("|---|---:|---:|---:|---|---|")
         for rate in (best / 2, 2000.0):
             for name in ("hurricane, 2 workers", "bare pika, prefetch 100"):
                 lat = latency(name, rate)
                 if lat is None:
-                    print(f"| {name} | {rate:,.0f} msg/s | failed | | |")
+                    print(f"| {name} | {rate:,.0f} msg/s | failed | | | |")
                     continue
                 goal = ("met" if lat[1] < 5 else "NOT met") if name.startswith("hurricane") else ""
-                print(f"| {name} | {rate:,.0f} msg/s | {lat[0]:.2f} ms | {lat[1]:.2f} ms | {goal} |")
+                parts = ", ".join(f"{part} {us:.1f} us" for part, us in lat[3].items() if us >= 0.05)
+                print(f"| {name} | {rate:,.0f} msg/s | {lat[0]:.2f} ms | {lat[1]:.2f} ms | {goal} | {parts} |")
     sys.stdout.flush()
