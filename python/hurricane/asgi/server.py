@@ -73,15 +73,9 @@ _SCOPE_HEADERS_MAX = 512
 _DATE_BYTES = ["", b""]
 
 
-if sys.version_info >= (3, 12):
-    def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> "asyncio.Task[Any]":
-        """The app's task, its first step run at once (eager_start, Python 3.12+): a request whose
-        app answers without waiting, as most do, costs no trip through the loop's ready queue."""
-        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg]
-else:
-    def _start_task(loop: asyncio.AbstractEventLoop, coro: Any) -> "asyncio.Task[Any]":
-        """The app's task (Python < 3.12 has no eager start)."""
-        return loop.create_task(coro)
+# Python 3.12+ runs a task's first step at once (eager_start): a request whose app answers
+# without waiting, as most do, then costs no trip through the loop's ready queue.
+_EAGER_START = sys.version_info >= (3, 12)
 
 
 def _date_line() -> bytes:
@@ -682,7 +676,11 @@ class Connection(asyncio.Protocol):
                 self._reject(exc)
                 return
             self.buf = leftover
-        _start_task(self.loop, request.run(self.server.app))
+        run = request.run(self.server.app)
+        if _EAGER_START:
+            asyncio.Task(run, loop=self.loop, eager_start=True)  # type: ignore[call-arg]
+        else:
+            self.loop.create_task(run)
 
     def _scope(self, env: Dict[str, Any], method: str, target: bytes, template: bool) -> Dict[str, Any]:
         """The request's scope: a copy of what its head and this connection give, with its own

@@ -25,7 +25,6 @@ import threading
 import time
 from _socket import socket as _CSocket
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
@@ -124,7 +123,7 @@ class Server(WsgiCall, ThreadHandoff):
         self.rotate_accept = int(config.get("workers", 1)) > 1
         self.accept_batch = 1 if self.rotate_accept else ACCEPT_BATCH
         # --threads: requests run on a pool; the event loop stays on the main thread.
-        self.pool = ThreadPoolExecutor(self.threads, "hurricane-app") if self.threads > 1 else None
+        self.pool = self._new_pool(self.threads) if self.threads > 1 else None
         # Without threads, small keep-alive responses leave in bursts (see Outbox); with them, a
         # response leaves from its own thread at once.
         self.outbox = Outbox(self._wake) if self.pool is None else None

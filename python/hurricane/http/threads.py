@@ -23,11 +23,16 @@ from hurricane.log import log_line as _log_line
 class ThreadHandoff:
     """The --threads side of ``Server``."""
 
+    @staticmethod
+    def _new_pool(threads: int) -> ThreadPoolExecutor:
+        """The pool the app runs on, for --threads N and for auto once the governor starts one."""
+        return ThreadPoolExecutor(threads, "hurricane-app")
+
     def _start_pool(self, governor: Governor) -> None:
         """--threads auto: the governor saw the app wait; from the next request on, it runs on a
         pool. Called on the loop's thread, between two requests, so nothing is in flight."""
         self.threads = governor.threads
-        self.pool = ThreadPoolExecutor(governor.threads, "hurricane-app")
+        self.pool = self._new_pool(governor.threads)
         self.next_sample = math.inf
         # Responses now leave from their thread at once; the outbox holds only the loop's own.
         self._hold = None
