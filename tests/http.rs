@@ -652,8 +652,11 @@ fn threads_run_requests_concurrently_in_one_worker_and_keep_pipelines_in_order()
     );
 }
 
-/// `--threads auto`'s decisions (http/governor.py) from made-up samples: a pool only when most
-/// requests wait long enough to pay for the hand-off, sized from the wait, never during warm-up.
+/// `--threads auto`'s decisions (http/governor.py) from made-up samples (wall and CPU seconds, the
+/// times the thread blocked): a pool only when most requests wait long enough to pay for the
+/// hand-off, sized from the wait, never during warm-up, and never for time off the CPU that was
+/// not a wait (preempted, or stolen by the hypervisor: CI once saw a hello world at 150 us wall for
+/// 99 us of CPU and started a pool).
 #[test]
 fn the_thread_governor_pools_only_apps_whose_requests_wait() {
     let script = "import json, sys\n\
@@ -661,21 +664,22 @@ fn the_thread_governor_pools_only_apps_whose_requests_wait() {
         from hurricane.http.governor import Governor, Phase\n\
         def run(samples, **kw):\n\
         \x20   g = Governor(warmup=8, window=32, **kw)\n\
-        \x20   for i, (wall, cpu) in enumerate(samples):\n\
-        \x20       n = g.sample(wall, cpu)\n\
+        \x20   for i, (wall, cpu, blocked) in enumerate(samples):\n\
+        \x20       n = g.sample(wall, cpu, blocked)\n\
         \x20       if n:\n\
-        \x20           return [i, n, g.phase.value, g.sample(wall, cpu)]\n\
+        \x20           return [i, n, g.phase.value, g.sample(wall, cpu, blocked)]\n\
         \x20   return [None, 0, g.phase.value, 0]\n\
         out = {}\n\
-        out['hello'] = run([(10e-6, 10e-6)] * 1000)\n\
-        out['django_json'] = run([(180e-6, 178e-6)] * 1000)\n\
-        out['db_read'] = run([(1000e-6, 800e-6)] * 1000)\n\
-        out['db_insert'] = run([(1100e-6, 700e-6)] * 1000)\n\
-        out['sleeping'] = run([(10e-3, 50e-6)] * 1000)\n\
-        out['rare_stalls'] = run(([(180e-6, 178e-6)] * 20 + [(50e-3, 180e-6)] * 12) * 30)\n\
-        out['slow_start'] = run([(20e-3, 100e-6)] * 8 + [(180e-6, 178e-6)] * 1000)\n\
-        out['later_waits'] = run([(180e-6, 178e-6)] * 200 + [(2e-3, 500e-6)] * 1000)\n\
-        out['clock_skew'] = run([(100e-6, 120e-6), (0.0, 0.0)] * 500)\n\
+        out['hello'] = run([(10e-6, 10e-6, 0)] * 1000)\n\
+        out['django_json'] = run([(180e-6, 178e-6, 0)] * 1000)\n\
+        out['db_read'] = run([(1000e-6, 800e-6, 1)] * 1000)\n\
+        out['db_insert'] = run([(1100e-6, 700e-6, 2)] * 1000)\n\
+        out['sleeping'] = run([(10e-3, 50e-6, 1)] * 1000)\n\
+        out['rare_stalls'] = run(([(180e-6, 178e-6, 0)] * 20 + [(50e-3, 180e-6, 1)] * 12) * 30)\n\
+        out['slow_start'] = run([(20e-3, 100e-6, 1)] * 8 + [(180e-6, 178e-6, 0)] * 1000)\n\
+        out['later_waits'] = run([(180e-6, 178e-6, 0)] * 200 + [(2e-3, 500e-6, 1)] * 1000)\n\
+        out['clock_skew'] = run([(100e-6, 120e-6, 1), (0.0, 0.0, 0)] * 500)\n\
+        out['preempted'] = run([(150e-6, 99e-6, 0)] * 1000)\n\
         print(json.dumps(out))\n";
     let answer = py_json(script, &[&root().join("python").display().to_string()]);
     let expect = serde_json::json!({
@@ -688,6 +692,7 @@ fn the_thread_governor_pools_only_apps_whose_requests_wait() {
         "rare_stalls": [null, 0, "watching", 0],
         "slow_start": [null, 0, "watching", 0],
         "later_waits": [231, 8, "pooled", 0],
+        "preempted": [null, 0, "watching", 0],
         "clock_skew": [null, 0, "watching", 0],
     });
     assert_eq!(answer, expect);

@@ -6,10 +6,15 @@ which a pool fills with other requests (1.5-2x here), while a view that only com
 10 % to the hand-off a pool costs per request. Which one a worker serves shows in its requests: the
 time a request's thread spent off the CPU, against what a hand-off to a thread costs.
 
-The server times at most one request per ``SAMPLE_INTERVAL_S`` (a thread-CPU clock read on each side
-of the app call: a system call each) and hands the numbers to ``Governor.sample``: every request of
-a view that takes a millisecond, one in 80 of a hello world, whose 11 us a sample per request would
-cost 9 %. This module is pure (no clock, no threads, no I/O), so its
+The server times at most one request per ``SAMPLE_INTERVAL_S`` (the thread's CPU clock and its count
+of voluntary context switches read on each side of the app call: two system calls each) and hands
+the numbers to ``Governor.sample``: every request of a view that takes a millisecond, one in 80 of a
+hello world, whose 11 us a sample per request would cost 9 %. Only a request whose thread blocked
+(a voluntary switch: a socket read, a sleep) counts its time off the CPU as waiting: a thread that
+was preempted, or whose virtual CPU the hypervisor took away (steal time, which the guest's thread
+clock leaves out), was off the CPU too, but a pool would not give that time back. On a busy shared
+machine that was a third of a hello world's wall time, enough to start a pool for an app that only
+computes. This module is pure (no clock, no threads, no I/O), so its
 rules are tested with made-up samples. The switch is one way: once on a pool, the samples would
 count the wait for the GIL as waiting too, and could no longer tell the app's own waits apart.
 """
@@ -65,8 +70,9 @@ class Governor:
         self.share = 0.0  # and its share of wall time off the CPU
         self.threads = 1
 
-    def sample(self, wall: float, cpu: float) -> int:
-        """One request's wall-clock and thread-CPU seconds. Returns the pool size to start now, or 0."""
+    def sample(self, wall: float, cpu: float, blocked: int) -> int:
+        """One request's wall-clock and thread-CPU seconds and how often its thread blocked (its
+        voluntary context switches). Returns the pool size to start now, or 0."""
         phase = self.phase
         if phase is Phase.POOLED:
             return 0
@@ -75,7 +81,8 @@ class Governor:
             if self.skipped >= self.warmup:
                 self.phase = Phase.WATCHING
             return 0
-        cpu = min(max(cpu, 0.0), wall)
+        # Off the CPU without blocking: preempted or stolen, not waiting (see the module's doc).
+        cpu = min(max(cpu, 0.0), wall) if blocked > 0 else wall
         share = 1.0 - cpu / wall if wall > 0.0 else 0.0
         self.samples.append((wall / (cpu + self.handoff), share))
         if len(self.samples) < self.window:

@@ -10,6 +10,7 @@ found on its class, with the module's globals looked up in this module instead.
 from __future__ import annotations
 
 import os
+import resource
 import threading
 import time
 import traceback
@@ -27,6 +28,8 @@ from hurricane.log import log_line as _log_line
 _COUNT_KEYS = {(m, c): (m, c) for m in METRIC_METHODS for c in range(1, 6)}
 _monotonic = time.monotonic
 _thread_time = time.thread_time
+_getrusage = resource.getrusage
+_RUSAGE_THREAD = resource.RUSAGE_THREAD
 
 
 class Request:
@@ -66,6 +69,7 @@ class WsgiCall:
         sample_cpu = -1.0
         if started >= self.next_sample:
             sample_cpu = _thread_time()
+            sample_switches = _getrusage(_RUSAGE_THREAD).ru_nvcsw
             sample_wall = _monotonic()
         try:
             result = app(env, ex.start_response)
@@ -137,7 +141,8 @@ class WsgiCall:
                         self.outbox.expire(ended)
                     if sample_cpu >= 0.0:
                         self.next_sample = ended + _SAMPLE_INTERVAL_S
-                        if self.governor.sample(ended - sample_wall, _thread_time() - sample_cpu):
+                        if self.governor.sample(ended - sample_wall, _thread_time() - sample_cpu,
+                                                _getrusage(_RUSAGE_THREAD).ru_nvcsw - sample_switches):
                             self._start_pool(self.governor)
                 if threaded:
                     activity.inflight.pop(ident, None)
