@@ -653,10 +653,10 @@ fn threads_run_requests_concurrently_in_one_worker_and_keep_pipelines_in_order()
 }
 
 /// `--threads auto`'s decisions (http/governor.py) from made-up samples (wall and CPU seconds, the
-/// times the thread blocked): a pool only when most requests wait long enough to pay for the
-/// hand-off, sized from the wait, never during warm-up, and never for time off the CPU that was
-/// not a wait (preempted, or stolen by the hypervisor: CI once saw a hello world at 150 us wall for
-/// 99 us of CPU and started a pool).
+/// times the thread blocked): a pool only when most requests of two windows in a row wait long
+/// enough to pay for the hand-off, sized from the wait, never during warm-up, and never for time
+/// off the CPU that was not a wait (preempted, or stolen by the hypervisor: CI once saw a hello
+/// world at 150 us wall for 99 us of CPU and started a pool).
 #[test]
 fn the_thread_governor_pools_only_apps_whose_requests_wait() {
     let script = "import json, sys\n\
@@ -680,19 +680,21 @@ fn the_thread_governor_pools_only_apps_whose_requests_wait() {
         out['later_waits'] = run([(180e-6, 178e-6, 0)] * 200 + [(2e-3, 500e-6, 1)] * 1000)\n\
         out['clock_skew'] = run([(100e-6, 120e-6, 1), (0.0, 0.0, 0)] * 500)\n\
         out['preempted'] = run([(150e-6, 99e-6, 0)] * 1000)\n\
+        out['one_window_of_waits'] = run([(10e-6, 10e-6, 0)] * 40 + [(1e-3, 10e-6, 1)] * 32 + [(10e-6, 10e-6, 0)] * 1000)\n\
         print(json.dumps(out))\n";
     let answer = py_json(script, &[&root().join("python").display().to_string()]);
     let expect = serde_json::json!({
         // [the sample that started a pool, its size, the phase, what a later sample returns]
         "hello": [null, 0, "watching", 0],
         "django_json": [null, 0, "watching", 0],
-        "db_read": [39, 3, "pooled", 0],
-        "db_insert": [39, 4, "pooled", 0],
-        "sleeping": [39, 32, "pooled", 0],
+        "db_read": [71, 3, "pooled", 0],
+        "db_insert": [71, 4, "pooled", 0],
+        "sleeping": [71, 32, "pooled", 0],
         "rare_stalls": [null, 0, "watching", 0],
         "slow_start": [null, 0, "watching", 0],
-        "later_waits": [231, 8, "pooled", 0],
+        "later_waits": [263, 8, "pooled", 0],
         "preempted": [null, 0, "watching", 0],
+        "one_window_of_waits": [null, 0, "watching", 0],
         "clock_skew": [null, 0, "watching", 0],
     });
     assert_eq!(answer, expect);

@@ -29,8 +29,9 @@ from typing import List, Tuple
 SAMPLE_INTERVAL_S = 0.001
 # Samples ignored at first: the first requests import lazily and open the first connections.
 WARMUP_SAMPLES = 8
-# Samples per decision; the median of a window decides, so a rare slow request (a GC pause, a
-# cache miss, a CPU-throttled moment) does not start a pool, but waits in most requests do.
+# Samples per window; the median of a window decides, so a rare slow request (a GC pause, a
+# cache miss, a CPU-throttled moment) does not sway it, but waits in most requests do. Two windows in
+# a row must agree: a window can be as short as 32 ms, which a burst of something else can fill.
 WINDOW_SAMPLES = 32
 # What handing a request to a thread and back costs the worker, in CPU seconds: measured here with a
 # hello-world app, 45k req/s on the loop against 24k on a pool of 2 (about 20 us a request).
@@ -46,10 +47,11 @@ MAX_THREADS = 32
 
 
 class Phase(Enum):
-    """Where a governor is: each moves only forward."""
+    """Where a governor is: forward only, but for LEANING, which a window without the gain undoes."""
 
     WARMING = "warming"  # skipping the first samples
     WATCHING = "watching"  # filling windows, deciding at the end of each
+    LEANING = "leaning"  # the last window had the gain: a second one in a row starts the pool
     POOLED = "pooled"  # a pool was started: nothing more to decide
 
 
@@ -91,6 +93,10 @@ class Governor:
         self.samples = []
         self.gain, self.share = samples[len(samples) // 2]
         if self.gain < self.min_gain:
+            self.phase = Phase.WATCHING
+            return 0
+        if phase is Phase.WATCHING:
+            self.phase = Phase.LEANING
             return 0
         self.phase = Phase.POOLED
         self.threads = self.pool_size(self.share)
