@@ -111,9 +111,10 @@ fn wheel(key: &str) -> PathBuf {
     find().expect("maturin wrote a wheel")
 }
 
-/// A fresh virtualenv with the wheel and Django installed: nothing else.
-fn venv(key: &str, wheel: &Path) -> PathBuf {
-    let venv = root().join("target").join(format!("pip-venv-{key}"));
+/// A fresh virtualenv with the wheel (with `extra`, e.g. `asgi`) and Django installed: nothing
+/// else. Named `prefix` + the inputs' hash; older ones of the same prefix are removed.
+fn venv(key: &str, wheel: &Path, prefix: &str, extra: Option<&str>) -> PathBuf {
+    let venv = root().join("target").join(format!("{prefix}{key}"));
     let marker = venv.join(".installed");
     if !marker.exists() {
         for old in std::fs::read_dir(root().join("target"))
@@ -121,7 +122,7 @@ fn venv(key: &str, wheel: &Path) -> PathBuf {
             .flatten()
             .flatten()
         {
-            if old.file_name().to_string_lossy().starts_with("pip-venv-") {
+            if old.file_name().to_string_lossy().starts_with(prefix) {
                 let _ = std::fs::remove_dir_all(old.path());
             }
         }
@@ -129,13 +130,17 @@ fn venv(key: &str, wheel: &Path) -> PathBuf {
             Command::new(python()).args(["-m", "venv"]).arg(&venv),
             "python -m venv",
         );
+        let requirement = match extra {
+            Some(extra) => format!("{}[{extra}]", wheel.display()),
+            None => wheel.display().to_string(),
+        };
         run(
             Command::new(venv.join("bin/pip"))
                 .args(["install", "-q", "--disable-pip-version-check", "django"])
-                .arg(wheel),
+                .arg(&requirement),
             "pip install the wheel",
         );
-        std::fs::write(&marker, wheel.display().to_string()).unwrap();
+        std::fs::write(&marker, &requirement).unwrap();
     }
     venv
 }
@@ -146,9 +151,48 @@ fn installed() -> PathBuf {
     VENV.get_or_init(|| {
         let key = inputs_key();
         let wheel = wheel(&key);
-        venv(&key, &wheel)
+        venv(&key, &wheel, "pip-venv-", None)
     })
     .clone()
+}
+
+/// The same with `pip install 'hurricane[asgi]'`.
+fn installed_with_asgi() -> PathBuf {
+    static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    VENV.get_or_init(|| {
+        let key = inputs_key();
+        let wheel = wheel(&key);
+        venv(&key, &wheel, "pip-asgi-venv-", Some("asgi"))
+    })
+    .clone()
+}
+
+/// `manage.py serve` of the example project with the venv's Python alone: not activated, no
+/// target/release on PATH, no HURRICANE_BINARY (it finds the binary next to the venv's python).
+fn serve_example(venv: &Path, args: &[&str], data: &TempDir) -> Server {
+    let project = root().join("examples/django");
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.arg(project.join("manage.py"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--workers",
+            "1",
+        ])
+        .args(args)
+        .current_dir(&project)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("DJANGO_SETTINGS_MODULE", "mysite.settings")
+        // The project's database and collected static files go here (its settings read this).
+        .env("EXAMPLE_DATA_DIR", &data.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Server::spawn(&mut cmd)
 }
 
 #[test]
@@ -170,31 +214,8 @@ fn pip_install_gives_the_binary_and_manage_py_serve_runs_the_example_project_fro
         "import the installed package",
     );
 
-    let project = root().join("examples/django");
     let data = TempDir::new("pip-example");
-    // Not activated, no target/release on PATH, no HURRICANE_BINARY: manage.py serve finds the
-    // binary next to the venv's python.
-    let mut cmd = Command::new(venv.join("bin/python"));
-    cmd.arg(project.join("manage.py"))
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--workers",
-            "1",
-        ])
-        .current_dir(&project)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("DJANGO_SETTINGS_MODULE", "mysite.settings")
-        // The project's database and collected static files go here (its settings read this).
-        .env("EXAMPLE_DATA_DIR", &data.0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let server = Server::spawn(&mut cmd);
+    let server = serve_example(&venv, &[], &data);
     server.wait_started();
     assert_eq!(server.get("/").status, 200, "log:\n{}", server.log.text());
     assert_eq!(server.probe("/ready").status, 200);
@@ -206,6 +227,62 @@ fn pip_install_gives_the_binary_and_manage_py_serve_runs_the_example_project_fro
         listening.contains(&format!("python={}", venv.join("bin/python").display())),
         "{listening}"
     );
+}
+
+/// `pip install 'hurricane[asgi]'` brings what `--asgi` needs (websockets and uvloop) while the
+/// plain install requires nothing at all; from that venv alone, `manage.py serve --asgi` serves the
+/// example project's `asgi.py` on uvloop: its async view on the worker's loop, its sync view (which
+/// reads the database) in Django's thread.
+#[test]
+fn pip_install_with_the_asgi_extra_serves_the_example_projects_async_view_on_uvloop() {
+    let plain = installed();
+    let requires = Command::new(plain.join("bin/python"))
+        .args([
+            "-c",
+            "import importlib.metadata as m, json; print(json.dumps(m.requires('hurricane') or []))",
+        ])
+        .output()
+        .unwrap();
+    let requires: Vec<String> = serde_json::from_slice(&requires.stdout).unwrap();
+    assert!(
+        !requires.is_empty()
+            && requires
+                .iter()
+                .all(|r| r.replace('"', "'").contains("extra == 'asgi'")),
+        "every requirement belongs to the asgi extra: {requires:?}"
+    );
+    let plain_imports = Command::new(plain.join("bin/python"))
+        .args(["-c", "import websockets"])
+        .output()
+        .unwrap();
+    assert!(
+        !plain_imports.status.success(),
+        "the plain install brings no websockets"
+    );
+
+    let venv = installed_with_asgi();
+    let data = TempDir::new("pip-asgi-example");
+    let server = serve_example(&venv, &["--asgi"], &data);
+    server.wait_started();
+    let settings = server
+        .log
+        .wait_for("event=asgi_settings", Duration::ZERO)
+        .expect("the ASGI settings are logged");
+    assert!(settings.contains("loop=uvloop"), "{settings}");
+    assert!(
+        server.log.text().contains("kind=asgi"),
+        "{}",
+        server.log.text()
+    );
+    let answer = server.get("/api/async");
+    assert_eq!(answer.status, 200, "log:\n{}", server.log.text());
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["loop"], "uvloop.Loop", "{body}");
+    let answer = server.get("/api");
+    assert_eq!(answer.status, 200, "log:\n{}", server.log.text());
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["database"], true, "{body}");
+    assert_eq!(server.probe("/ready").status, 200);
 }
 
 /// The master's resident memory, VmRSS, in kB.
