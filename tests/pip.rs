@@ -145,13 +145,23 @@ fn venv(key: &str, wheel: &Path, prefix: &str, extra: Option<&str>) -> PathBuf {
     venv
 }
 
+/// The inputs' hash and the wheel, built once per test run: every venv's test waits for the same
+/// build (two builds at once would each clear `target/wheels` under the other).
+fn built_wheel() -> &'static (String, PathBuf) {
+    static WHEEL: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock::new();
+    WHEEL.get_or_init(|| {
+        let key = inputs_key();
+        let wheel = wheel(&key);
+        (key, wheel)
+    })
+}
+
 /// The virtualenv with this checkout's wheel installed, built once per test run (tests share it).
 fn installed() -> PathBuf {
     static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     VENV.get_or_init(|| {
-        let key = inputs_key();
-        let wheel = wheel(&key);
-        venv(&key, &wheel, "pip-venv-", None)
+        let (key, wheel) = built_wheel();
+        venv(key, wheel, "pip-venv-", None)
     })
     .clone()
 }
@@ -160,9 +170,8 @@ fn installed() -> PathBuf {
 fn installed_with_asgi() -> PathBuf {
     static VENV: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     VENV.get_or_init(|| {
-        let key = inputs_key();
-        let wheel = wheel(&key);
-        venv(&key, &wheel, "pip-asgi-venv-", Some("asgi"))
+        let (key, wheel) = built_wheel();
+        venv(key, wheel, "pip-asgi-venv-", Some("asgi"))
     })
     .clone()
 }
