@@ -5,7 +5,9 @@ time from its first to its last handled message gives messages per second. Every
 same no-op handler logic (bench/apps/consumers.py: ack at once, one 8-byte latency record per
 message): hurricane consume with 1, 2 and 4 handler workers, django-hurricane 1.6's
 `manage.py consume` (prefetch 1, its own), and bare pika with prefetch 100 (one and two processes).
-Then hurricane's publish-to-handler latency at half its best rate, and its master's RSS.
+Then hurricane's publish-to-handler latency at half its best rate and at fixed rates, published by
+bench/apps/amqp_publish.py (a stdlib AMQP publisher, lighter than pika on the shared 2 cores), and
+its master's RSS.
 Only the local RabbitMQ (127.0.0.1:5672) is used; every wait is bounded.
 """
 
@@ -213,7 +215,8 @@ def latency(name: str, rate: float, seconds: float = 3.0) -> Optional[Tuple[floa
         time.sleep(1.5)  # boot and consume before the clock starts
         before, broker_before = thread_ticks(procs[0].pid), broker_ticks()
         publisher_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        python(PUBLISH, queue, exchange, str(n), str(rate))
+        subprocess.run([str(VENV / "bin" / "python"), str(APPS / "amqp_publish.py"), queue, exchange, str(n),
+                        str(rate)], check=True, capture_output=True)
         publisher = resource.getrusage(resource.RUSAGE_CHILDREN)
         deadline = time.monotonic() + 30
         while handled_count(out) < n and time.monotonic() < deadline:
