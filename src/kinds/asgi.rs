@@ -140,7 +140,8 @@ impl Kind for Asgi {
 
     fn start(&mut self, _bell: Doorbell) -> Result<(), String> {
         // `--loop auto` picks uvloop only when it imports: say which one the workers run.
-        let asgi = &self.embedded.config.settings["asgi"];
+        let asgi = self.embedded.config.settings.get("asgi");
+        let asgi = asgi.unwrap_or(&Value::Null);
         log::info!(
             "event=asgi_settings loop={} ws_max_size={} ws_ping_interval={} ws_ping_timeout={}",
             asgi["loop"].as_str().unwrap_or("asyncio"),
