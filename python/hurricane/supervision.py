@@ -47,7 +47,10 @@ class StatusPipe:
         self._lock = threading.Lock()
 
     def send(self, **message: Any) -> None:
-        data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        self.send_line((json.dumps(message, separators=(",", ":")) + "\n").encode())
+
+    def send_line(self, data: bytes) -> None:
+        """One message already encoded: a JSON object and its newline."""
         with self._lock:
             try:
                 while data:
