@@ -167,6 +167,12 @@ def run_once(name: str, tag: str) -> Optional[Tuple[float, int]]:
     return MESSAGES / (last - first), rss
 
 
+def stat_ticks(stat: str) -> int:
+    """User + system CPU clock ticks from a /proc/.../stat line (the fields after the name)."""
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def thread_ticks(pid: int) -> Dict[str, int]:
     """CPU clock ticks (user + system) of `pid`'s threads and of its children's, by name: a
     hurricane master's main, amqp and lapin-io-loop threads, and its workers as "workers"."""
@@ -182,10 +188,9 @@ def thread_ticks(pid: int) -> Dict[str, int]:
                 stat = Path(f"/proc/{owner}/task/{tid}/stat").read_text()
             except FileNotFoundError:
                 continue
-            fields = stat[stat.rindex(")") + 2:].split()
             thread = stat[stat.index("(") + 1:stat.rindex(")")]
             key = "workers" if owner != pid else ("main" if int(tid) == pid else thread)
-            ticks[key] = ticks.get(key, 0) + int(fields[11]) + int(fields[12])
+            ticks[key] = ticks.get(key, 0) + stat_ticks(stat)
     return ticks
 
 
@@ -194,8 +199,7 @@ def broker_ticks() -> int:
     pids = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True).stdout.split()
     if not pids:
         return 0
-    fields = Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return stat_ticks(Path(f"/proc/{pids[0]}/stat").read_text())
 
 
 def latency(name: str, rate: float, seconds: float = 3.0) -> Optional[Tuple[float, float, int, Dict[str, float]]]:
