@@ -319,12 +319,15 @@ def scenario(key: str, title: str, app: str, path: str, servers: List[str], wrk_
              extra: Optional[Dict[str, str]] = None, env: Optional[Dict[str, str]] = None,
              targets: Optional[Dict[str, float]] = None, limit: Optional[CpuLimit] = None,
              load: Optional[Load] = None, ready: Optional[str] = None, unit: str = "req/s",
-             options: Optional[Dict[str, Dict[str, str]]] = None) -> None:
+             options: Optional[Dict[str, Dict[str, str]]] = None, alone: bool = False) -> None:
     """Runs every server REPEAT times, interleaved, and prints the median run of each. `options`:
-    per server, extra settings on top of `extra` (e.g. its thread count)."""
+    per server, extra settings on top of `extra` (e.g. its thread count). `alone`: the WSGI app is
+    also called in a loop without a server (bench/apps/app_alone.py), interleaved with the servers,
+    for the floor under every server's CPU a request."""
     log(f"== {title}")
     load = load or wrk_load(path, list(wrk_args))
     runs: Dict[str, list] = {name: [] for name in servers}
+    alone_runs: List[float] = []
     for round_ in range(REPEAT):
         for name in servers:
             log(f"  {name} (run {round_ + 1}/{REPEAT}) ...")
@@ -332,6 +335,9 @@ def scenario(key: str, title: str, app: str, path: str, servers: List[str], wrk_
             result = run_one(server_base(name), app, ready or path, 1, load, settings, env or {}, limit)
             if result is not None:
                 runs[name].append(result)
+        if alone:
+            log(f"  app alone (run {round_ + 1}/{REPEAT}) ...")
+            alone_runs.append(app_alone(app, path, env or {}))
     results = {}
     for name, done in runs.items():
         done.sort(key=lambda r: r[0])
@@ -357,9 +363,37 @@ def scenario(key: str, title: str, app: str, path: str, servers: List[str], wrk_
         cpu_ratio = f"{cpu_us / ours[4]:.2f}x" if ours and name != servers[0] and ours[4] and rps > 0 else ""
         print(f"| {name} | {rps:,.0f} | {p50} | {p99} | {errors} | {cpu_us:.1f} us | {busy:.0f} % | {ratio} "
               f"| {cpu_ratio} |")
+    if alone_runs:
+        ratios.update(print_app_alone(sorted(alone_runs)[len(alone_runs) // 2], results, servers[0]))
     MEASURED[key] = ratios
     record_history(key, ratios)
     sys.stdout.flush()
+
+
+def app_alone(app: str, path: str, env_extra: Dict[str, str]) -> float:
+    """The app's own CPU a request, in us: called in a loop on the server's CPU, no server at all."""
+    env = dict(os.environ, PYTHONPATH=str(APPS), **env_extra)
+    env.pop("VIRTUAL_ENV", None)
+    out = subprocess.run(["taskset", "-c", SERVER_CPU, str(VENV / "bin" / "python"), str(APPS / "app_alone.py"),
+                          app, path, str(DURATION_S)], cwd=APPS, env=env, capture_output=True, text=True,
+                         check=True, timeout=DURATION_S + 120)
+    return json.loads(out.stdout.strip().splitlines()[-1])["cpu_us"]
+
+
+def print_app_alone(alone_us: float, results: Dict[str, Optional[tuple]], ours: str) -> Dict[str, float]:
+    """Each server's CPU a request over the app's own: the most a server that cost nothing could be
+    ahead of it when both keep the CPU busy, i.e. how much of a ratio is still there to win; and
+    what the server itself adds to a request (the noise of the runs is in it too)."""
+    print(f"\nApp alone (bench/apps/app_alone.py: the view called in a loop on CPU {SERVER_CPU}, no server, "
+          f"median of {REPEAT}): **{alone_us:.1f} us** of CPU a request, {1e6 / alone_us:,.0f} a CPU second.\n")
+    print("| server | CPU a request / app alone (a server that cost nothing / server) "
+          "| the server's own CPU a request |")
+    print("|---|---:|---:|")
+    for name, result in results.items():
+        if result is not None and result[4] > 0:
+            print(f"| {name} | {result[4] / alone_us:.2f}x | {result[4] - alone_us:+.1f} us |")
+    mine = results.get(ours)
+    return {"app alone": mine[4] / alone_us} if mine is not None and mine[4] > 0 else {}
 
 
 def server_base(name: str) -> str:
@@ -539,7 +573,7 @@ def db_scenarios() -> None:
             ("db-read-conn0", "Django ORM read of 10 rows, PostgreSQL, CONN_MAX_AGE=0 (Django's default)",
              "/db/read", "0"),
             ("db-write", "Django ORM insert of one row, PostgreSQL, CONN_MAX_AGE=600", "/db/write", "600")):
-        scenario(key, title, "benchsite.wsgi", path, servers, options=options, targets=targets,
+        scenario(key, title, "benchsite.wsgi", path, servers, options=options, targets=targets, alone=True,
                  env={"DJANGO_SETTINGS_MODULE": "benchsite.settings", "BENCH_DB": "postgres",
                       "BENCH_CONN_MAX_AGE": age})
 
@@ -666,7 +700,7 @@ def main() -> None:
     if not wanted or "django" in wanted:
         scenario("django", "Django JsonResponse view, keep-alive", "benchsite.wsgi", "/json",
                  ["hurricane", "gunicorn sync", "gunicorn gthread", "granian", "bare loop"],
-                 env={"DJANGO_SETTINGS_MODULE": "benchsite.settings"}, targets={"granian": 1.4})
+                 env={"DJANGO_SETTINGS_MODULE": "benchsite.settings"}, targets={"granian": 1.4}, alone=True)
     asgi_scenarios(wanted)
     if not wanted or "static" in wanted:
         scenario("static", "1 MiB static file, keep-alive", "hello", "/static/1mib.bin", ["hurricane", "granian"],
