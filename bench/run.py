@@ -337,7 +337,9 @@ def scenario(key: str, title: str, app: str, path: str, servers: List[str], wrk_
                 runs[name].append(result)
         if alone:
             log(f"  app alone (run {round_ + 1}/{REPEAT}) ...")
-            alone_runs.append(app_alone(app, path, env or {}))
+            alone_us = app_alone(app, path, env or {})
+            if alone_us is not None:
+                alone_runs.append(alone_us)
     results = {}
     for name, done in runs.items():
         done.sort(key=lambda r: r[0])
@@ -370,20 +372,30 @@ def scenario(key: str, title: str, app: str, path: str, servers: List[str], wrk_
     sys.stdout.flush()
 
 
-def app_alone(app: str, path: str, env_extra: Dict[str, str]) -> float:
-    """The app's own CPU a request, in us: called in a loop on the server's CPU, no server at all."""
+def app_alone(app: str, path: str, env_extra: Dict[str, str]) -> Optional[float]:
+    """The app's own CPU a request, in us: called in a loop on the server's CPU, no server at all.
+    None (and why, logged) when the run failed, as a server's failed run is left out."""
     env = dict(os.environ, PYTHONPATH=str(APPS), **env_extra)
     env.pop("VIRTUAL_ENV", None)
-    out = subprocess.run(["taskset", "-c", SERVER_CPU, str(VENV / "bin" / "python"), str(APPS / "app_alone.py"),
-                          app, path, str(DURATION_S)], cwd=APPS, env=env, capture_output=True, text=True,
-                         check=True, timeout=DURATION_S + 120)
-    return json.loads(out.stdout.strip().splitlines()[-1])["cpu_us"]
+    cmd = ["taskset", "-c", SERVER_CPU, str(VENV / "bin" / "python"), str(APPS / "app_alone.py"), app, path,
+           str(DURATION_S)]
+    try:
+        out = subprocess.run(cmd, cwd=APPS, env=env, capture_output=True, text=True, check=True,
+                             timeout=DURATION_S + 120)
+        return float(json.loads(out.stdout.strip().splitlines()[-1])["cpu_us"])
+    except subprocess.CalledProcessError as exc:
+        log(f"  app alone: failed: {exc}\n{exc.stderr[-2000:]}")
+    except (subprocess.TimeoutExpired, IndexError, KeyError, ValueError) as exc:
+        log(f"  app alone: failed: {exc}")
+    return None
 
 
 def print_app_alone(alone_us: float, results: Dict[str, Optional[tuple]], ours: str) -> Dict[str, float]:
     """Each server's CPU a request over the app's own: the most a server that cost nothing could be
     ahead of it when both keep the CPU busy, i.e. how much of a ratio is still there to win; and
-    what the server itself adds to a request (the noise of the runs is in it too)."""
+    what the server itself adds to a request (the noise of the runs is in it too). Returns, for the
+    history, hurricane's rate over that of a server that cost nothing (1.0 at best), like the bare
+    loop's ratio."""
     print(f"\nApp alone (bench/apps/app_alone.py: the view called in a loop on CPU {SERVER_CPU}, no server, "
           f"median of {REPEAT}): **{alone_us:.1f} us** of CPU a request, {1e6 / alone_us:,.0f} a CPU second.\n")
     print("| server | CPU a request / app alone (a server that cost nothing / server) "
@@ -393,7 +405,7 @@ def print_app_alone(alone_us: float, results: Dict[str, Optional[tuple]], ours: 
         if result is not None and result[4] > 0:
             print(f"| {name} | {result[4] / alone_us:.2f}x | {result[4] - alone_us:+.1f} us |")
     mine = results.get(ours)
-    return {"app alone": mine[4] / alone_us} if mine is not None and mine[4] > 0 else {}
+    return {"app alone": alone_us / mine[4]} if mine is not None and mine[4] > 0 else {}
 
 
 def server_base(name: str) -> str:
