@@ -29,7 +29,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use serde_json::{Map, Value, json};
 
 use crate::amqp::dispatch::Delivery;
-use crate::amqp::settle::{Call, Outcome, Settler};
+use crate::amqp::settle::{Call, Flush, Outcome, Settler};
 use crate::state::Doorbell;
 
 /// First wait before reconnecting; it doubles up to the maximum.
@@ -328,7 +328,7 @@ async fn consume_loop(
     ids: &mut IdSource,
 ) -> Ended {
     ids.live.clear(); // settles for older channels are dropped from now on
-    let mut settler = Settler::default();
+    let mut settler = Settler::new(settings.prefetch);
     let mut receiving = true;
 
     enum Input {
@@ -415,7 +415,9 @@ async fn consume_loop(
             }
             next = rx.try_recv();
         }
-        if let Err(e) = settle(channel, &mut settler, up).await {
+        // Closing: every held ack goes out before the channel does.
+        let flush = if close { Flush::All } else { Flush::Due };
+        if let Err(e) = settle(channel, &mut settler, flush, up).await {
             return Ended::Lost(e);
         }
         if close {
@@ -526,8 +528,13 @@ async fn open(
 }
 
 /// Makes the settler's broker calls; an error means the channel is gone.
-async fn settle(channel: &Channel, settler: &mut Settler, up: &Up) -> Result<(), String> {
-    let calls = settler.calls(Instant::now());
+async fn settle(
+    channel: &Channel,
+    settler: &mut Settler,
+    flush: Flush,
+    up: &Up,
+) -> Result<(), String> {
+    let calls = settler.calls(Instant::now(), flush);
     for (done, call) in calls.iter().enumerate() {
         let result = match *call {
             Call::Ack { tag, multiple } => {
