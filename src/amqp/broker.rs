@@ -337,7 +337,7 @@ async fn consume_loop(
         Tick,
     }
     loop {
-        let next_flush = settler.next_gap_flush();
+        let next_flush = settler.next_due();
         let delivery = async {
             if receiving {
                 Input::Delivery(Box::new(consumer.next().await))

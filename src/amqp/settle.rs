@@ -93,7 +93,7 @@ impl Settler {
 
     /// When `calls` next has something due: a held run of acks, or a settled tag behind an
     /// unsettled one.
-    pub fn next_gap_flush(&self) -> Option<Instant> {
+    pub fn next_due(&self) -> Option<Instant> {
         let held = self
             .outstanding
             .values()
@@ -106,10 +106,7 @@ impl Settler {
             .skip_while(|s| s.is_some())
             .filter_map(|s| s.map(|(_, at)| at + Duration::from_millis(GAP_FLUSH_MS)))
             .min();
-        match (held, gaps) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        held.into_iter().chain(gaps).min()
     }
 
     /// Whether the settled prefix waits for more acks: all acks, shorter than `hold_max`, and
@@ -245,7 +242,7 @@ mod tests {
             "2 is still with its handler: 3 and 4 wait"
         );
         assert_eq!(
-            s.next_gap_flush(),
+            s.next_due(),
             Some(now + Duration::from_millis(GAP_FLUSH_MS))
         );
         let later = now + Duration::from_millis(GAP_FLUSH_MS);
@@ -322,10 +319,7 @@ mod tests {
             s.settle(tag, Outcome::Ack, now);
         }
         assert_eq!(s.calls(now, Flush::Due), vec![], "3 acks, 0 ms old: held");
-        assert_eq!(
-            s.next_gap_flush(),
-            Some(now + Duration::from_millis(ACK_HOLD_MS))
-        );
+        assert_eq!(s.next_due(), Some(now + Duration::from_millis(ACK_HOLD_MS)));
         let due = now + Duration::from_millis(ACK_HOLD_MS);
         assert_eq!(
             s.calls(due, Flush::Due),
@@ -346,7 +340,7 @@ mod tests {
             }],
             "50 acks are a quarter of the window of 200: flushed at once"
         );
-        assert_eq!(s.next_gap_flush(), None, "nothing settled is left");
+        assert_eq!(s.next_due(), None, "nothing settled is left");
     }
 
     #[test]
