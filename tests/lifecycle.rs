@@ -194,7 +194,10 @@ fn a_request_over_the_timeout_has_its_worker_replaced_and_named_in_the_log() {
     let server = Server::start("app", &["--workers", "2", "--timeout", "1"]);
     let pids = server.wait_workers(2, START_TIMEOUT);
     let addr = server.addr;
-    let slow = thread::spawn(move || get(addr, "/sleep?s=3"));
+    // Far longer than the timeout plus the kill's grace: the timeout is seen at the first
+    // heartbeat past it (up to 2 s in, later on a busy machine), and the worker, told to stop,
+    // would finish a 3 s sleep inside the 1 s grace before SIGKILL and answer it.
+    let slow = thread::spawn(move || get(addr, "/sleep?s=20"));
     let line = server
         .log
         .wait_for("event=timeout", Duration::from_secs(5))
