@@ -70,6 +70,8 @@ pub fn flush_control(poll: &Poll, source: Source, proc_: &mut Proc) {
             Ok(_) | Err(_) => proc_.control_out.clear(),
         }
     }
+    // The bootstrap is a quarter of a megabyte: hand its buffer back, not only its bytes.
+    proc_.control_out = Vec::new();
     if was_pending {
         let _ = poll.registry().deregister(&mut SourceFd(&raw));
     }
