@@ -594,6 +594,61 @@ fn four_one_second_requests_run_side_by_side(server: &Server, worker: i32) {
     );
 }
 
+/// With a pool, a thread gives a finished keep-alive connection back to epoll itself, and the loop
+/// may serve its next request before that thread has returned (http/threads.py, `_rearm`): 16
+/// clients, each on one connection, get every answer for their own request, in order, and every
+/// request reaches the app once.
+#[test]
+fn threads_hand_keep_alive_connections_back_without_losing_or_mixing_a_request() {
+    const CLIENTS: usize = 16;
+    const EACH: usize = 250;
+    let server = Server::start("app", &["--workers", "1", "--threads", "4"]);
+    let worker = server.wait_workers(1, START_TIMEOUT)[0];
+    let before = calls(&server);
+    let addr = server.addr;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut client = KeepAlive::new(addr);
+                for i in 0..EACH {
+                    // A few requests wait, so that threads overlap and hand back out of order.
+                    let (path, query) = if i % 25 == 0 {
+                        ("/sleep", format!("s=0.01&c={c}&i={i}"))
+                    } else {
+                        ("/environ", format!("c={c}&i={i}"))
+                    };
+                    let response = client
+                        .get(&format!("{path}?{query}"))
+                        .map_err(|e| format!("client {c} request {i}: {e}"))?;
+                    let text = response.text();
+                    let expected = if path == "/sleep" {
+                        text == format!("slept {worker}")
+                    } else {
+                        text.contains(&format!("\"QUERY_STRING\": \"{query}\""))
+                            && text.contains("\"wsgi.multithread\": true")
+                    };
+                    if response.status != 200 || !expected {
+                        return Err(format!(
+                            "client {c} request {i}: {} {text}",
+                            response.status
+                        ));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap().unwrap();
+    }
+    assert_eq!(
+        calls(&server),
+        before + (CLIENTS * EACH) as u64 + 1,
+        "every request reached the app once"
+    );
+    assert_eq!(server.worker_pids(), vec![worker]);
+}
+
 #[test]
 fn threads_run_requests_concurrently_in_one_worker_and_keep_pipelines_in_order() {
     let mut server = Server::start(

@@ -2,8 +2,8 @@
 
 Why measure instead of picking a count: a Django view that waits on PostgreSQL (an insert's commit,
 a connection per request at ``CONN_MAX_AGE=0``) leaves a single-threaded worker idle for the wait,
-which a pool fills with other requests (1.5-2x here), while a view that only computes loses about
-10 % to the hand-off a pool costs per request. Which one a worker serves shows in its requests: the
+which a pool fills with other requests (1.5-2x here), while a view that only computes loses a fifth
+of its rate to the hand-off a pool costs per request. Which one a worker serves shows in its requests: the
 time a request's thread spent off the CPU, against what a hand-off to a thread costs.
 
 The server times at most one request per ``SAMPLE_INTERVAL_S`` (the thread's CPU clock and its count
@@ -33,9 +33,10 @@ WARMUP_SAMPLES = 8
 # cache miss, a CPU-throttled moment) does not sway it, but waits in most requests do. Two windows in
 # a row must agree: a window can be as short as 32 ms, which a burst of something else can fill.
 WINDOW_SAMPLES = 32
-# What handing a request to a thread and back costs the worker, in CPU seconds: measured here with a
-# hello-world app, 45k req/s on the loop against 24k on a pool of 2 (about 20 us a request).
-HANDOFF_S = 20e-6
+# What handing a request to a thread and back costs the worker, in CPU seconds: measured with a
+# Django JSON view, 74 us of CPU a request on the loop against 89-93 on a pool of 4 (a hello world:
+# 5.3 us; before threads gave connections back themselves, http/threads.py, 24 us and 15 us).
+HANDOFF_S = 15e-6
 # A pool is started when the median sampled request would run this much faster on one: its wall
 # time over its CPU time plus the hand-off. A Django view reading PostgreSQL at CONN_MAX_AGE=600
 # (800 us of CPU, 200 us of waiting: 1.22) gains; a Django view without I/O (180 us, nothing off the

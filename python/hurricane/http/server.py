@@ -129,7 +129,12 @@ class Server(WsgiCall, ThreadHandoff):
         self.outbox = Outbox(self._wake) if self.pool is None else None
         self._hold = self.outbox.hold if self.outbox is not None else None
         self._done: Deque[Tuple[Conn, State]] = deque()
-        self._inflight = 0
+        # --threads: requests handed to the pool, and handed back (by a thread or the loop, under
+        # _count_lock); the difference is what the pool holds.
+        self._submitted = 0
+        self._returned = 0
+        self._paused = False  # --threads: every thread busy, the siblings take new connections
+        self._epoll: Any = None
         self._count_lock = threading.Lock()
         self.stopping = False
         self.now = time.monotonic()  # the loop's clock, read once per wakeup
@@ -192,7 +197,7 @@ class Server(WsgiCall, ThreadHandoff):
         listener = self._listener()
         wake_r = self._wakeup()
 
-        epoll = select.epoll()
+        epoll = self._epoll = select.epoll()
         lfd = listener.fileno()
         # EPOLLEXCLUSIVE: a new connection wakes one idle worker, not the whole pool.
         epoll.register(lfd, EPOLLIN | EPOLLEXCLUSIVE)
@@ -203,7 +208,6 @@ class Server(WsgiCall, ThreadHandoff):
             threading.Thread(target=outbox.run_flusher, name="hurricane-flusher", daemon=True).start()
         listening = True
         accepting = True  # the listener is in epoll
-        paused = False  # --threads: every thread busy, the siblings take new connections
         paused_at = 0.0
         deadline = 0.0
         now = self.now = time.monotonic()
@@ -219,7 +223,8 @@ class Server(WsgiCall, ThreadHandoff):
                     accepting = False
                 listener.close()
                 deadline = now + self.graceful_timeout_s
-            if not listening and ((not conns and not self._inflight) or now > deadline):
+            inflight = self._submitted - self._returned
+            if not listening and ((not conns and not inflight) or now > deadline):
                 for conn in list(conns.values()):
                     self._close(conn, epoll)
                 return 0
@@ -229,26 +234,26 @@ class Server(WsgiCall, ThreadHandoff):
                     # connection. Only if there is a sibling, and never for long: when every worker
                     # is busy, the keep-alive connections it serves would otherwise leave a new one
                     # in the backlog for as long as they keep sending.
-                    busy = self.rotate_accept and self._inflight >= self.threads
-                    if busy and not paused:
-                        paused = True
+                    busy = self.rotate_accept and inflight >= self.threads
+                    if busy and not self._paused:
+                        self._paused = True
                         paused_at = now
-                    elif paused and (not busy or now - paused_at >= ACCEPT_PAUSE_MAX_S):
-                        paused = False
+                    elif self._paused and (not busy or now - paused_at >= ACCEPT_PAUSE_MAX_S):
+                        self._paused = False
                 # Past the unsent budget, new connections wait in the backlog (or go to a sibling)
                 # until slow readers read or --write-timeout cuts them; the connections this worker
                 # has are served on (a connection with parked bytes is not read anyway), so memory
                 # is bounded by the budget plus one response per connection.
-                want = not paused and UNSENT[0] <= UNSENT_BUDGET_BYTES
+                want = not self._paused and UNSENT[0] <= UNSENT_BUDGET_BYTES
                 if want != accepting:
                     if want:
                         epoll.register(lfd, EPOLLIN | EPOLLEXCLUSIVE)
                     else:
                         epoll.unregister(lfd)
                     accepting = want
-            if paused:
+            if self._paused:
                 timeout = ACCEPT_PAUSE_MAX_S
-            elif conns or not listening or self._inflight or self.reject_log.suppressed:
+            elif conns or not listening or inflight or self.reject_log.suppressed:
                 # (a count of left-out reject lines is due at the next second's sweep)
                 timeout = 1.0 if listening else 0.1
             else:
@@ -363,8 +368,7 @@ class Server(WsgiCall, ThreadHandoff):
         elif state is SENDING or state is CLOSING:
             register(epoll, conn, EPOLLOUT)
         elif state is IN_THREAD:
-            register(epoll, conn, 0)
-            self.conns.pop(conn.fd, None)
+            return  # unwatched by _hand_off, and maybe handed back already: the thread's now
         else:
             self._close(conn, epoll)
             return
@@ -466,9 +470,7 @@ class Server(WsgiCall, ThreadHandoff):
         if tail is not None:
             if self.pool is not None and tail.it is not None:
                 # The app's iterator runs on a thread, as the request did: a slow one holds no loop.
-                self._inflight += 1
-                self._settle(conn, IN_THREAD, epoll)
-                self.pool.submit(self._resume_in_thread, conn)
+                self._hand_off(conn, self._resume_in_thread, conn)
                 return
             state = self._resume(conn)
         elif conn.state is CLOSING:
@@ -636,8 +638,7 @@ class Server(WsgiCall, ThreadHandoff):
                     return self._serve_static(conn, mount, env, target, version11, keep_alive, body)
         if self.pool is not None:
             env["wsgi.multithread"] = True
-            self._inflight += 1
-            self.pool.submit(self._in_thread, conn, app, env, method, version11, keep_alive, body)
+            self._hand_off(conn, self._in_thread, conn, app, env, method, version11, keep_alive, body)
             return IN_THREAD
         return self._run_app(conn, app, env, method, version11, keep_alive, body)
 

@@ -411,7 +411,12 @@ def register(epoll: Any, conn: Conn, events: int) -> None:
         except OSError:
             pass
     elif not current:
-        epoll.register(conn.fd, events)
+        try:
+            epoll.register(conn.fd, events)
+        except FileExistsError:
+            # A pool thread re-added this fd number for a connection the loop had just closed
+            # (threads.py, _rearm): the registration is this connection's now.
+            epoll.modify(conn.fd, events)
     else:
         epoll.modify(conn.fd, events)
     conn.events = events
