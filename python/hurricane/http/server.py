@@ -208,6 +208,7 @@ class Server(WsgiCall, ThreadHandoff):
             threading.Thread(target=outbox.run_flusher, name="hurricane-flusher", daemon=True).start()
         listening = True
         accepting = True  # the listener is in epoll
+        paused = False  # a local for the hot path; threads read its copy, self._paused
         paused_at = 0.0
         deadline = 0.0
         now = self.now = time.monotonic()
@@ -223,8 +224,7 @@ class Server(WsgiCall, ThreadHandoff):
                     accepting = False
                 listener.close()
                 deadline = now + self.graceful_timeout_s
-            inflight = self._submitted - self._returned
-            if not listening and ((not conns and not inflight) or now > deadline):
+            if not listening and ((not conns and self._submitted == self._returned) or now > deadline):
                 for conn in list(conns.values()):
                     self._close(conn, epoll)
                 return 0
@@ -234,26 +234,26 @@ class Server(WsgiCall, ThreadHandoff):
                     # connection. Only if there is a sibling, and never for long: when every worker
                     # is busy, the keep-alive connections it serves would otherwise leave a new one
                     # in the backlog for as long as they keep sending.
-                    busy = self.rotate_accept and inflight >= self.threads
-                    if busy and not self._paused:
-                        self._paused = True
+                    busy = self.rotate_accept and self._submitted - self._returned >= self.threads
+                    if busy and not paused:
+                        paused = self._paused = True
                         paused_at = now
-                    elif self._paused and (not busy or now - paused_at >= ACCEPT_PAUSE_MAX_S):
-                        self._paused = False
+                    elif paused and (not busy or now - paused_at >= ACCEPT_PAUSE_MAX_S):
+                        paused = self._paused = False
                 # Past the unsent budget, new connections wait in the backlog (or go to a sibling)
                 # until slow readers read or --write-timeout cuts them; the connections this worker
                 # has are served on (a connection with parked bytes is not read anyway), so memory
                 # is bounded by the budget plus one response per connection.
-                want = not self._paused and UNSENT[0] <= UNSENT_BUDGET_BYTES
+                want = not paused and UNSENT[0] <= UNSENT_BUDGET_BYTES
                 if want != accepting:
                     if want:
                         epoll.register(lfd, EPOLLIN | EPOLLEXCLUSIVE)
                     else:
                         epoll.unregister(lfd)
                     accepting = want
-            if self._paused:
+            if paused:
                 timeout = ACCEPT_PAUSE_MAX_S
-            elif conns or not listening or inflight or self.reject_log.suppressed:
+            elif conns or not listening or self._submitted != self._returned or self.reject_log.suppressed:
                 # (a count of left-out reject lines is due at the next second's sweep)
                 timeout = 1.0 if listening else 0.1
             else:
