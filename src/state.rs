@@ -86,6 +86,18 @@ impl Doorbell {
     }
 }
 
+/// A doorbell as an async waker: a future polled from the master's loop (lapin's consumer) wakes
+/// the loop from whichever thread has news for it.
+impl std::task::Wake for Doorbell {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.ring();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.ring();
+    }
+}
+
 /// Empties a doorbell's read end so it can ring again; true if it had rung.
 pub fn answer(rx: &mut mio::unix::pipe::Receiver) -> bool {
     let mut rang = false;

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-/// A delivery as the broker thread hands it over: our own id (unique across reconnects), what the
+/// A delivery as the master read it from the consumer: our own id (unique across reconnects), what the
 /// handler sees of it, and its body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {

@@ -4,19 +4,30 @@
 //! thread), never in a worker, so a handler that crashes or is recycled costs no connection and no
 //! message; `dispatch` decides which worker gets which delivery and what goes back to the broker
 //! when a worker goes away; `settle` coalesces acks. `Consume` is the glue the master calls at its
-//! events (a worker ready, settling, leaving, gone; the broker thread rang) and asks for what to
-//! write to which worker, what the probes should say and what the metrics show.
+//! events (a worker ready, settling, leaving, gone; the doorbell rang) and asks for what to write
+//! to which worker, which settle calls to make, what the probes should say and what the metrics
+//! show.
+//!
+//! Deliveries are read from lapin's consumer here, in the master's loop, and settle calls go down
+//! to the broker thread in batches: lapin's I/O thread rings the master's doorbell itself, so a
+//! message costs no wake-up of the broker thread on its way in, and its ack shares one with others
+//! on its way out (see `broker`).
 
 pub mod broker;
 pub mod dispatch;
 pub mod settle;
 
-use std::sync::mpsc;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, mpsc};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+
+use futures_lite::Stream;
 
 use crate::amqp::broker::{Broker, Command, Event, Settings};
 use crate::amqp::dispatch::Dispatch;
-use crate::amqp::settle::Outcome;
+use crate::amqp::settle::{Flush, Outcome, Settler};
 use crate::metrics::{AmqpSnapshot, DURATION_BUCKETS_S, QueueStats, SIZE_BUCKETS_BYTES};
 use crate::state::{Doorbell, Health};
 
@@ -46,10 +57,35 @@ pub struct Config {
     pub window: usize,
 }
 
+/// Where deliveries come from.
+enum Feed {
+    /// No consumer: not consuming yet, or its channel is gone.
+    Idle,
+    /// Read in the master's loop; lapin's I/O thread rings the doorbell when it has more.
+    Reading(Channel),
+    /// Cancelled at shutdown: kept (dropping lapin's consumer cancels it again) but not read.
+    Cancelled(Channel),
+}
+
+/// One channel's consumer and what was delivered on it and is not settled yet.
+struct Channel {
+    epoch: u64,
+    consumer: lapin::Consumer,
+    consumer_tag: String,
+    /// Our delivery id -> the channel's delivery tag, until settled.
+    tags: HashMap<u64, u64>,
+    settler: Settler,
+}
+
 pub struct Consume {
     config: Config,
     broker: Broker,
     events: mpsc::Receiver<Event>,
+    /// Rings the master's doorbell: the broker thread's events and lapin's deliveries.
+    waker: Waker,
+    feed: Feed,
+    /// Delivery ids, unique across channels.
+    next_id: u64,
     dispatch: Dispatch,
     started: bool,
     stopped: bool,
@@ -73,11 +109,15 @@ struct QueueReading {
 impl Consume {
     pub fn start(config: Config, bell: Doorbell) -> std::io::Result<Consume> {
         let (tx, events) = mpsc::channel();
-        let broker = broker::spawn(config.broker.clone(), tx, bell)?;
+        let bell = Arc::new(bell);
+        let broker = broker::spawn(config.broker.clone(), tx, Arc::clone(&bell))?;
         Ok(Consume {
             config,
             broker,
             events,
+            waker: Waker::from(bell),
+            feed: Feed::Idle,
+            next_id: 0,
             dispatch: Dispatch::new(1),
             started: false,
             stopped: false,
@@ -119,7 +159,30 @@ impl Consume {
         };
         self.totals.count(outcome);
         self.totals.observe_duration(ms / 1000.0);
-        self.broker.send(Command::Settle { id, outcome });
+        self.settle(id, outcome);
+    }
+
+    /// Records a verdict for the broker; one of a channel that is gone is dropped (the broker
+    /// redelivers that message).
+    fn settle(&mut self, id: u64, outcome: Outcome) {
+        if let Feed::Reading(channel) | Feed::Cancelled(channel) = &mut self.feed
+            && let Some(tag) = channel.tags.remove(&id)
+        {
+            channel.settler.settle(tag, outcome, Instant::now());
+        }
+    }
+
+    /// Sends the broker thread the settle calls due now (`Flush::All`: every verdict recorded).
+    fn send_settles(&mut self, flush: Flush) {
+        if let Feed::Reading(channel) | Feed::Cancelled(channel) = &mut self.feed {
+            let calls = channel.settler.calls(Instant::now(), flush);
+            if !calls.is_empty() {
+                self.broker.send(Command::Settle {
+                    epoch: channel.epoch,
+                    calls,
+                });
+            }
+        }
     }
 
     /// A worker was told to stop: it gets no more deliveries.
@@ -143,7 +206,7 @@ impl Consume {
         for id in ids {
             let outcome = Outcome::Reject { requeue: true };
             self.totals.count(outcome);
-            self.broker.send(Command::Settle { id, outcome });
+            self.settle(id, outcome);
         }
     }
 
@@ -153,30 +216,45 @@ impl Consume {
             return;
         }
         self.broker.send(Command::Cancel);
+        self.feed = match std::mem::replace(&mut self.feed, Feed::Idle) {
+            Feed::Reading(channel) => Feed::Cancelled(channel),
+            feed => feed,
+        };
         let waiting = self.dispatch.stop();
         self.requeue(waiting);
     }
 
-    /// The broker thread rang: take its events.
+    /// The doorbell rang: take the broker thread's events, then what the consumer has.
     pub fn take_events(&mut self) {
         while let Ok(event) = self.events.try_recv() {
             match event {
-                Event::Consuming => {
+                Event::Consuming {
+                    epoch,
+                    consumer,
+                    consumer_tag,
+                } => {
                     if self.ever_consumed {
                         self.totals.reconnects += 1;
                     }
                     self.ever_consumed = true;
                     self.link = Link::Consuming;
-                }
-                Event::Delivery(delivery) => {
-                    self.totals.observe_size(delivery.body.len() as f64);
-                    if self.stopped {
-                        self.requeue(vec![delivery.id]);
+                    let channel = Channel {
+                        epoch,
+                        consumer,
+                        consumer_tag,
+                        tags: HashMap::new(),
+                        settler: Settler::new(self.config.broker.prefetch),
+                    };
+                    // Stopped while connecting: the broker thread cancels it (the Cancel waits
+                    // for it in the command queue).
+                    self.feed = if self.stopped {
+                        Feed::Cancelled(channel)
                     } else {
-                        self.dispatch.delivered(delivery);
-                    }
+                        Feed::Reading(channel)
+                    };
                 }
                 Event::Lost { reason, retrying } => {
+                    self.feed = Feed::Idle;
                     self.dispatch.forget_waiting();
                     if !retrying && self.fatal.is_none() {
                         self.fatal = Some(format!(
@@ -208,6 +286,40 @@ impl Consume {
                 Event::Closed => {}
             }
         }
+        self.read_deliveries();
+    }
+
+    /// Takes every delivery the consumer holds; reading until it is empty is what arms lapin's
+    /// wake-up for the next one.
+    fn read_deliveries(&mut self) {
+        let Feed::Reading(channel) = &mut self.feed else {
+            return;
+        };
+        let mut cx = Context::from_waker(&self.waker);
+        let ended = loop {
+            match Pin::new(&mut channel.consumer).poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(d))) => {
+                    self.next_id += 1;
+                    let id = self.next_id;
+                    channel.tags.insert(id, d.delivery_tag);
+                    channel.settler.delivered(d.delivery_tag);
+                    let delivery = broker::delivery(d, id, &channel.consumer_tag);
+                    self.totals.observe_size(delivery.body.len() as f64);
+                    self.dispatch.delivered(delivery);
+                }
+                Poll::Ready(Some(Err(e))) => break e.to_string(),
+                Poll::Ready(None) => {
+                    break "the broker ended the consumer (channel closed)".to_string();
+                }
+                Poll::Pending => return,
+            }
+        };
+        // The broker thread reconnects (or reports) and says Lost; until then nothing is read.
+        self.broker.send(Command::Ended {
+            epoch: channel.epoch,
+            reason: ended,
+        });
+        self.feed = Feed::Idle;
     }
 
     /// The broker is gone for good (no --reconnect): why, once.
@@ -249,14 +361,25 @@ impl Consume {
         }
     }
 
-    /// When `judge` would answer differently without any event (the reconnect timeout passing).
+    /// Sends the settle calls that are due (after each round of events, and at `next_deadline`).
+    pub fn flush(&mut self) {
+        self.send_settles(Flush::Due);
+    }
+
+    /// When the loop must run without an event: held acks falling due, or `judge` answering
+    /// differently (the reconnect timeout passing).
     pub fn next_deadline(&self) -> Option<Instant> {
-        match (&self.link, self.config.reconnect_timeout) {
+        let lost = match (&self.link, self.config.reconnect_timeout) {
             (Link::Lost { since, .. }, Some(limit)) if since.elapsed() < limit => {
                 Some(*since + limit)
             }
             _ => None,
-        }
+        };
+        let settles = match &self.feed {
+            Feed::Reading(channel) | Feed::Cancelled(channel) => channel.settler.next_due(),
+            Feed::Idle => None,
+        };
+        lost.into_iter().chain(settles).min()
     }
 
     pub fn snapshot(&self) -> AmqpSnapshot {
@@ -275,6 +398,7 @@ impl Consume {
 
     /// Settles what is pending and closes the connection (bounded).
     pub fn close(&mut self) {
+        self.send_settles(Flush::All);
         self.broker.close(Duration::from_secs(CLOSE_TIMEOUT_S));
     }
 }
