@@ -25,21 +25,39 @@ pub struct Delivery {
 
 impl Delivery {
     /// The bytes for a worker's control pipe: one JSON header line, then exactly `len` body bytes.
+    #[cfg(test)]
     pub fn frame(&self) -> Vec<u8> {
-        let header = serde_json::json!({
-            "t": "msg",
-            "id": self.id,
-            "len": self.body.len(),
-            "rk": self.routing_key,
-            "ex": self.exchange,
-            "redelivered": self.redelivered,
-            "ctag": self.consumer_tag,
-            "props": self.properties,
-        });
-        let mut out = header.to_string().into_bytes();
+        let mut out = Vec::new();
+        self.write_frame(&mut out);
+        out
+    }
+
+    /// Appends the frame to `out` (several deliveries for one worker go in one write).
+    pub fn write_frame(&self, out: &mut Vec<u8>) {
+        #[derive(serde::Serialize)]
+        struct Header<'a> {
+            t: &'static str,
+            id: u64,
+            len: usize,
+            rk: &'a str,
+            ex: &'a str,
+            redelivered: bool,
+            ctag: &'a str,
+            props: &'a serde_json::Value,
+        }
+        let header = Header {
+            t: "msg",
+            id: self.id,
+            len: self.body.len(),
+            rk: &self.routing_key,
+            ex: &self.exchange,
+            redelivered: self.redelivered,
+            ctag: &self.consumer_tag,
+            props: &self.properties,
+        };
+        serde_json::to_writer(&mut *out, &header).expect("a JSON header always serializes");
         out.push(b'\n');
         out.extend_from_slice(&self.body);
-        out
     }
 }
 

@@ -327,13 +327,21 @@ impl Consume {
         self.fatal.take()
     }
 
-    /// Deliveries to write to workers now: (pid, frame bytes).
+    /// Deliveries to write to workers now: (pid, the frames of all its deliveries), one entry a
+    /// worker, so each worker's pipe is written once.
     pub fn assign(&mut self) -> Vec<(i32, Vec<u8>)> {
-        self.dispatch
-            .assign()
-            .into_iter()
-            .map(|(pid, d)| (pid, d.frame()))
-            .collect()
+        let mut out: Vec<(i32, Vec<u8>)> = Vec::new();
+        for (pid, delivery) in self.dispatch.assign() {
+            let at = match out.iter().position(|(p, _)| *p == pid) {
+                Some(at) => at,
+                None => {
+                    out.push((pid, Vec::new()));
+                    out.len() - 1
+                }
+            };
+            delivery.write_frame(&mut out[at].1);
+        }
+        out
     }
 
     /// What the broker link means for the probes.

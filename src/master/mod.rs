@@ -45,7 +45,7 @@ use crate::trim::Trimmer;
 use crate::webhook;
 use crate::zygote::Zygotes;
 
-use self::pipes::{Proc, flush_control, read_status};
+use self::pipes::{Proc, flush_control, read_status, send_control};
 use self::preload::Preload;
 use self::source::Source;
 
@@ -211,7 +211,7 @@ impl Master {
                     Source::Status(id),
                     Source::Control(id),
                     spawned,
-                    launch.bootstrap,
+                    &launch.bootstrap,
                 );
                 self.procs.insert(id, proc_);
                 self.pool.spawned(id, pid);
@@ -398,7 +398,7 @@ impl Master {
         if source == Source::Status(id) {
             self.deliver_messages(&mut proc_);
         } else {
-            flush_control(&self.poll, Source::Control(id), &mut proc_);
+            flush_control(&self.poll, &mut proc_);
         }
         self.procs.insert(id, proc_);
     }
@@ -480,8 +480,7 @@ impl Master {
         }
         for (pid, frame) in pump.frames {
             if let Some((&id, proc_)) = self.procs.iter_mut().find(|(_, p)| p.pid == pid) {
-                proc_.control_out.extend_from_slice(&frame);
-                flush_control(&self.poll, Source::Control(id), proc_);
+                send_control(&self.poll, Source::Control(id), proc_, &frame);
             }
         }
     }
@@ -503,8 +502,12 @@ impl Master {
         self.checks.turn = (self.checks.turn + 1) % pids.len();
         let pid = pids[self.checks.turn];
         if let Some((&id, proc_)) = self.procs.iter_mut().find(|(_, p)| p.pid == pid) {
-            proc_.control_out.extend_from_slice(b"{\"t\":\"check\"}\n");
-            flush_control(&self.poll, Source::Control(id), proc_);
+            send_control(
+                &self.poll,
+                Source::Control(id),
+                proc_,
+                b"{\"t\":\"check\"}\n",
+            );
             self.checks.in_flight = Some(now);
             log::debug!("event=check_requested pid={pid}");
         }

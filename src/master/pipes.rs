@@ -47,43 +47,59 @@ pub fn read_status(poll: &Poll, proc_: &mut Proc) -> Vec<Vec<u8>> {
     protocol::take_lines(&mut proc_.status_buf)
 }
 
-/// Writes what it can of the pending control bytes; keeps the pipe registered (as `source`) while
-/// any remain.
-pub fn flush_control(poll: &Poll, source: Source, proc_: &mut Proc) {
-    let raw = proc_.control.as_raw_fd();
-    let was_pending = !proc_.control_out.is_empty();
-    while !proc_.control_out.is_empty() {
-        match nix::unistd::write(&proc_.control, &proc_.control_out) {
-            Ok(n) if n > 0 => {
-                proc_.control_out.drain(..n);
-            }
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => {
-                let _ = poll.registry().register(
-                    &mut SourceFd(&raw),
-                    source.token(),
-                    Interest::WRITABLE,
-                );
-                return;
-            }
-            // The worker is gone; its exit arrives through SIGCHLD.
-            Ok(_) | Err(_) => proc_.control_out.clear(),
-        }
+/// Queues `bytes` for the control pipe and writes what it can now. The pipe is registered (as
+/// `source`) exactly while bytes wait for room, so a write that fits costs one syscall.
+pub fn send_control(poll: &Poll, source: Source, proc_: &mut Proc, bytes: &[u8]) {
+    if !proc_.control_out.is_empty() {
+        // Already waiting for room: the writable event sends these after the rest.
+        proc_.control_out.extend_from_slice(bytes);
+        return;
     }
-    // The bootstrap is a quarter of a megabyte: hand its buffer back, not only its bytes.
-    proc_.control_out = Vec::new();
-    if was_pending {
+    let written = write_some(&proc_.control, bytes);
+    if written < bytes.len() {
+        proc_.control_out.extend_from_slice(&bytes[written..]);
+        let raw = proc_.control.as_raw_fd();
+        let _ = poll
+            .registry()
+            .register(&mut SourceFd(&raw), source.token(), Interest::WRITABLE);
+    }
+}
+
+/// The control pipe has room (its writable event): writes what waits, and leaves the poll once
+/// all is written.
+pub fn flush_control(poll: &Poll, proc_: &mut Proc) {
+    let written = write_some(&proc_.control, &proc_.control_out);
+    proc_.control_out.drain(..written);
+    if proc_.control_out.is_empty() {
+        // The bootstrap is a quarter of a megabyte: hand its buffer back, not only its bytes.
+        proc_.control_out = Vec::new();
+        let raw = proc_.control.as_raw_fd();
         let _ = poll.registry().deregister(&mut SourceFd(&raw));
     }
 }
 
-/// Registers a started process's status pipe and sends it `control_out`.
+/// Writes as much of `bytes` as the pipe takes now; a gone worker takes everything (its exit
+/// arrives through SIGCHLD).
+fn write_some(fd: &OwnedFd, bytes: &[u8]) -> usize {
+    let mut done = 0;
+    while done < bytes.len() {
+        match nix::unistd::write(fd, &bytes[done..]) {
+            Ok(n) if n > 0 => done += n,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => break,
+            Ok(_) | Err(_) => return bytes.len(),
+        }
+    }
+    done
+}
+
+/// Registers a started process's status pipe and sends it `bootstrap`.
 pub fn watch(
     poll: &Poll,
     status: Source,
     control: Source,
     spawned: spawn::Spawned,
-    control_out: Vec<u8>,
+    bootstrap: &[u8],
 ) -> Proc {
     let status_raw = spawned.status.as_raw_fd();
     if let Err(e) = poll.registry().register(
@@ -98,9 +114,9 @@ pub fn watch(
         status: Some(spawned.status),
         status_buf: Vec::new(),
         control: spawned.control,
-        control_out,
+        control_out: Vec::new(),
         inflight: 0,
     };
-    flush_control(poll, control, &mut proc_);
+    send_control(poll, control, &mut proc_, bootstrap);
     proc_
 }

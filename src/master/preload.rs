@@ -99,7 +99,7 @@ impl Master {
                     Source::ZygoteStatus(id),
                     Source::ZygoteControl(id),
                     spawned,
-                    launch.bootstrap,
+                    &launch.bootstrap,
                 );
                 let preload = self.preload();
                 preload.zygotes.started(id, pid);
@@ -160,7 +160,7 @@ impl Master {
                     Source::Status(id),
                     Source::Control(id),
                     spawned,
-                    Vec::new(),
+                    &[],
                 );
                 self.procs.insert(id, proc_);
                 self.pool.spawned(id, pid);
@@ -251,7 +251,7 @@ impl Master {
         if source == Source::ZygoteStatus(id) {
             self.deliver_zygote_messages(id, &mut proc_);
         } else {
-            pipes::flush_control(&self.poll, source, &mut proc_);
+            pipes::flush_control(&self.poll, &mut proc_);
         }
         self.preload().procs.insert(id, proc_);
     }
