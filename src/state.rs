@@ -105,6 +105,8 @@ pub fn answer(rx: &mut mio::unix::pipe::Receiver) -> bool {
     loop {
         match rx.read(&mut buf) {
             Ok(0) => return rang,
+            // A short read took all the pipe held: a later ring is a new edge for the poll.
+            Ok(n) if n < buf.len() => return true,
             Ok(_) => rang = true,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(_) => return rang, // WouldBlock: drained

@@ -458,9 +458,11 @@ impl Master {
             }
             self.check_memory();
             let started = self.published.0.is_started();
-            let pid = std::process::id() as i32;
-            self.trimmer
-                .tick(started, || sys::resident_bytes(pid), Instant::now());
+            self.trimmer.tick(
+                started,
+                || sys::resident_bytes(std::process::id() as i32),
+                Instant::now(),
+            );
             self.pool.tick(Instant::now());
             if let Some(preload) = &mut self.preload {
                 if self.pool.health().stopping {
