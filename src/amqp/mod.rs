@@ -314,9 +314,13 @@ impl Consume {
                 Poll::Pending => return,
             }
         };
-        // The broker thread reconnects (or reports) and says Lost; until then nothing is read.
+        // What was handled is settled first, in case only the consumer ended and its channel did
+        // not (a settle on a closed channel fails, and the broker redelivers those messages); then
+        // the broker thread reconnects (or reports) and says Lost. Until then nothing is read.
+        let epoch = channel.epoch;
+        self.send_settles(Flush::All);
         self.broker.send(Command::Ended {
-            epoch: channel.epoch,
+            epoch,
             reason: ended,
         });
         self.feed = Feed::Idle;
