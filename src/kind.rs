@@ -12,14 +12,15 @@
 //! - what its workers' reports mean beyond the common ones (`message`), what the probes should
 //!   say (`judge`) and what the metrics show (`metrics`);
 //! - what it needs from the loop: a thread of its own that rings a doorbell (`start`, `woken`),
-//!   bytes for its workers (`pump`), a deadline (`next_deadline`), a goodbye (`close`).
+//!   bytes for its workers (`pump`), a deadline (`next_deadline`), a goodbye (`close`), and
+//!   whether its workers' status lines may wait for the loop's next round (`status_polled`).
 //!
 //! The kinds themselves live in `kinds/`, one module each with its options, its configuration and
 //! its `Kind`; `cli` registers them. This module imports none of them.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::debugger::Debugger;
 use crate::metrics::Snapshot;
@@ -93,6 +94,12 @@ pub trait Kind {
 
     /// When the kind next needs the loop to wake, without an event.
     fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Some(every) while its workers' status lines can wait that long: they no longer wake the
+    /// loop, which reads them every round and at least that often (see `master::statuses`).
+    fn status_polled(&self, _now: Instant) -> Option<Duration> {
         None
     }
 

@@ -33,6 +33,12 @@ use crate::state::{Doorbell, Health};
 
 /// How long the master waits for the broker thread to settle and close at exit.
 const CLOSE_TIMEOUT_S: u64 = 5;
+/// Deliveries flow while one was read this recently: the handlers' settles then wait for the
+/// loop's next round instead of waking it (`status_polled`).
+const FLOWING_MS: u64 = 5;
+/// ... and the loop reads them at least this often. Their acks are held up to 2 ms anyway
+/// (`settle::ACK_HOLD_MS`).
+const STATUS_POLL_MS: u64 = 1;
 
 /// The broker link as the probes see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +92,8 @@ pub struct Consume {
     feed: Feed,
     /// Delivery ids, unique across channels.
     next_id: u64,
+    /// When the last delivery was read.
+    last_read: Option<Instant>,
     dispatch: Dispatch,
     started: bool,
     stopped: bool,
@@ -118,6 +126,7 @@ impl Consume {
             waker: Waker::from(bell),
             feed: Feed::Idle,
             next_id: 0,
+            last_read: None,
             dispatch: Dispatch::new(1),
             started: false,
             stopped: false,
@@ -299,6 +308,7 @@ impl Consume {
         let ended = loop {
             match Pin::new(&mut channel.consumer).poll_next(&mut cx) {
                 Poll::Ready(Some(Ok(d))) => {
+                    self.last_read = Some(Instant::now());
                     self.next_id += 1;
                     let id = self.next_id;
                     channel.tags.insert(id, d.delivery_tag);
@@ -392,6 +402,14 @@ impl Consume {
             Feed::Idle => None,
         };
         lost.into_iter().chain(settles).min()
+    }
+
+    /// While deliveries flow, the handlers' status lines (a settle per message) need not wake the
+    /// loop: the wake-up cost the master and the handler 2-3 us of CPU a message at 20,000 msg/s.
+    pub fn status_polled(&self, now: Instant) -> Option<Duration> {
+        let last = self.last_read?;
+        (now.duration_since(last) < Duration::from_millis(FLOWING_MS))
+            .then(|| Duration::from_millis(STATUS_POLL_MS))
     }
 
     pub fn snapshot(&self) -> AmqpSnapshot {

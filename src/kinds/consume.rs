@@ -449,6 +449,13 @@ impl Kind for AmqpHandler {
         }
     }
 
+    fn status_polled(&self, now: Instant) -> Option<Duration> {
+        match &self.link {
+            Link::Running(consume) => consume.status_polled(now),
+            Link::Configured(_) | Link::Failed => None,
+        }
+    }
+
     fn metrics(&self, snapshot: &mut Snapshot) {
         if let Link::Running(consume) = &self.link {
             snapshot.amqp = Some(consume.snapshot());

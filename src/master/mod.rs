@@ -9,6 +9,7 @@
 mod pipes;
 mod preload;
 mod source;
+mod statuses;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,6 +49,7 @@ use crate::zygote::Zygotes;
 use self::pipes::{Proc, flush_control, read_status, send_control};
 use self::preload::Preload;
 use self::source::Source;
+use self::statuses::Statuses;
 
 /// The loop wakes at least this often, so the probe thread can tell a live loop from a stuck one.
 const LOOP_TICK_MS: u64 = 1000;
@@ -134,6 +136,8 @@ struct Master {
     config: Config,
     listener: Option<TcpListener>,
     poll: Poll,
+    /// The workers' status pipes (the zygotes' are in `poll`).
+    statuses: Statuses,
     pool: Pool,
     procs: HashMap<WorkerId, Proc>,
     /// --preload: the zygotes and their processes.
@@ -207,8 +211,9 @@ impl Master {
             Ok(spawned) => {
                 let pid = spawned.pid;
                 let proc_ = pipes::watch(
-                    &self.poll,
+                    self.statuses.registry(),
                     Source::Status(id),
+                    self.poll.registry(),
                     Source::Control(id),
                     spawned,
                     &launch.bootstrap,
@@ -341,7 +346,7 @@ impl Master {
 
     fn deliver_messages(&mut self, proc_: &mut Proc) {
         let now = Instant::now();
-        for line in read_status(&self.poll, proc_) {
+        for line in read_status(self.statuses.registry(), proc_) {
             let Some(message) = self.parse(proc_.pid, &line) else {
                 continue;
             };
@@ -398,7 +403,7 @@ impl Master {
         if source == Source::Status(id) {
             self.deliver_messages(&mut proc_);
         } else {
-            flush_control(&self.poll, &mut proc_);
+            flush_control(self.poll.registry(), &mut proc_);
         }
         self.procs.insert(id, proc_);
     }
@@ -423,12 +428,14 @@ impl Master {
             .flatten()
             .min();
             let timeout = deadline.map_or(tick, |d| d.saturating_duration_since(now).min(tick));
+            let timeout = self.statuses.cap(timeout);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     log::error!("event=poll_failed error={e}");
                 }
                 continue;
             }
+            let mut statuses = self.statuses.polled();
             for event in events.iter() {
                 match Source::of(event.token()) {
                     Some(Source::Signals) => self.handle_signals(&mut signals),
@@ -447,6 +454,7 @@ impl Master {
                             self.request_check();
                         }
                     }
+                    Some(Source::Statuses) => statuses = true,
                     Some(source @ (Source::Status(id) | Source::Control(id))) => {
                         self.handle_worker_io(id, source)
                     }
@@ -454,6 +462,11 @@ impl Master {
                         self.handle_zygote_io(id, source)
                     }
                     Some(Source::Autoreload) | None => {}
+                }
+            }
+            if statuses {
+                for id in self.statuses.ready() {
+                    self.handle_worker_io(id, Source::Status(id));
                 }
             }
             self.check_memory();
@@ -471,6 +484,8 @@ impl Master {
                 preload.zygotes.tick(Instant::now());
             }
             self.pump();
+            let polled = self.config.kind.status_polled(Instant::now());
+            self.statuses.watch(self.poll.registry(), polled);
         }
     }
 
@@ -482,7 +497,7 @@ impl Master {
         }
         for (pid, frame) in pump.frames {
             if let Some((&id, proc_)) = self.procs.iter_mut().find(|(_, p)| p.pid == pid) {
-                send_control(&self.poll, Source::Control(id), proc_, &frame);
+                send_control(self.poll.registry(), Source::Control(id), proc_, &frame);
             }
         }
     }
@@ -505,7 +520,7 @@ impl Master {
         let pid = pids[self.checks.turn];
         if let Some((&id, proc_)) = self.procs.iter_mut().find(|(_, p)| p.pid == pid) {
             send_control(
-                &self.poll,
+                self.poll.registry(),
                 Source::Control(id),
                 proc_,
                 b"{\"t\":\"check\"}\n",
@@ -646,6 +661,7 @@ pub fn run(mut config: Config) -> Result<i32, Error> {
     become_subreaper();
 
     let poll = setup("the event loop (epoll)", Poll::new())?;
+    let statuses = setup("the event loop (epoll)", Statuses::new(poll.registry()))?;
     let mut signals = setup("the signal handlers", Signals::new(signals::HANDLED))?;
     setup(
         "the signal handlers",
@@ -726,6 +742,7 @@ pub fn run(mut config: Config) -> Result<i32, Error> {
         config,
         listener,
         poll,
+        statuses,
         pool,
         procs: HashMap::new(),
         preload,

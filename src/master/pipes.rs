@@ -7,7 +7,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use mio::unix::SourceFd;
-use mio::{Interest, Poll};
+use mio::{Interest, Registry};
 use nix::errno::Errno;
 
 use crate::protocol;
@@ -28,7 +28,7 @@ pub struct Proc {
 }
 
 /// Non-blocking reads from one worker's status pipe; returns complete lines. EOF closes the pipe.
-pub fn read_status(poll: &Poll, proc_: &mut Proc) -> Vec<Vec<u8>> {
+pub fn read_status(registry: &Registry, proc_: &mut Proc) -> Vec<Vec<u8>> {
     let mut chunk = [0u8; 16384];
     while let Some(fd) = &proc_.status {
         match nix::unistd::read(fd, &mut chunk) {
@@ -41,7 +41,7 @@ pub fn read_status(poll: &Poll, proc_: &mut Proc) -> Vec<Vec<u8>> {
             Ok(_) | Err(_) => {}
         }
         let raw = fd.as_raw_fd();
-        let _ = poll.registry().deregister(&mut SourceFd(&raw));
+        let _ = registry.deregister(&mut SourceFd(&raw));
         proc_.status = None;
     }
     protocol::take_lines(&mut proc_.status_buf)
@@ -49,7 +49,7 @@ pub fn read_status(poll: &Poll, proc_: &mut Proc) -> Vec<Vec<u8>> {
 
 /// Queues `bytes` for the control pipe and writes what it can now. The pipe is registered (as
 /// `source`) exactly while bytes wait for room, so a write that fits costs one syscall.
-pub fn send_control(poll: &Poll, source: Source, proc_: &mut Proc, bytes: &[u8]) {
+pub fn send_control(registry: &Registry, source: Source, proc_: &mut Proc, bytes: &[u8]) {
     if !proc_.control_out.is_empty() {
         // Already waiting for room: the writable event sends these after the rest.
         proc_.control_out.extend_from_slice(bytes);
@@ -59,22 +59,20 @@ pub fn send_control(poll: &Poll, source: Source, proc_: &mut Proc, bytes: &[u8])
     if written < bytes.len() {
         proc_.control_out.extend_from_slice(&bytes[written..]);
         let raw = proc_.control.as_raw_fd();
-        let _ = poll
-            .registry()
-            .register(&mut SourceFd(&raw), source.token(), Interest::WRITABLE);
+        let _ = registry.register(&mut SourceFd(&raw), source.token(), Interest::WRITABLE);
     }
 }
 
 /// The control pipe has room (its writable event): writes what waits, and leaves the poll once
 /// all is written.
-pub fn flush_control(poll: &Poll, proc_: &mut Proc) {
+pub fn flush_control(registry: &Registry, proc_: &mut Proc) {
     let written = write_some(&proc_.control, &proc_.control_out);
     proc_.control_out.drain(..written);
     if proc_.control_out.is_empty() {
         // The bootstrap is a quarter of a megabyte: hand its buffer back, not only its bytes.
         proc_.control_out = Vec::new();
         let raw = proc_.control.as_raw_fd();
-        let _ = poll.registry().deregister(&mut SourceFd(&raw));
+        let _ = registry.deregister(&mut SourceFd(&raw));
     }
 }
 
@@ -93,16 +91,18 @@ fn write_some(fd: &OwnedFd, bytes: &[u8]) -> usize {
     done
 }
 
-/// Registers a started process's status pipe and sends it `bootstrap`.
+/// Registers a started process's status pipe (with `statuses`: the loop's poll, or for a worker
+/// the epoll of its status pipes) and sends it `bootstrap`.
 pub fn watch(
-    poll: &Poll,
+    statuses: &Registry,
     status: Source,
+    registry: &Registry,
     control: Source,
     spawned: spawn::Spawned,
     bootstrap: &[u8],
 ) -> Proc {
     let status_raw = spawned.status.as_raw_fd();
-    if let Err(e) = poll.registry().register(
+    if let Err(e) = statuses.register(
         &mut SourceFd(&status_raw),
         status.token(),
         Interest::READABLE,
@@ -117,6 +117,6 @@ pub fn watch(
         control_out: Vec::new(),
         inflight: 0,
     };
-    send_control(poll, control, &mut proc_, bootstrap);
+    send_control(registry, control, &mut proc_, bootstrap);
     proc_
 }

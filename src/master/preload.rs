@@ -95,8 +95,9 @@ impl Master {
                 let pid = spawned.pid;
                 log::info!("event=zygote_spawn zygote={id} gen={generation} pid={pid}");
                 let proc_ = pipes::watch(
-                    &self.poll,
+                    self.poll.registry(),
                     Source::ZygoteStatus(id),
+                    self.poll.registry(),
                     Source::ZygoteControl(id),
                     spawned,
                     &launch.bootstrap,
@@ -156,8 +157,9 @@ impl Master {
                 );
                 let spawned = awaiting.asked.spawned(pid);
                 let proc_ = pipes::watch(
-                    &self.poll,
+                    self.statuses.registry(),
                     Source::Status(id),
+                    self.poll.registry(),
                     Source::Control(id),
                     spawned,
                     &[],
@@ -251,7 +253,7 @@ impl Master {
         if source == Source::ZygoteStatus(id) {
             self.deliver_zygote_messages(id, &mut proc_);
         } else {
-            pipes::flush_control(&self.poll, &mut proc_);
+            pipes::flush_control(self.poll.registry(), &mut proc_);
         }
         self.preload().procs.insert(id, proc_);
     }
@@ -259,7 +261,7 @@ impl Master {
     /// A zygote's lines: boot, ready, a fork's answer, or why it failed.
     fn deliver_zygote_messages(&mut self, id: ZygoteId, proc_: &mut Proc) {
         let now = Instant::now();
-        for line in pipes::read_status(&self.poll, proc_) {
+        for line in pipes::read_status(self.poll.registry(), proc_) {
             let Some(message) = self.parse(proc_.pid, &line) else {
                 continue;
             };

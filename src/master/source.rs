@@ -18,6 +18,8 @@ pub enum Source {
     CheckWanted,
     /// The kind's own thread has news (consume: the broker's).
     Kind,
+    /// The epoll holding the workers' status pipes has lines to read (`statuses`).
+    Statuses,
     /// A worker's status pipe has lines to read.
     Status(WorkerId),
     /// A worker's control pipe has room for pending bytes.
@@ -39,6 +41,7 @@ impl Source {
             Source::Autoreload => 1,
             Source::CheckWanted => 2,
             Source::Kind => 3,
+            Source::Statuses => 4,
             Source::Status(id) => FIRST_WORKER_TOKEN + id as usize * 4,
             Source::Control(id) => FIRST_WORKER_TOKEN + id as usize * 4 + 1,
             Source::ZygoteStatus(id) => FIRST_WORKER_TOKEN + id as usize * 4 + 2,
@@ -52,6 +55,7 @@ impl Source {
             1 => Some(Source::Autoreload),
             2 => Some(Source::CheckWanted),
             3 => Some(Source::Kind),
+            4 => Some(Source::Statuses),
             t if t >= FIRST_WORKER_TOKEN => {
                 let id = ((t - FIRST_WORKER_TOKEN) / 4) as u64;
                 Some(match (t - FIRST_WORKER_TOKEN) % 4 {
@@ -77,6 +81,7 @@ mod tests {
             Source::Autoreload,
             Source::CheckWanted,
             Source::Kind,
+            Source::Statuses,
             Source::Status(1),
             Source::Control(1),
             Source::Status(0),
