@@ -5,10 +5,10 @@ time from its first to its last handled message gives messages per second. Every
 same no-op handler logic (bench/apps/consumers.py: ack at once, one 8-byte latency record per
 message): hurricane consume with 1, 2 and 4 handler workers, django-hurricane 1.6's
 `manage.py consume` (prefetch 1, its own), and bare pika with prefetch 100 (one and two processes).
-Then hurricane's publish-to-handler latency at half its best rate and at fixed rates (the run with
-the median p99 of as many as the throughput runs; a run that loses messages fails the row), published by
-bench/apps/amqp_publish.py (a stdlib AMQP publisher, lighter than pika on the shared 2 cores), and
-its master's RSS.
+Then hurricane's publish-to-handler latency at half its best rate and at fixed rates (each row the
+run with the median p99 of as many runs as the throughput rounds; a run that loses messages fails
+the row), published by bench/apps/amqp_publish.py (a stdlib AMQP publisher, lighter than pika on
+the shared 2 cores), and its master's RSS.
 Only the local RabbitMQ (127.0.0.1:5672) is used; every wait is bounded.
 """
 

@@ -9,8 +9,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-/// A delivery as the master read it from the consumer: our own id (unique across reconnects), what the
-/// handler sees of it, and its body.
+/// A delivery as the master read it from lapin's consumer: our own id (unique across reconnects),
+/// what the handler sees of it, and its body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
     pub id: u64,
