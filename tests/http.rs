@@ -148,7 +148,8 @@ fn hostile_requests_get_their_status_a_closed_connection_and_never_reach_the_app
         assert_eq!(calls(&server), before + 1, "{name}: the app ran");
     }
     assert_eq!(server.worker_pids().len(), 1);
-    let counted = wait_for(Duration::from_secs(5), || {
+    // Counters reach /metrics with the worker's next heartbeat; a busy machine delays it.
+    let counted = wait_for(Duration::from_secs(15), || {
         let samples = parse_classic(&server.probe("/metrics").text());
         let all = expected.iter().all(|(reason, n)| {
             sample_value(
@@ -187,7 +188,7 @@ fn ten_thousand_bad_requests_leave_a_bounded_log() {
         sender.join().unwrap();
     }
     let seconds = started.elapsed().as_secs() + 2;
-    let rejected = wait_for(Duration::from_secs(5), || {
+    let rejected = wait_for(Duration::from_secs(15), || {
         let samples = parse_classic(&server.probe("/metrics").text());
         sample_value(
             &samples,
