@@ -20,10 +20,15 @@ use std::time::{Duration, Instant};
 const REGROWTH_BYTES: u64 = 256 << 10;
 /// Releases are at least this far apart: the code a burst of work runs is refaulted only once.
 const MIN_INTERVAL_MS: u64 = 2000;
+/// The loop is quiet when its last poll waited this long for an event. A release while the loop
+/// is busy stalls it: reading smaps, then refaulting every page of code that runs next, its
+/// threads' too. Under 20,000 AMQP messages a second (the master's loop is their path) a release
+/// came every 2 s, each one a stall that every message behind it waited out.
+const QUIET_MS: u64 = 50;
 
 /// When to release again: once the first workers are spawned (the startup code that set them up
-/// is done), once the first pool is ready, then whenever the resident set has grown back by
-/// `REGROWTH_BYTES` and the last release is `MIN_INTERVAL_MS` old.
+/// is done), once the first pool is ready, then whenever the loop is quiet, the resident set has
+/// grown back by `REGROWTH_BYTES` and the last release is `MIN_INTERVAL_MS` old.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Trimmer {
     /// Startup: the first workers are being spawned.
@@ -35,8 +40,15 @@ pub enum Trimmer {
 }
 
 impl Trimmer {
-    /// Called once a loop iteration with the master's resident bytes; releases when due.
-    pub fn tick(&mut self, started: bool, resident: impl FnOnce() -> Option<u64>, now: Instant) {
+    /// Called once a loop iteration with how long its poll waited and the master's resident
+    /// bytes; releases when due.
+    pub fn tick(
+        &mut self,
+        started: bool,
+        waited: Duration,
+        resident: impl FnOnce() -> Option<u64>,
+        now: Instant,
+    ) {
         let due = match *self {
             Trimmer::Starting => true,
             Trimmer::Booting => started,
@@ -44,15 +56,21 @@ impl Trimmer {
                 at,
                 resident: after,
             } => {
-                now.duration_since(at) >= Duration::from_millis(MIN_INTERVAL_MS)
+                waited >= Duration::from_millis(QUIET_MS)
+                    && now.duration_since(at) >= Duration::from_millis(MIN_INTERVAL_MS)
                     && resident().is_some_and(|r| r > after + REGROWTH_BYTES)
             }
         };
         if !due {
             return;
         }
+        let began = Instant::now();
         if let Some(bytes) = release_clean_pages() {
-            log::debug!("event=released_clean_pages mapping_kb={}", bytes >> 10);
+            log::debug!(
+                "event=released_clean_pages mapping_kb={} us={}",
+                bytes >> 10,
+                began.elapsed().as_micros()
+            );
         }
         *self = match self {
             Trimmer::Starting => Trimmer::Booting,
@@ -130,30 +148,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_trimmer_releases_once_started_then_on_regrowth_at_most_every_interval() {
+    fn the_trimmer_releases_once_started_then_on_regrowth_when_quiet_at_most_every_interval() {
         let t0 = Instant::now();
+        let busy = Duration::from_millis(1);
+        let quiet = Duration::from_millis(QUIET_MS);
         let mut trimmer = Trimmer::Starting;
-        trimmer.tick(false, || Some(1 << 30), t0);
+        trimmer.tick(false, busy, || Some(1 << 30), t0);
         assert_eq!(
             trimmer,
             Trimmer::Booting,
             "released once the first spawns are done"
         );
-        trimmer.tick(false, || Some(1 << 30), t0);
+        trimmer.tick(false, quiet, || Some(1 << 30), t0);
         assert_eq!(trimmer, Trimmer::Booting, "not again while booting");
-        trimmer.tick(true, || None, t0);
+        trimmer.tick(true, busy, || None, t0);
         let Trimmer::Released { at, resident } = trimmer else {
             panic!("released once started")
         };
         assert_eq!(at, t0);
         let soon = t0 + Duration::from_millis(MIN_INTERVAL_MS - 1);
-        trimmer.tick(true, || Some(resident + 10 * REGROWTH_BYTES), soon);
+        trimmer.tick(true, quiet, || Some(resident + 10 * REGROWTH_BYTES), soon);
         assert_eq!(trimmer.at(), t0, "not again so soon");
         let later = t0 + Duration::from_millis(MIN_INTERVAL_MS);
-        trimmer.tick(true, || Some(resident + REGROWTH_BYTES / 2), later);
+        trimmer.tick(true, quiet, || Some(resident + REGROWTH_BYTES / 2), later);
         assert_eq!(trimmer.at(), t0, "not for a little growth");
-        trimmer.tick(true, || Some(resident + 2 * REGROWTH_BYTES), later);
-        assert_eq!(trimmer.at(), later, "grown back: released again");
+        trimmer.tick(true, busy, || Some(resident + 2 * REGROWTH_BYTES), later);
+        assert_eq!(trimmer.at(), t0, "not while the loop is busy");
+        trimmer.tick(true, quiet, || Some(resident + 2 * REGROWTH_BYTES), later);
+        assert_eq!(trimmer.at(), later, "grown back and quiet: released again");
     }
 
     impl Trimmer {

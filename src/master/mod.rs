@@ -429,12 +429,14 @@ impl Master {
             .min();
             let timeout = deadline.map_or(tick, |d| d.saturating_duration_since(now).min(tick));
             let timeout = self.statuses.cap(timeout);
+            let polled_at = Instant::now();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     log::error!("event=poll_failed error={e}");
                 }
                 continue;
             }
+            let waited = polled_at.elapsed();
             let mut statuses = self.statuses.polled();
             for event in events.iter() {
                 match Source::of(event.token()) {
@@ -473,6 +475,7 @@ impl Master {
             let started = self.published.0.is_started();
             self.trimmer.tick(
                 started,
+                waited,
                 || sys::resident_bytes(std::process::id() as i32),
                 Instant::now(),
             );
