@@ -15,6 +15,7 @@
 
 pub mod broker;
 pub mod dispatch;
+pub mod pace;
 pub mod settle;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use futures_lite::Stream;
 
 use crate::amqp::broker::{Broker, Command, Event, Settings};
 use crate::amqp::dispatch::Dispatch;
+use crate::amqp::pace::Pace;
 use crate::amqp::settle::{Flush, Outcome, Settler};
 use crate::metrics::{AmqpSnapshot, DURATION_BUCKETS_S, QueueStats, SIZE_BUCKETS_BYTES};
 use crate::state::{Doorbell, Health};
@@ -81,6 +83,8 @@ struct Channel {
     /// Our delivery id -> the channel's delivery tag, until settled.
     tags: HashMap<u64, u64>,
     settler: Settler,
+    /// When to read the consumer: as deliveries come, or once a tick under a stream.
+    pace: Pace,
 }
 
 pub struct Consume {
@@ -253,6 +257,7 @@ impl Consume {
                         consumer_tag,
                         tags: HashMap::new(),
                         settler: Settler::new(self.config.broker.prefetch),
+                        pace: Pace::new(Instant::now()),
                     };
                     // Stopped while connecting: the broker thread cancels it (the Cancel waits
                     // for it in the command queue).
@@ -298,31 +303,50 @@ impl Consume {
         self.read_deliveries();
     }
 
-    /// Takes every delivery the consumer holds; reading until it is empty is what arms lapin's
-    /// wake-up for the next one.
-    fn read_deliveries(&mut self) {
+    /// Takes every delivery the consumer holds when its pace says so (see `pace`). Reading until
+    /// it is empty with the doorbell's waker is what arms lapin's wake-up for the next one; under
+    /// a stream a no-op waker leaves lapin's wake-ups unheard until the next tick.
+    pub fn read_deliveries(&mut self) {
+        let now = Instant::now();
         let Feed::Reading(channel) = &mut self.feed else {
             return;
         };
-        let mut cx = Context::from_waker(&self.waker);
-        let ended = loop {
-            match Pin::new(&mut channel.consumer).poll_next(&mut cx) {
-                Poll::Ready(Some(Ok(d))) => {
-                    self.last_read = Some(Instant::now());
-                    self.next_id += 1;
-                    let id = self.next_id;
-                    channel.tags.insert(id, d.delivery_tag);
-                    channel.settler.delivered(d.delivery_tag);
-                    let delivery = broker::delivery(d, id, &channel.consumer_tag);
-                    self.totals.observe_size(delivery.body.len() as f64);
-                    self.dispatch.delivered(delivery);
+        if !channel.pace.due(now) {
+            return;
+        }
+        let ended = 'read: loop {
+            let wakes = channel.pace.wakes();
+            let mut cx = Context::from_waker(if wakes { &self.waker } else { Waker::noop() });
+            let mut read = 0;
+            let ended = loop {
+                match Pin::new(&mut channel.consumer).poll_next(&mut cx) {
+                    Poll::Ready(Some(Ok(d))) => {
+                        read += 1;
+                        self.last_read = Some(now);
+                        self.next_id += 1;
+                        let id = self.next_id;
+                        channel.tags.insert(id, d.delivery_tag);
+                        channel.settler.delivered(d.delivery_tag);
+                        let delivery = broker::delivery(d, id, &channel.consumer_tag);
+                        self.totals.observe_size(delivery.body.len() as f64);
+                        self.dispatch.delivered(delivery);
+                    }
+                    Poll::Ready(Some(Err(e))) => break Some(e.to_string()),
+                    Poll::Ready(None) => {
+                        break Some("the broker ended the consumer (channel closed)".to_string());
+                    }
+                    Poll::Pending => break None,
                 }
-                Poll::Ready(Some(Err(e))) => break e.to_string(),
-                Poll::Ready(None) => {
-                    break "the broker ended the consumer (channel closed)".to_string();
-                }
-                Poll::Pending => return,
+            };
+            if let Some(reason) = ended {
+                break 'read reason;
             }
+            channel.pace.read(read, now);
+            if channel.pace.wakes() && !wakes {
+                // The stream ended: one more read with the doorbell's waker arms lapin's wake-up.
+                continue;
+            }
+            return;
         };
         // What was handled is settled first, in case only the consumer ended and its channel did
         // not (a settle on a closed channel fails, and the broker redelivers those messages); then
@@ -388,8 +412,8 @@ impl Consume {
         self.send_settles(Flush::Due);
     }
 
-    /// When the loop must run without an event: held acks falling due, or `judge` answering
-    /// differently (the reconnect timeout passing).
+    /// When the loop must run without an event: held acks falling due, the next read under a
+    /// stream, or `judge` answering differently (the reconnect timeout passing).
     pub fn next_deadline(&self) -> Option<Instant> {
         let lost = match (&self.link, self.config.reconnect_timeout) {
             (Link::Lost { since, .. }, Some(limit)) if since.elapsed() < limit => {
@@ -397,11 +421,12 @@ impl Consume {
             }
             _ => None,
         };
-        let settles = match &self.feed {
-            Feed::Reading(channel) | Feed::Cancelled(channel) => channel.settler.next_due(),
-            Feed::Idle => None,
+        let (settles, reads) = match &self.feed {
+            Feed::Reading(channel) => (channel.settler.next_due(), channel.pace.next_deadline()),
+            Feed::Cancelled(channel) => (channel.settler.next_due(), None),
+            Feed::Idle => (None, None),
         };
-        lost.into_iter().chain(settles).min()
+        lost.into_iter().chain(settles).chain(reads).min()
     }
 
     /// While deliveries flow, the handlers' status lines (a settle per message) need not wake the

@@ -419,8 +419,8 @@ impl Kind for AmqpHandler {
         }
     }
 
-    /// Stop on a lost broker, cancel on shutdown, send the settle calls due, and hand deliveries to
-    /// workers.
+    /// Stop on a lost broker, cancel on shutdown, read the consumer when its tick has come, send
+    /// the settle calls due, and hand deliveries to workers.
     fn pump(&mut self, stopping: bool) -> Pump {
         let Some(consume) = self.consume() else {
             return Pump::default();
@@ -429,6 +429,7 @@ impl Kind for AmqpHandler {
         if stopping {
             consume.stop();
         }
+        consume.read_deliveries();
         consume.flush();
         Pump {
             fatal,
