@@ -50,13 +50,18 @@ impl Pace {
         matches!(self, Pace::Eager { .. })
     }
 
-    /// `n` deliveries were read at `now`: the pace for the next read.
+    /// `n` deliveries were read at `now`: the pace for the next read. A stream or a backlog is
+    /// judged by deliveries per tick over the time they came in, so a tick the loop reached late
+    /// (a busy machine) is not taken for a backlog.
     pub fn read(&mut self, n: usize, now: Instant) {
         let tick = Duration::from_millis(TICK_MS);
-        let stream = |count: usize| (STREAM_PER_TICK..BACKLOG_PER_TICK).contains(&count);
+        let stream = |count: usize, over: Duration| {
+            let per_tick = count as u128 * tick.as_nanos() / over.as_nanos().max(1);
+            (STREAM_PER_TICK as u128..BACKLOG_PER_TICK as u128).contains(&per_tick)
+        };
         *self = match *self {
             Pace::Eager { window, count } if now.duration_since(window) >= tick => {
-                if stream(count) {
+                if stream(count, now.duration_since(window)) {
                     Pace::Batched { next: now + tick }
                 } else {
                     Pace::Eager {
@@ -69,7 +74,9 @@ impl Pace {
                 window,
                 count: count + n,
             },
-            Pace::Batched { .. } if stream(n) => Pace::Batched { next: now + tick },
+            Pace::Batched { next } if stream(n, now.duration_since(next - tick)) => {
+                Pace::Batched { next: now + tick }
+            }
             Pace::Batched { .. } => Pace::Eager {
                 window: now,
                 count: n,
@@ -135,10 +142,16 @@ mod tests {
             Some(ms(36)),
             "the tick's 9 and 1 more"
         );
-        pace.read(40, ms(36));
-        assert!(pace.wakes(), "a backlog is read as it comes");
-        pace.read(40, ms(36));
-        pace.read(0, ms(37));
+        pace.read(40, ms(38));
+        assert_eq!(
+            pace,
+            Pace::Batched { next: ms(39) },
+            "40 over the 3 ms since the last read are a stream, not a backlog"
+        );
+        pace.read(40, ms(39));
+        assert!(pace.wakes(), "40 in a tick are a backlog, read as it comes");
+        pace.read(40, ms(39));
+        pace.read(0, ms(40));
         assert!(pace.wakes(), "and stays so while it lasts");
     }
 }
