@@ -303,10 +303,20 @@ impl Consume {
         self.read_deliveries();
     }
 
+    /// Under a stream, reads what came since the last tick once the tick is due (after each
+    /// round of events); otherwise lapin's wake-up rings the doorbell and `take_events` reads.
+    pub fn read_on_tick(&mut self) {
+        if let Feed::Reading(channel) = &self.feed
+            && !channel.pace.wakes()
+        {
+            self.read_deliveries();
+        }
+    }
+
     /// Takes every delivery the consumer holds when its pace says so (see `pace`). Reading until
     /// it is empty with the doorbell's waker is what arms lapin's wake-up for the next one; under
     /// a stream a no-op waker leaves lapin's wake-ups unheard until the next tick.
-    pub fn read_deliveries(&mut self) {
+    fn read_deliveries(&mut self) {
         let now = Instant::now();
         let Feed::Reading(channel) = &mut self.feed else {
             return;
@@ -322,7 +332,6 @@ impl Consume {
                 match Pin::new(&mut channel.consumer).poll_next(&mut cx) {
                     Poll::Ready(Some(Ok(d))) => {
                         read += 1;
-                        self.last_read = Some(now);
                         self.next_id += 1;
                         let id = self.next_id;
                         channel.tags.insert(id, d.delivery_tag);
@@ -340,6 +349,9 @@ impl Consume {
             };
             if let Some(reason) = ended {
                 break 'read reason;
+            }
+            if read > 0 {
+                self.last_read = Some(now);
             }
             channel.pace.read(read, now);
             if channel.pace.wakes() && !wakes {

@@ -429,7 +429,7 @@ impl Kind for AmqpHandler {
         if stopping {
             consume.stop();
         }
-        consume.read_deliveries();
+        consume.read_on_tick();
         consume.flush();
         Pump {
             fatal,
