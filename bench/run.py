@@ -18,8 +18,9 @@ psycopg into target/bench-venv; wrk from Debian if missing), builds hurricane an
 WebSocket and SSE load clients (bench/wsload) in release mode, then for each scenario starts each
 server with one worker, pinned to CPU 0, with the load pinned to CPU 1. Prints one markdown table
 per scenario (rate, p50, p99, CPU, hurricane / peer), ready for docs/PERFORMANCE.md, and appends the
-ratios to bench/history.jsonl. With --check it then compares them with bench/floors.json and exits
-1 when one fell below its floor by more than the noise margin. The keep-alive scenarios also run
+ratios to bench/history.jsonl. With --check it runs only hurricane and the peers with floors in
+bench/floors.json, 5 rounds (BENCH_REPEAT overrides), compares each ratio with its floor and exits
+1 when one fell below it by more than the noise margin. The keep-alive scenarios also run
 bench/apps/bareloop.py, a bare selectors loop with no HTTP checks at all: the reference for what
 pure Python can reach. Only loopback is used; every run is bounded by its duration.
 """
@@ -56,6 +57,8 @@ DURATION_S = int(os.environ.get("BENCH_SECONDS", "8"))
 # Single runs on a shared 2-core machine swing by 10-20 %: each server runs this many times,
 # interleaved with the others, and the median run is reported.
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
+# --check runs only hurricane and the peers with floors, so it affords more rounds in less time.
+GATE_REPEAT = 5
 SERVER_CPU, LOAD_CPU = "0", "1"
 # The close-limit scenario's CPU quota per 100 ms: half a CPU, a common `limits.cpu: 500m`.
 POD_CPU_QUOTA_US = 50_000
@@ -323,31 +326,42 @@ def scenario(key: str, title: str, app: str, path: str, servers: List[str], wrk_
     """Runs every server REPEAT times, interleaved, and prints the median run of each. `options`:
     per server, extra settings on top of `extra` (e.g. its thread count). `alone`: the WSGI app is
     also called in a loop without a server (bench/apps/app_alone.py), interleaved with the servers,
-    for the floor under every server's CPU a request."""
+    for the floor under every server's CPU a request.
+
+    The ratio hurricane / peer is the median over rounds of the two servers' ratio within a round
+    (paired), not the ratio of two medians: on this kind of machine the same binary's CPU a request
+    swings by 30 % from one run to the next (the virtual CPU's speed, not the server's work: the
+    syscalls a request are the same in fast and slow runs), and two medians taken from different
+    rounds can each land on a slow or a fast spell. Every other round runs the servers in reverse
+    order, so no server always runs first or right after the load generator's warm-up. The table
+    gives the range of the rounds' ratios beside the median."""
+    servers = gate_servers(key, servers)
     log(f"== {title}")
     load = load or wrk_load(path, list(wrk_args))
-    runs: Dict[str, list] = {name: [] for name in servers}
+    rounds: List[Dict[str, tuple]] = []
     alone_runs: List[float] = []
     for round_ in range(REPEAT):
-        for name in servers:
+        done: Dict[str, tuple] = {}
+        for name in (servers if round_ % 2 == 0 else servers[::-1]):
             log(f"  {name} (run {round_ + 1}/{REPEAT}) ...")
             settings = dict(extra or {}, **(options or {}).get(name, {}))
             result = run_one(server_base(name), app, ready or path, 1, load, settings, env or {}, limit)
             if result is not None:
-                runs[name].append(result)
+                done[name] = result
+        rounds.append(done)
         if alone:
             log(f"  app alone (run {round_ + 1}/{REPEAT}) ...")
             alone_us = app_alone(app, path, env or {})
             if alone_us is not None:
                 alone_runs.append(alone_us)
     results = {}
-    for name, done in runs.items():
-        done.sort(key=lambda r: r[0])
+    for name in servers:
+        done = sorted((r[name] for r in rounds if name in r), key=lambda r: r[0])
         results[name] = done[len(done) // 2] if done else None
     ours = results.get(servers[0])
     print(f"\n### {title}\n")
     print(f"| server | {unit} | p50 | p99 | errors | server CPU each | load's CPU | {servers[0]} / server "
-          f"| CPU: server / {servers[0]} |")
+          f"(median of rounds, range) | CPU: server / {servers[0]} |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     ratios: Dict[str, float] = {}
     for name, result in results.items():
@@ -356,12 +370,14 @@ def scenario(key: str, title: str, app: str, path: str, servers: List[str], wrk_
             continue
         rps, p50, p99, errors, cpu_us, busy = result
         ratio = ""
-        if ours and name != servers[0] and rps > 0:
-            ratios[name] = ours[0] / rps
-            ratio = f"{ours[0] / rps:.2f}x"
-        target = (targets or {}).get(name)
-        if target and ours and rps > 0:
-            ratio += " (target >= %.1fx: %s)" % (target, "met" if ours[0] / rps >= target else "NOT met")
+        paired = sorted(r[servers[0]][0] / r[name][0] for r in rounds
+                        if servers[0] in r and name in r and r[name][0] > 0)
+        if paired and name != servers[0]:
+            ratios[name] = median(paired)
+            ratio = f"{ratios[name]:.2f}x ({paired[0]:.2f}-{paired[-1]:.2f})"
+            target = (targets or {}).get(name)
+            if target:
+                ratio += " (target >= %.1fx: %s)" % (target, "met" if ratios[name] >= target else "NOT met")
         cpu_ratio = f"{cpu_us / ours[4]:.2f}x" if ours and name != servers[0] and ours[4] and rps > 0 else ""
         print(f"| {name} | {rps:,.0f} | {p50} | {p99} | {errors} | {cpu_us:.1f} us | {busy:.0f} % | {ratio} "
               f"| {cpu_ratio} |")
@@ -370,6 +386,25 @@ def scenario(key: str, title: str, app: str, path: str, servers: List[str], wrk_
     MEASURED[key] = ratios
     record_history(key, ratios)
     sys.stdout.flush()
+
+
+def median(values: List[float]) -> float:
+    """The middle of sorted ``values``; the mean of the middle two for an even count."""
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+# Set by main for --check: scenario key -> the peers with floors, the only ones the gate runs.
+GATE: Dict[str, List[str]] = {}
+
+
+def gate_servers(key: str, servers: List[str]) -> List[str]:
+    """Under --check, hurricane and the peers that scenario has floors for (more rounds of fewer
+    servers tell a ratio more surely in the same time); otherwise every server."""
+    if not GATE:
+        return servers
+    floors = GATE.get(key, [])
+    return [servers[0]] + [name for name in servers[1:] if name in floors]
 
 
 def app_alone(app: str, path: str, env_extra: Dict[str, str]) -> Optional[float]:
@@ -677,17 +712,23 @@ def main() -> None:
         print(f"unknown scenario {', '.join(sorted(unknown))}; choose from {' '.join(SCENARIO_NAMES)}",
               file=sys.stderr)
         sys.exit(2)
+    if check:
+        floors = {key: list(peers) for key, peers in json.loads(FLOORS.read_text()).items() if not key.startswith("_")}
+        GATE.update(floors)
+        if "BENCH_REPEAT" not in os.environ:
+            global REPEAT
+            REPEAT = GATE_REPEAT
     if check and not wanted:
         # The gate runs what has floors (the ratio scenarios), not the memory or consume runs.
-        wanted = {key for key in json.loads(FLOORS.read_text()) if not key.startswith("_")}
-        wanted = {("db" if k.startswith("db") else "django-asgi" if k.startswith("django-") else k) for k in wanted}
+        wanted = {("db" if k.startswith("db") else "django-asgi" if k.startswith("django-") else k) for k in GATE}
     setup()
     static_dir = Path(tempfile.mkdtemp(prefix="hurricane-bench-"))
     (static_dir / "1mib.bin").write_bytes(os.urandom(1 << 20))
     all_servers = ["hurricane", "gunicorn sync", "gunicorn gthread", "uWSGI", "granian"]
     print(f"\nMachine: {machine()} (bench venv), {time.strftime('%Y-%m-%d')}, commit {commit()}; 1 worker, server "
           f"on CPU {SERVER_CPU}, load (wrk -t1 -c50, or bench/wsload) on CPU {LOAD_CPU}, "
-          f"{DURATION_S}s per run after a 2s warm-up, median of {REPEAT} interleaved runs.")
+          f"{DURATION_S}s per run after a 2s warm-up, {REPEAT} interleaved rounds: each server's median run, and "
+          f"each ratio the median of the rounds' ratios.")
     if not wanted or "hello" in wanted:
         scenario("hello", "Hello world, keep-alive", "hello", "/", all_servers + ["bare loop"],
                  targets={"granian": 1.3, "gunicorn sync": 10.0})
