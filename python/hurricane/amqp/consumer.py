@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import traceback
-from typing import IO, Any, Callable, Dict, List, Optional, Tuple
+from typing import IO, Any, Dict, Optional, Tuple
 
 from hurricane import checks
 from hurricane.log import log_line
@@ -29,8 +29,6 @@ from hurricane.supervision import (
 
 # Deliveries and checks come down the control pipe, read by the serving loop itself.
 WATCH_CONTROL_WHILE_LOADING = False
-# The longest a settle line is held for the next ones to leave with it (Consumer.settle).
-SETTLE_HOLD_S = 0.001
 
 # pika's BasicProperties fields, in its order; absent ones are None, as in pika.
 PROPERTY_NAMES = (
@@ -95,71 +93,24 @@ class Channel:
 
 
 class Frames:
-    """Reads the control pipe's frames: a JSON line, and for a delivery its ``len`` body bytes.
-
-    Buffers what it read itself, so the loop can tell whether the next frame is already here
-    (``ready``) without waiting for it: a handler's settle line is held while it is (see
-    ``Consumer.settle``)."""
+    """Reads the control pipe's frames: a JSON line, and for a delivery its ``len`` body bytes."""
 
     def __init__(self, control: IO[bytes]) -> None:
-        # read1: what the stream already buffered, else one read of the pipe (it waits only then).
-        self._read1 = control.read1  # type: ignore[attr-defined]
-        self._read = control.read
-        self._buf = b""
-        self._pos = 0
-        self._next: Optional[Tuple[Dict[str, Any], bytes]] = None
+        self._control = control
         # The master writes UTF-8: decoding it here skips json.loads' encoding detection on bytes
         # (2.3 -> 1.8 us a header).
         self._decode = json.JSONDecoder().decode
 
-    def _take(self) -> Optional[Tuple[Dict[str, Any], bytes]]:
-        """The next frame if all of it is buffered, else None (reads nothing)."""
-        buf, pos = self._buf, self._pos
-        end = buf.find(b"\n", pos)
-        if end < 0:
-            return None
-        header = self._decode(buf[pos:end].decode())
-        stop = end + 1 + int(header.get("len", 0))
-        if len(buf) < stop:
-            return None
-        self._pos = stop
-        return header, buf[end + 1 : stop]
-
-    def ready(self) -> bool:
-        """The next frame is all buffered: ``next`` returns it without waiting."""
-        if self._next is None:
-            self._next = self._take()
-        return self._next is not None
-
     def next(self) -> Optional[Tuple[Dict[str, Any], bytes]]:
-        """The next frame, waiting for it; None at EOF (the master is gone)."""
-        frame = self._next
-        if frame is not None:
-            self._next = None
-            return frame
-        while True:
-            frame = self._take()
-            if frame is not None:
-                return frame
-            buf, pos = self._buf, self._pos
-            end = buf.find(b"\n", pos)
-            if end >= 0:
-                # The header is here and its body is not all: the rest is read in one call, not
-                # appended to the buffer a pipe's read at a time (a large body would be copied
-                # over and over).
-                header = self._decode(buf[pos:end].decode())
-                have = buf[end + 1 :]
-                missing = int(header.get("len", 0)) - len(have)
-                rest = self._read(missing)
-                self._buf, self._pos = b"", 0
-                if len(rest) != missing:
-                    return None
-                return header, have + rest
-            data = self._read1(65536)
-            if not data:
-                return None
-            self._buf = self._buf[self._pos :] + data if self._pos < len(self._buf) else data
-            self._pos = 0
+        line = self._control.readline()
+        if not line.endswith(b"\n"):
+            return None  # EOF: the master is gone
+        header = self._decode(line.decode())
+        length = int(header.get("len", 0))
+        body = self._control.read(length) if length else b""
+        if len(body) != length:
+            return None
+        return header, body
 
 
 class State:
@@ -173,8 +124,7 @@ class State:
 class Consumer:
     """Handles deliveries one at a time and settles each exactly once."""
 
-    def __init__(self, handler: Any, status: Any, activity: Any, as_json: bool,
-                 more: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, handler: Any, status: Any, activity: Any, as_json: bool) -> None:
         self.handler = handler
         self.status = status
         self.activity = activity
@@ -183,17 +133,7 @@ class Consumer:
         self.current: Optional[int] = None  # the delivery being handled
         self.settled = False
         self.started = 0.0
-        self.more = more  # whether the next delivery is already in the pipe's buffer
-        self.held: List[bytes] = []  # settle lines not yet written
-        self.held_since = 0.0
         handler._hurricane_settle = self.settle
-
-    def flush(self) -> None:
-        """Write the held settle lines, in one write."""
-        if self.held:
-            lines = b"".join(self.held)
-            self.held.clear()
-            self.status.send_line(lines)
 
     def settle(self, delivery_tag: int, ack: bool, requeue: bool) -> None:
         if delivery_tag != self.current or self.settled:
@@ -205,20 +145,9 @@ class Consumer:
         # One per message: the line is written out rather than built by json.dumps (3.1 of the 10 us
         # the worker spent on a no-op handler's message), and "%.3f" rather than round() and %r
         # (1.3 -> 0.46 us a line). The same JSON the master parses.
-        now = time.monotonic()
-        line = b'{"t":"settle","id":%d,"ack":%s,"requeue":%s,"ms":%.3f}\n' % (
+        self.status.send_line(b'{"t":"settle","id":%d,"ack":%s,"requeue":%s,"ms":%.3f}\n' % (
             delivery_tag, b"true" if ack else b"false", b"true" if requeue else b"false",
-            (now - self.started) * 1000)
-        # While the next delivery already waits in the pipe's buffer (the master hands a stream
-        # over a millisecond at a time), the line waits to leave with the next ones: one write for
-        # the batch, not one a message. Never longer than SETTLE_HOLD_S past the first held line,
-        # and never while the worker waits for input (serve flushes first).
-        held = self.held
-        if not held:
-            self.held_since = now
-        held.append(line)
-        if not self.more() or now - self.held_since >= SETTLE_HOLD_S:
-            self.flush()
+            (time.monotonic() - self.started) * 1000))
 
     def handle(self, header: Dict[str, Any], body: bytes) -> None:
         tag = int(header["id"])
@@ -293,11 +222,9 @@ def serve(config: Dict[str, Any], control: IO[bytes], status: StatusPipe, booted
     heartbeat = start_heartbeat(config, status, activity)
     report_ready(config, status, booted, routing_keys=routing_keys)
 
+    consumer = Consumer(handler, status, activity, as_json)
     frames = Frames(control)
-    consumer = Consumer(handler, status, activity, as_json, frames.ready)
     while not state.stopping:
-        if not frames.ready():
-            consumer.flush()  # before waiting, and outside the SIGTERM handler's reach (idle)
         try:
             state.idle = True
             if state.stopping:
@@ -315,7 +242,6 @@ def serve(config: Dict[str, Any], control: IO[bytes], status: StatusPipe, booted
             consumer.handle(header, body)
         elif kind == "check":
             status.send(t="check", **checks.run())
-    consumer.flush()
     heartbeat.beat()
     sys.stdout.flush()
     sys.stderr.flush()
