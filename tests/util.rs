@@ -275,7 +275,8 @@ impl Server {
             .collect()
     }
 
-    /// Waits until exactly `n` workers are alive and all of them differ from `old`.
+    /// Waits until exactly `n` workers are alive; returns their pids (a worker being replaced may
+    /// still be among them: a caller that needs new ones waits for those itself).
     pub fn wait_workers(&self, n: usize, timeout: Duration) -> Vec<i32> {
         wait_for(timeout, || {
             let pids = self.worker_pids();
