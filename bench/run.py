@@ -385,14 +385,15 @@ def scenario(key: str, title: str, app: str, path: str, servers: List[str], wrk_
         print(f"| {name} | {rps:,.0f} | {p50} | {p99} | {errors} | {cpu_us:.1f} us | {busy:.0f} % | {ratio} "
               f"| {cpu_ratio} |")
     if alone_runs:
-        ratios.update(print_app_alone(sorted(alone_runs)[len(alone_runs) // 2], results, servers[0]))
+        ratios.update(print_app_alone(median(alone_runs), results, servers[0]))
     MEASURED[key] = ratios
     record_history(key, ratios)
     sys.stdout.flush()
 
 
 def median(values: List[float]) -> float:
-    """The middle of sorted ``values``; the mean of the middle two for an even count."""
+    """The middle of ``values``; the mean of the middle two for an even count."""
+    values = sorted(values)
     mid = len(values) // 2
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 

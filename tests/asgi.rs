@@ -461,17 +461,7 @@ fn a_loop_blocked_past_the_timeout_is_reported_with_its_stack_and_replaced() {
     })
     .unwrap_or_else(|| panic!("no stack; log:\n{}", server.log.text()));
     // The old worker may still be alive (killed, not yet reaped) right after its stack dump.
-    wait_for(Duration::from_secs(15), || {
-        let pids = server.worker_pids();
-        (pids.len() == 1 && pids != old).then_some(())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "not replaced: {old:?} -> {:?}; log:\n{}",
-            server.worker_pids(),
-            server.log.text()
-        )
-    });
+    server.wait_new_workers(1, &old, Duration::from_secs(15));
     wait_for(Duration::from_secs(10), || {
         (get(addr, "/").ok()?.status == 200).then_some(())
     })

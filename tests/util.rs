@@ -276,15 +276,21 @@ impl Server {
     }
 
     /// Waits until exactly `n` workers are alive; returns their pids (a worker being replaced may
-    /// still be among them: a caller that needs new ones waits for those itself).
+    /// still be among them: see `wait_new_workers`).
     pub fn wait_workers(&self, n: usize, timeout: Duration) -> Vec<i32> {
+        self.wait_new_workers(n, &[], timeout)
+    }
+
+    /// Waits until exactly `n` workers are alive and none of them is in `old` (a killed worker
+    /// stays alive, unreaped, for a moment after its replacement was decided).
+    pub fn wait_new_workers(&self, n: usize, old: &[i32], timeout: Duration) -> Vec<i32> {
         wait_for(timeout, || {
             let pids = self.worker_pids();
-            (pids.len() == n).then_some(pids)
+            (pids.len() == n && !pids.iter().any(|p| old.contains(p))).then_some(pids)
         })
         .unwrap_or_else(|| {
             panic!(
-                "expected {n} workers, have {:?}; log:\n{}",
+                "expected {n} workers, none of {old:?}, have {:?}; log:\n{}",
                 self.worker_pids(),
                 self.log.text()
             )
