@@ -650,6 +650,71 @@ fn threads_hand_keep_alive_connections_back_without_losing_or_mixing_a_request()
     assert_eq!(server.worker_pids(), vec![worker]);
 }
 
+/// Without a pool, a pass of the event loop reads every ready connection before it runs their
+/// requests (http/server.py): 16 keep-alive clients on one worker, with others that connect,
+/// send half a request and leave meanwhile, get every answer for their own request, in order, and
+/// every request reaches the app once.
+#[test]
+fn a_pass_that_reads_many_connections_first_answers_each_its_own_requests() {
+    const CLIENTS: usize = 16;
+    const EACH: usize = 250;
+    let server = Server::start("app", &["--workers", "1", "--threads", "1"]);
+    let worker = server.wait_workers(1, START_TIMEOUT)[0];
+    let before = calls(&server);
+    let addr = server.addr;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let quitters: Vec<_> = (0..2)
+        .map(|_| {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut left = 0;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) && left < 2000 {
+                    if let Ok(mut stream) = TcpStream::connect(addr) {
+                        let _ = stream.write_all(b"GET /environ HTTP/1.1\r\nHost: x\r\n");
+                    }
+                    left += 1;
+                }
+                left
+            })
+        })
+        .collect();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut client = KeepAlive::new(addr);
+                for i in 0..EACH {
+                    let query = format!("c={c}&i={i}");
+                    let response = client
+                        .get(&format!("/environ?{query}"))
+                        .map_err(|e| format!("client {c} request {i}: {e}"))?;
+                    let text = response.text();
+                    if response.status != 200
+                        || !text.contains(&format!("\"QUERY_STRING\": \"{query}\""))
+                    {
+                        return Err(format!(
+                            "client {c} request {i}: {} {text}",
+                            response.status
+                        ));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap().unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let left: usize = quitters.into_iter().map(|q| q.join().unwrap()).sum();
+    assert!(left > 0, "no client left mid-request during the run");
+    assert_eq!(
+        calls(&server),
+        before + (CLIENTS * EACH) as u64 + 1,
+        "every request reached the app once, and no half request did"
+    );
+    assert_eq!(server.worker_pids(), vec![worker]);
+}
+
 #[test]
 fn threads_run_requests_concurrently_in_one_worker_and_keep_pipelines_in_order() {
     let mut server = Server::start(
