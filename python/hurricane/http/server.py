@@ -281,8 +281,7 @@ class Server(WsgiCall, ThreadHandoff):
                     else:
                         others.append(fd)
                 for conn, data in received:
-                    if conn.state is not CLOSED:
-                        self._on_data(conn, data, app, epoll, now)
+                    self._on_data(conn, data, app, epoll, now)
                 for fd in others:
                     conn = conns.get(fd)
                     if conn is not None:
