@@ -595,6 +595,45 @@ fn four_one_second_requests_run_side_by_side(server: &Server, worker: i32) {
     );
 }
 
+/// `clients` keep-alive clients side by side, `each` requests apiece, each on its own connection:
+/// `path(c, i)` is client c's i-th request, `answers(path, body)` whether a 200 response answers it.
+/// Panics with the first client's request that got another answer or none.
+fn keep_alive_clients<P, A>(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    each: usize,
+    path: P,
+    answers: A,
+) where
+    P: Fn(usize, usize) -> String + Copy + Send + 'static,
+    A: Fn(&str, &str) -> bool + Copy + Send + 'static,
+{
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            std::thread::spawn(move || -> Result<(), String> {
+                let mut client = KeepAlive::new(addr);
+                for i in 0..each {
+                    let path = path(c, i);
+                    let response = client
+                        .get(&path)
+                        .map_err(|e| format!("client {c} request {i}: {e}"))?;
+                    let text = response.text();
+                    if response.status != 200 || !answers(&path, &text) {
+                        return Err(format!(
+                            "client {c} request {i} ({path}): {} {text}",
+                            response.status
+                        ));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap().unwrap();
+    }
+}
+
 /// With a pool, a thread gives a finished keep-alive connection back to epoll itself, and the loop
 /// may serve its next request before that thread has returned (http/threads.py, `_rearm`): 16
 /// clients, each on one connection, get every answer for their own request, in order, and every
@@ -606,42 +645,27 @@ fn threads_hand_keep_alive_connections_back_without_losing_or_mixing_a_request()
     let server = Server::start("app", &["--workers", "1", "--threads", "4"]);
     let worker = server.wait_workers(1, START_TIMEOUT)[0];
     let before = calls(&server);
-    let addr = server.addr;
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            std::thread::spawn(move || -> Result<(), String> {
-                let mut client = KeepAlive::new(addr);
-                for i in 0..EACH {
-                    // A few requests wait, so that threads overlap and hand back out of order.
-                    let (path, query) = if i % 25 == 0 {
-                        ("/sleep", format!("s=0.01&c={c}&i={i}"))
-                    } else {
-                        ("/environ", format!("c={c}&i={i}"))
-                    };
-                    let response = client
-                        .get(&format!("{path}?{query}"))
-                        .map_err(|e| format!("client {c} request {i}: {e}"))?;
-                    let text = response.text();
-                    let expected = if path == "/sleep" {
-                        text == format!("slept {worker}")
-                    } else {
-                        text.contains(&format!("\"QUERY_STRING\": \"{query}\""))
-                            && text.contains("\"wsgi.multithread\": true")
-                    };
-                    if response.status != 200 || !expected {
-                        return Err(format!(
-                            "client {c} request {i}: {} {text}",
-                            response.status
-                        ));
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for client in clients {
-        client.join().unwrap().unwrap();
-    }
+    keep_alive_clients(
+        server.addr,
+        CLIENTS,
+        EACH,
+        |c, i| {
+            // A few requests wait, so that threads overlap and hand back out of order.
+            if i % 25 == 0 {
+                format!("/sleep?s=0.01&c={c}&i={i}")
+            } else {
+                format!("/environ?c={c}&i={i}")
+            }
+        },
+        move |path, text| match path.split_once('?') {
+            Some(("/sleep", _)) => text == format!("slept {worker}"),
+            Some((_, query)) => {
+                text.contains(&format!("\"QUERY_STRING\": \"{query}\""))
+                    && text.contains("\"wsgi.multithread\": true")
+            }
+            None => false,
+        },
+    );
     assert_eq!(
         calls(&server),
         before + (CLIENTS * EACH) as u64 + 1,
@@ -678,32 +702,16 @@ fn a_pass_that_reads_many_connections_first_answers_each_its_own_requests() {
             })
         })
         .collect();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            std::thread::spawn(move || -> Result<(), String> {
-                let mut client = KeepAlive::new(addr);
-                for i in 0..EACH {
-                    let query = format!("c={c}&i={i}");
-                    let response = client
-                        .get(&format!("/environ?{query}"))
-                        .map_err(|e| format!("client {c} request {i}: {e}"))?;
-                    let text = response.text();
-                    if response.status != 200
-                        || !text.contains(&format!("\"QUERY_STRING\": \"{query}\""))
-                    {
-                        return Err(format!(
-                            "client {c} request {i}: {} {text}",
-                            response.status
-                        ));
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for client in clients {
-        client.join().unwrap().unwrap();
-    }
+    keep_alive_clients(
+        addr,
+        CLIENTS,
+        EACH,
+        |c, i| format!("/environ?c={c}&i={i}"),
+        |path, text| match path.split_once('?') {
+            Some((_, query)) => text.contains(&format!("\"QUERY_STRING\": \"{query}\"")),
+            None => false,
+        },
+    );
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let left: usize = quitters.into_iter().map(|q| q.join().unwrap()).sum();
     assert!(left > 0, "no client left mid-request during the run");
