@@ -373,11 +373,11 @@ def scenario(key: str, title: str, app: str, path: str, servers: List[str], wrk_
             continue
         rps, p50, p99, errors, cpu_us, busy = result
         ratio = ""
-        paired = sorted(r[servers[0]][0] / r[name][0] for r in rounds
-                        if servers[0] in r and name in r and r[name][0] > 0)
+        paired = [r[servers[0]][0] / r[name][0] for r in rounds
+                  if servers[0] in r and name in r and r[name][0] > 0]
         if paired and name != servers[0]:
             ratios[name] = median(paired)
-            ratio = f"{ratios[name]:.2f}x ({paired[0]:.2f}-{paired[-1]:.2f})"
+            ratio = f"{ratios[name]:.2f}x ({min(paired):.2f}-{max(paired):.2f})"
             target = (targets or {}).get(name)
             if target:
                 ratio += " (target >= %.1fx: %s)" % (target, "met" if ratios[name] >= target else "NOT met")
