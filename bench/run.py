@@ -10,11 +10,12 @@
 Scenarios: hello, close, close-limit (Connection: close at a 0.5 CPU cgroup quota), django,
 asgi (10 KB GET), ws (WebSocket echo), channels (a Channels echo consumer), django-asgi (a Django
 async view, the sync view under ASGI, and under WSGI), sse (1,000 server-sent-event streams),
-static, threads, db (Django ORM views on the local PostgreSQL), spread, memory, consume (AMQP
-against the local RabbitMQ, bench/consume.py).
+static, threads, db (Django ORM views on the local PostgreSQL, psycopg 3, and the read with
+psycopg2; or one of them: db-read, db-read-conn0, db-write, db-read-psycopg2), spread, memory,
+consume (AMQP against the local RabbitMQ, bench/consume.py).
 
 Sets up the peers itself (gunicorn, granian, pyuwsgi, uvicorn, hypercorn, daphne, Django, Channels,
-psycopg into target/bench-venv; wrk from Debian if missing), builds hurricane and the bench's own
+psycopg, psycopg2 into target/bench-venv; wrk from Debian if missing), builds hurricane and the bench's own
 WebSocket and SSE load clients (bench/wsload) in release mode, then for each scenario starts each
 server with one worker, pinned to CPU 0, with the load pinned to CPU 1. Prints one markdown table
 per scenario (rate, p50, p99, CPU, hurricane / peer), ready for docs/PERFORMANCE.md, and appends the
@@ -45,7 +46,7 @@ VENV = ROOT / "target" / "bench-venv"
 APPS = ROOT / "bench" / "apps"
 HURRICANE = ROOT / "target" / "release" / "hurricane"
 PEERS = ["gunicorn", "granian", "pyuwsgi", "django", "uvicorn[standard]", "websockets", "uvloop", "hypercorn",
-         "daphne", "channels", "psycopg[binary]"]
+         "daphne", "channels", "psycopg[binary]", "psycopg2-binary"]
 # The load clients wrk cannot replace (WebSocket echo, many SSE streams): bench/wsload, built here.
 WSLOAD_DIR = ROOT / "target" / "wsload"
 WSLOAD = WSLOAD_DIR / "release" / "wsload"
@@ -69,10 +70,14 @@ def log(msg: str) -> None:
 
 
 def setup() -> None:
-    if not all((VENV / "bin" / tool).exists() for tool in ("granian", "uvicorn", "hypercorn", "daphne")):
+    # The venv is keyed by the list of what it holds: a peer added to PEERS is installed next run.
+    marker = VENV / "bench-peers.txt"
+    wanted = "\n".join(PEERS)
+    if not marker.exists() or marker.read_text() != wanted:
         log(f"setting up {VENV} with {', '.join(PEERS)}")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", *PEERS], check=True)
+        marker.write_text(wanted)
     if shutil.which("wrk") is None:
         log("installing wrk (Debian)")
         subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
@@ -608,9 +613,22 @@ def asgi_scenarios(wanted: set) -> None:
                  unit="events/s")
 
 
-def db_scenarios() -> None:
+# key -> (title, path, CONN_MAX_AGE, driver): issue 25's database views.
+DB_SCENARIOS = {
+    "db-read": ("Django ORM read of 10 rows, PostgreSQL, CONN_MAX_AGE=600", "/db/read", "600", "psycopg"),
+    "db-read-conn0": ("Django ORM read of 10 rows, PostgreSQL, CONN_MAX_AGE=0 (Django's default)", "/db/read", "0",
+                      "psycopg"),
+    "db-write": ("Django ORM insert of one row, PostgreSQL, CONN_MAX_AGE=600", "/db/write", "600", "psycopg"),
+    "db-read-psycopg2": ("Django ORM read of 10 rows, PostgreSQL, CONN_MAX_AGE=600, psycopg2", "/db/read", "600",
+                         "psycopg2"),
+}
+
+
+def db_scenarios(only: Optional[set] = None) -> None:
     """Issue 25: Django views on the local PostgreSQL, at each server's defaults (hurricane's is
-    --threads auto) and its best thread setting."""
+    --threads auto) and its best thread setting; psycopg 3 (what Django takes when both import) and
+    the read again with psycopg2, which waits for a query inside libpq's blocking call (the GIL
+    released around all of it) where psycopg 3 waits in its own loop. `only`: these keys, else all."""
     postgres_setup()
     servers = ["hurricane", "hurricane (--threads 1)", "hurricane (--threads 8)", "granian",
                "granian (--blocking-threads 8)", "gunicorn sync", "gunicorn gthread"]
@@ -618,14 +636,12 @@ def db_scenarios() -> None:
                "granian (--blocking-threads 8)": {"blocking_threads": "8"},
                "gunicorn gthread": {"threads": "8"}}
     targets = {"granian": 1.2, "granian (--blocking-threads 8)": 1.2}
-    for key, title, path, age in (
-            ("db-read", "Django ORM read of 10 rows, PostgreSQL, CONN_MAX_AGE=600", "/db/read", "600"),
-            ("db-read-conn0", "Django ORM read of 10 rows, PostgreSQL, CONN_MAX_AGE=0 (Django's default)",
-             "/db/read", "0"),
-            ("db-write", "Django ORM insert of one row, PostgreSQL, CONN_MAX_AGE=600", "/db/write", "600")):
+    for key, (title, path, age, driver) in DB_SCENARIOS.items():
+        if only and key not in only:
+            continue
         scenario(key, title, "benchsite.wsgi", path, servers, options=options, targets=targets, alone=True,
                  env={"DJANGO_SETTINGS_MODULE": "benchsite.settings", "BENCH_DB": "postgres",
-                      "BENCH_CONN_MAX_AGE": age})
+                      "BENCH_CONN_MAX_AGE": age, "BENCH_PG_DRIVER": driver})
 
 
 # The regression gate: bench/floors.json holds, per scenario, the least ratio hurricane / peer each
@@ -700,7 +716,7 @@ def print_history() -> None:
 
 
 SCENARIO_NAMES = ["hello", "close", "close-limit", "django", "asgi", "ws", "channels", "django-asgi", "sse", "static",
-                  "threads", "db", "spread", "memory", "consume"]
+                  "threads", "db", *DB_SCENARIOS, "spread", "memory", "consume"]
 
 
 def main() -> None:
@@ -766,6 +782,8 @@ def main() -> None:
                  extra={"threads": "8"}, targets={"gunicorn gthread": 1.0})
     if not wanted or "db" in wanted:
         db_scenarios()
+    elif wanted & set(DB_SCENARIOS):
+        db_scenarios(wanted & set(DB_SCENARIOS))
     if not wanted or "spread" in wanted:
         fair_spread()
     if not wanted or "memory" in wanted:

@@ -3,9 +3,11 @@
 With BENCH_DB=postgres the `db` scenario's views read and write the local PostgreSQL
 (127.0.0.1:5432, trust auth, database hurricane_bench, made by bench/run.py) with psycopg 3;
 BENCH_CONN_MAX_AGE is Django's CONN_MAX_AGE (600: persistent connections; 0, Django's default: a
-new connection per request)."""
+new connection per request). BENCH_PG_DRIVER=psycopg2 makes Django use psycopg2 instead (it takes
+psycopg 3 whenever that imports)."""
 
 import os
+import sys
 
 SECRET_KEY = "bench-only-not-secret"
 DEBUG = False
@@ -18,6 +20,8 @@ MIDDLEWARE = [
 ]
 DATABASES = {}
 if os.environ.get("BENCH_DB") == "postgres":
+    if os.environ.get("BENCH_PG_DRIVER") == "psycopg2":
+        sys.modules["psycopg"] = None  # type: ignore[assignment]  # Django's backend then imports psycopg2
     DATABASES["default"] = {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": "hurricane_bench",
