@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -672,6 +673,141 @@ fn threads_hand_keep_alive_connections_back_without_losing_or_mixing_a_request()
         "every request reached the app once"
     );
     assert_eq!(server.worker_pids(), vec![worker]);
+}
+
+/// With a pool, a thread keeps the keep-alive connection it finished with in the pool's own epoll,
+/// and whichever thread wakes for its next request reads and runs it (http/threads.py): checked
+/// here with no event loop running at all (tests/apps/pool_idle.py). A plain request and a POST
+/// with its body run on a pool thread; half a head, a pipeline and a closed client go to the loop
+/// with their bytes; a connection the loop closed while idle is never touched by a thread again.
+#[test]
+fn pool_threads_serve_their_idle_keep_alive_connections_without_the_loop() {
+    let script = apps_dir().join("pool_idle.py");
+    let out = output_ok(
+        Command::new(test_venv_python())
+            .arg(&script)
+            .arg(root().join("python")),
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expect = serde_json::json!({
+        "idle": [true, true],
+        "served": [true, "/one ", "/two body"],
+        "idle_again": true,
+        "half": [true, "reading", "GET /half HTTP/1.1\r\n", false],
+        "pipeline": [true, "reading", 2],
+        "gone": [true, "closed"],
+        "closed_by_loop": [true, true, true],
+    });
+    assert_eq!(answer, expect);
+}
+
+/// The next `n` Content-Length-framed responses on `stream` (panics on a close or a timeout).
+fn read_responses(stream: &mut TcpStream, n: usize) -> Vec<Response> {
+    let mut data = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while out.len() < n {
+        if let Some((response, used)) = parse_framed(&data) {
+            data.drain(..used);
+            out.push(response);
+            continue;
+        }
+        let got = stream.read(&mut chunk).expect("a response");
+        assert!(got > 0, "closed after {} responses", out.len());
+        data.extend_from_slice(&chunk[..got]);
+    }
+    out
+}
+
+/// The same through the real worker: between requests a pool's keep-alive connection waits in
+/// the pool, and still a request in two halves, a POST, a pipeline and a bad head on it are
+/// answered as the loop answers them; it is closed when idle past --keep-alive, and on TERM an
+/// idle one does not hold the drain.
+#[test]
+fn a_pools_idle_connections_are_answered_swept_and_drained() {
+    let mut server = Server::start(
+        "app",
+        &["--workers", "1", "--threads", "2", "--keep-alive", "2"],
+    );
+    let worker = server.wait_workers(1, START_TIMEOUT)[0];
+    let before = calls(&server);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let query = |r: &Response| {
+        let env: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        (env["QUERY_STRING"].clone(), env["wsgi.multithread"].clone())
+    };
+    stream
+        .write_all(b"GET /environ?n=1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let first = read_responses(&mut stream, 1);
+    assert_eq!(query(&first[0]), ("n=1".into(), true.into()));
+    std::thread::sleep(Duration::from_millis(50));
+    stream.write_all(b"GET /environ?n=2 HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    stream.write_all(b"Host: t\r\n\r\n").unwrap();
+    let halves = read_responses(&mut stream, 1);
+    assert_eq!(query(&halves[0]), ("n=2".into(), true.into()));
+    std::thread::sleep(Duration::from_millis(50));
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello pool")
+        .unwrap();
+    assert_eq!(read_responses(&mut stream, 1)[0].text(), "hello pool");
+    std::thread::sleep(Duration::from_millis(50));
+    stream
+        .write_all(b"GET /environ?n=3 HTTP/1.1\r\nHost: t\r\n\r\nGET /environ?n=4 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let pipelined = read_responses(&mut stream, 2);
+    assert_eq!(query(&pipelined[0]).0, "n=3");
+    assert_eq!(query(&pipelined[1]).0, "n=4");
+    // Idle past --keep-alive (2 s): closed quietly.
+    let idle = Instant::now();
+    let mut rest = Vec::new();
+    assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+    assert!(
+        idle.elapsed() > Duration::from_millis(1500) && idle.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        idle.elapsed()
+    );
+    // A bad head on a connection that waited in the pool: refused, and the app never sees it.
+    let mut bad = TcpStream::connect(server.addr).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    bad.write_all(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_responses(&mut bad, 1)[0].text(), worker.to_string());
+    std::thread::sleep(Duration::from_millis(50));
+    bad.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n")
+        .unwrap();
+    let mut refused = String::new();
+    bad.read_to_string(&mut refused).unwrap();
+    assert!(refused.starts_with("HTTP/1.1 400 "), "{refused:?}");
+    assert_eq!(
+        calls(&server),
+        before + 6 + 1,
+        "every request reached the app once, the bad one never"
+    );
+    // TERM with an idle connection in the pool: it is closed within the drain's grace.
+    let mut held = TcpStream::connect(server.addr).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    held.write_all(b"GET /pid HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    read_responses(&mut held, 1);
+    let term = Instant::now();
+    server.signal(libc::SIGTERM);
+    let mut rest = Vec::new();
+    assert_eq!(held.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(10)).unwrap().code(),
+        Some(0)
+    );
+    assert!(
+        term.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        term.elapsed()
+    );
 }
 
 /// Without a pool, a pass of the event loop reads every ready connection before it runs their

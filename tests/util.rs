@@ -566,7 +566,7 @@ impl KeepAlive {
 }
 
 /// One complete Content-Length-framed response at the start of `data`, and how many bytes it took.
-fn parse_framed(data: &[u8]) -> Option<(Response, usize)> {
+pub fn parse_framed(data: &[u8]) -> Option<(Response, usize)> {
     let end = data.windows(4).position(|w| w == b"\r\n\r\n")?;
     let response = parse_response(&data[..end + 4], true)?;
     let len: usize = response.header("content-length")?.parse().ok()?;

@@ -48,6 +48,7 @@ from hurricane.http.wire import (
     EPOLLIN,
     EPOLLOUT,
     IN_THREAD,
+    POOL_IDLE,
     READING,
     RECV_SIZE,
     SENDING,
@@ -133,6 +134,7 @@ class Server(WsgiCall, ThreadHandoff):
         # _count_lock); the difference is what the pool holds.
         self._submitted = 0
         self._returned = 0
+        self._app: Optional[Callable] = None  # set by serve(): what a pool thread runs for a request it read
         self._paused = False  # --threads: every thread busy, the siblings take new connections
         self._epoll: Any = None
         self._count_lock = threading.Lock()
@@ -194,6 +196,7 @@ class Server(WsgiCall, ThreadHandoff):
         return wake_r
 
     def serve(self, app: Callable) -> int:
+        self._app = app
         listener = self._listener()
         wake_r = self._wakeup()
 
@@ -390,9 +393,16 @@ class Server(WsgiCall, ThreadHandoff):
         conn.state = state
 
     def _close(self, conn: Conn, epoll: Any) -> None:
-        if conn.state is CLOSED:
+        state = conn.state
+        if state is CLOSED:
             return
-        conn.state = CLOSED
+        if state is POOL_IDLE:
+            with self._count_lock:  # a pool thread may be taking it (threads.py, _claim)
+                if conn.state is not POOL_IDLE:
+                    return  # it did: its request runs, the thread settles it
+                conn.state = CLOSED
+        else:
+            conn.state = CLOSED
         if self.conns.get(conn.fd) is conn:
             del self.conns[conn.fd]
         if conn.events:
@@ -419,6 +429,12 @@ class Server(WsgiCall, ThreadHandoff):
         write_limit = now - self.write_timeout_s if self.write_timeout_s > 0 else -1.0
         for conn in list(self.conns.values()):
             state = conn.state
+            if state is POOL_IDLE or state is IN_THREAD:
+                # The pool's: only closed when idle (under the claim lock, in _close); a thread
+                # may have taken it since the table was copied.
+                if state is POOL_IDLE and conn.last < limit and not has_input(conn.sock):
+                    self._close(conn, epoll)
+                continue
             if state is SENDING or state is CLOSING:
                 if conn.last < write_limit:
                     self.reject_log.write_timeout(conn.addr, sum(len(d) for d in conn.parked))
@@ -616,8 +632,10 @@ class Server(WsgiCall, ThreadHandoff):
         return CLOSING if conn.parked else CLOSED
 
     def _handle(self, conn: Conn, head: bytes, body_start: int, app: Callable, parsed: tuple,
-                ready_body: Any) -> State:
-        """Run one parsed request; `ready_body` is its body read on the loop, if it was."""
+                ready_body: Any, started: float = 0.0) -> State:
+        """Run one parsed request; `ready_body` is its body read on the loop, if it was. `started`:
+        when a pool thread read it (threads.py, _serve_idle), which runs it where it is; 0 on the
+        loop, whose clock is the request's start."""
         template, method, version11, keep_alive, _chunked, length, _expect, target = parsed
         env = template.copy()
         conn.buf = conn.buf[body_start:]
@@ -645,16 +663,17 @@ class Server(WsgiCall, ThreadHandoff):
             path_info = env["PATH_INFO"]
             for mount in self.mounts:
                 if mount.matches(path_info):
-                    return self._serve_static(conn, mount, env, target, version11, keep_alive, body)
+                    return self._serve_static(conn, mount, env, target, version11, keep_alive, body, started)
         if self.pool is not None:
             env["wsgi.multithread"] = True
-            self._hand_off(conn, self._in_thread, conn, app, env, method, version11, keep_alive, body)
-            return IN_THREAD
-        return self._run_app(conn, app, env, method, version11, keep_alive, body)
+            if not started:
+                self._hand_off(conn, self._in_thread, conn, app, env, method, version11, keep_alive, body)
+                return IN_THREAD
+        return self._run_app(conn, app, env, method, version11, keep_alive, body, started)
 
     def _serve_static(
         self, conn: Conn, mount: Any, env: Dict[str, Any], target: bytes,
-        version11: bool, keep_alive: bool, body: Any,
+        version11: bool, keep_alive: bool, body: Any, started: float,
     ) -> State:
         # A body sent to a static file is never read: the connection ends after the response
         # rather than parse that body as the next request.
@@ -672,7 +691,7 @@ class Server(WsgiCall, ThreadHandoff):
                 left = ex.send_range(head, reply.fd, reply.offset, reply.count)
                 if left:
                     start = reply.offset + reply.count - left
-                    request = Request(env, method, self.now, None, reply.fd)
+                    request = Request(env, method, started or self.now, None, reply.fd)
                     tail = Tail(ex, None, reply.fd, start, left, request)
         except ClientGone:
             ex.keep_alive = False
@@ -682,7 +701,7 @@ class Server(WsgiCall, ThreadHandoff):
         if tail is not None:
             conn.tail = tail  # the rest of the file goes out as the client reads (sendfile)
             return SENDING
-        self._count(env, ex, time.monotonic() - self.now)
+        self._count(env, ex, time.monotonic() - (started or self.now))
         if conn.parked:
             return SENDING if ex.keep_alive else CLOSING
         return READING if ex.keep_alive else CLOSED

@@ -1,73 +1,122 @@
-"""--threads: a request handed to a thread of the pool, and its connection taken back by the event
-loop when the thread is done. Mixed into ``server.Server``.
+"""--threads: the app's pool, whose threads also serve the keep-alive connections they finished
+with. Mixed into ``server.Server``.
 
 Why apart: while the app runs on the loop (``--threads 1``, or ``auto`` until the governor sees the
 app wait: http/governor.py) none of this runs; with a pool, the event loop never waits for the app.
 
-Why a thread gives the common connection back itself: a keep-alive connection whose response is all
-out and that has nothing more buffered only needs watching for its next request. The thread puts it
-back in the loop's table and re-adds it to epoll (``_rearm``), without waking the loop: a wakeup,
-two syscalls and a hand-over of the GIL saved on every request; the loop sees the connection again
-when its next request arrives. Anything else (a pipelined request, a parked response, a close, a
-worker stopping) goes the long way: the connection and its state are appended to ``_done`` (an
-atomic deque append) and the loop, woken, settles it.
+Why the threads watch their own connections: a keep-alive connection whose response is all out and
+that has nothing more buffered only waits for its next request. Handed back to the loop, that next
+request cost the loop a wakeup, a read, a parse, an epoll_ctl and a hand-over to a thread through a
+queue, with the GIL passed from thread to loop to thread: about a tenth of a database view's CPU
+(docs/PERFORMANCE.md, session 19). Instead the thread that finished it puts it in the pool's own
+epoll (``Pool.watch``, EPOLLONESHOT: one thread wakes for it), and whichever thread wakes reads the
+request and runs it where it is (``_serve_idle``). A connection there is ``POOL_IDLE`` and stays in
+the loop's table, where its sweep closes it when idle past --keep-alive; a thread takes it
+(``_claim``) or the loop closes it (``Server._close``) under ``_count_lock``, so never both.
+
+Only a plain request, all in one read (a head, and its body if it has a Content-Length), runs on
+the thread; anything else (half a head, a pipeline, a chunked or late body, an Expect, a bad head, a
+close, a worker stopping) goes the long way: the connection and its state are appended to
+``_done`` (an atomic deque append) and the loop, woken, settles it as it settles everything else.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import queue
+import select
 import threading
 import time
-from typing import Any, Callable, Dict, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Tuple
 
 from hurricane.http.governor import Governor
 from hurricane.http.rejections import HTTPError
-from hurricane.http.wire import CLOSED, EPOLLIN, IN_THREAD, READING, ClientGone, Conn, register
+from hurricane.http.request import HEAD_CACHE
+from hurricane.http.wire import (
+    CLOSED,
+    IN_THREAD,
+    POOL_IDLE,
+    READING,
+    RECV_SIZE,
+    ClientGone,
+    Conn,
+    State,
+    register,
+)
 from hurricane.log import log_line as _log_line
+
+_ONESHOT_IN = select.EPOLLIN | select.EPOLLONESHOT
+_monotonic = time.monotonic
 
 
 class Pool:
-    """The app's threads, each taking the next call from one queue.
+    """The app's threads. Each waits on the pool's epoll for a call the loop queued (a byte on a
+    pipe, then the call from a deque) or for one of the pool's idle connections to become readable.
 
-    Why not concurrent.futures: a ThreadPoolExecutor makes a Future and a work item and takes two
-    Python-level semaphores per call (4.2 us a call here, against 0.2 through a SimpleQueue), and
-    nothing here waits for a result. Threads start as calls need them, up to ``size``; they are
-    daemons, so a worker past its drain deadline exits without waiting for a request that hangs.
+    Why not a queue the threads block on: a thread blocks in one place, and it must also wait for
+    its connections; a pipe in the same epoll costs a write and a read a call, as a queue's futex
+    wake and wait did. Why not concurrent.futures: a ThreadPoolExecutor makes a Future and a work
+    item and takes two Python-level semaphores per call, and nothing here waits for a result.
+    Threads start with the first call, all of them: the connections they watch are served by
+    whichever is free, so a pool started one thread at a time could stay at one. They are daemons,
+    so a worker past its drain deadline exits without waiting for a request that hangs.
     """
 
-    def __init__(self, size: int, name: str) -> None:
+    def __init__(self, size: int, name: str, on_readable: Callable[[int], None]) -> None:
         self.size = size
         self.name = name
         self.started = 0
-        self._calls: "queue.SimpleQueue[Tuple[Callable[..., None], Tuple[Any, ...]]]" = queue.SimpleQueue()
+        self.epoll = select.epoll()
+        self._on_readable = on_readable
+        self._calls: Deque[Tuple[Callable[..., None], Tuple[Any, ...]]] = deque()
+        self._calls_r, self._calls_w = os.pipe()
+        os.set_blocking(self._calls_r, False)  # a thread woken for a call another one took reads nothing
+        self.epoll.register(self._calls_r, select.EPOLLIN)
 
-    def submit(self, busy: int, call: Callable[..., None], *args: Any) -> None:
-        """Queue ``call(*args)``. ``busy``: the calls queued or running, this one included; a
-        thread starts while there are more of them than threads."""
-        if busy > self.started and self.started < self.size:
-            self.started += 1
-            threading.Thread(target=self._run, name=f"{self.name}-{self.started}", daemon=True).start()
-        self._calls.put((call, args))
+    def submit(self, call: Callable[..., None], *args: Any) -> None:
+        """Queue ``call(*args)`` for the next free thread."""
+        if not self.started:
+            for number in range(1, self.size + 1):
+                threading.Thread(target=self._run, name=f"{self.name}-{number}", daemon=True).start()
+            self.started = self.size
+        self._calls.append((call, args))  # before the byte: a thread that reads it finds the call
+        os.write(self._calls_w, b"x")
+
+    def watch(self, fd: int) -> None:
+        """Wake one thread when ``fd`` is readable, once; the next watch() arms it again."""
+        try:
+            self.epoll.modify(fd, _ONESHOT_IN)
+        except FileNotFoundError:
+            self.epoll.register(fd, _ONESHOT_IN)
 
     def _run(self) -> None:
-        get = self._calls.get
+        poll = self.epoll.poll
+        calls = self._calls
+        calls_r = self._calls_r
+        on_readable = self._on_readable
         while True:
-            call, args = get()
-            try:
-                call(*args)
-            except BaseException:  # noqa: BLE001, S110 - each call reports its own errors; the thread lives on
-                pass
+            for fd, _ in poll(-1, 1):
+                try:
+                    if fd != calls_r:
+                        on_readable(fd)
+                        continue
+                    try:
+                        os.read(calls_r, 1)
+                    except BlockingIOError:
+                        continue
+                    call, args = calls.popleft()
+                    call(*args)
+                except BaseException:  # noqa: BLE001, S110 - each call reports its own errors; the thread lives on
+                    pass
 
 
 class ThreadHandoff:
     """The --threads side of ``Server``."""
 
-    @staticmethod
-    def _new_pool(threads: int) -> Pool:
+    def _new_pool(self, threads: int) -> Pool:
         """The pool the app runs on, for --threads N and for auto once the governor starts one."""
-        return Pool(threads, "hurricane-app")
+        return Pool(threads, "hurricane-app", self._serve_idle)
 
     def _start_pool(self, governor: Governor) -> None:
         """--threads auto: the governor saw the app wait; from the next request on, it runs on a
@@ -83,18 +132,19 @@ class ThreadHandoff:
 
     def _hand_off(self, conn: Conn, call: Callable[..., None], *args: Any) -> None:
         """Run ``call(*args)`` for ``conn`` on the pool. The loop lets go of the connection first
-        (epoll and its table): the thread may hand it back (``_rearm``) before this returns."""
+        (epoll and its table): the thread may hand it back before this returns."""
         register(self._epoll, conn, 0)
         self.conns.pop(conn.fd, None)
         conn.state = IN_THREAD
-        self._submitted += 1
-        self.pool.submit(self._submitted - self._returned, call, *args)
+        with self._count_lock:
+            self._submitted += 1
+        self.pool.submit(call, *args)
 
     def _in_thread(
         self, conn: Conn, app: Callable, env: Dict[str, Any], method: str,
         version11: bool, keep_alive: bool, body: Any,
     ) -> None:
-        """--threads: run one request off the event loop, then hand the connection back."""
+        """--threads: run one request off the event loop, then keep or hand back the connection."""
         state = CLOSED
         try:
             state = self._run_app(conn, app, env, method, version11, keep_alive, body)
@@ -105,27 +155,87 @@ class ThreadHandoff:
         except BaseException:  # noqa: BLE001 - a thread must always hand its connection back
             self._log_app_error(env)
         finally:
-            if state is READING and not conn.buf and not conn.parked and not self.stopping:
-                self._rearm(conn)
-            else:
-                self._done.append((conn, state))  # deque.append is atomic: no lock needed
-                self._wake()
+            self._let_go(conn, state)
+
+    def _serve_idle(self, fd: int) -> None:
+        """A pool thread: one of the pool's idle connections is readable. Its request runs here if
+        it is a plain one all in this read; the loop gets anything else."""
+        conn = self.conns.get(fd)
+        if conn is None or not self._claim(conn):
+            return  # closed by the loop meanwhile, or another connection now has its number
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            self._rearm(conn)
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._let_go(conn, CLOSED)
+            return
+        conn.buf = data
+        end = data.find(b"\r\n\r\n")
+        parsed = None
+        if end > 0 and data[0] not in b"\r\n":
+            head = data[:end]
+            parsed = HEAD_CACHE.get(head)
+            if parsed is None:
+                try:
+                    parsed = self.parser.parse(head)
+                except HTTPError:
+                    parsed = None  # the loop parses it again and refuses it, logged and counted there
+            if parsed is not None and (parsed[4] or parsed[6] or len(data) != end + 4 + parsed[5]):
+                parsed = None  # chunked, Expect: 100-continue, a body not all here, or a pipeline
+        if parsed is None:
+            self._let_go(conn, READING)
+            return
+        now = _monotonic()
+        conn.last = now
+        state = CLOSED
+        try:
+            state = self._handle(conn, head, end + 4, self._app, parsed, None, now)
+        except HTTPError as exc:
+            state = self._reject(conn, exc.reason)
+        except ClientGone:
+            pass
+        except BaseException:  # noqa: BLE001 - a thread must always hand its connection back
+            self._log_app_error({})
+        finally:
+            self._let_go(conn, state)
+
+    def _claim(self, conn: Conn) -> bool:
+        """A thread takes one of the pool's idle connections, unless the loop closed it first."""
+        with self._count_lock:
+            if conn.state is not POOL_IDLE:
+                return False
+            conn.state = IN_THREAD
+            self._submitted += 1
+            self.conns.pop(conn.fd, None)
+        return True
+
+    def _let_go(self, conn: Conn, state: State) -> None:
+        """A thread is done with ``conn``: it waits for its next request in the pool, or the loop
+        settles it (a close, a parked response, buffered bytes, a worker stopping)."""
+        if state is READING and not conn.buf and not conn.parked and not self.stopping:
+            self._rearm(conn)
+        else:
+            self._done.append((conn, state))  # deque.append is atomic: no lock needed
+            self._wake()
 
     def _rearm(self, conn: Conn) -> None:
-        """A thread's keep-alive connection, all answered and nothing more buffered: back in the
-        loop's table, then watched for its next request; the loop is not woken (unless it paused
-        accepting until a thread is free). The table first: once epoll watches the socket, the
-        loop may serve its next request at once. The loop closes a connection it holds only past
-        a drain deadline or idle past --keep-alive (this one was just used), and a closed one
-        makes ``register`` fail here, which is then all there is to do."""
-        conn.last = time.monotonic()
-        conn.state = READING
-        conn.events = EPOLLIN
-        self.conns[conn.fd] = conn
+        """A thread's keep-alive connection, all answered and nothing more buffered: idle in the
+        pool, in the loop's table for its sweep; the loop is not woken (unless it paused accepting
+        until a thread is free). The table first: once the pool watches the socket, a thread may
+        take it at once. The loop closes a connection it holds only past a drain deadline or idle
+        past --keep-alive (this one was just used); if it did, ``watch`` fails on the closed socket
+        or arms another connection's number, which ``_claim`` then leaves alone."""
+        conn.last = _monotonic()
         with self._count_lock:
+            conn.state = POOL_IDLE
+            self.conns[conn.fd] = conn
             self._returned += 1
         try:
-            self._epoll.register(conn.fd, EPOLLIN)
+            self.pool.watch(conn.fd)
         except (OSError, ValueError):
             pass
         if self._paused:

@@ -58,6 +58,7 @@ class State(enum.Enum):
     SENDING = "sending"  # a response waits for the client to read: epoll OUT, then READING
     CLOSING = "closing"  # the last response waits for the client to read: epoll OUT, then CLOSED
     IN_THREAD = "in_thread"  # --threads: a thread owns it; not in epoll, not in the loop's table
+    POOL_IDLE = "pool_idle"  # --threads: waiting for a request in the pool's epoll; the loop only sweeps it
     CLOSED = "closed"
 
 
@@ -65,6 +66,7 @@ READING = State.READING
 SENDING = State.SENDING
 CLOSING = State.CLOSING
 IN_THREAD = State.IN_THREAD
+POOL_IDLE = State.POOL_IDLE
 CLOSED = State.CLOSED
 
 
@@ -411,12 +413,7 @@ def register(epoll: Any, conn: Conn, events: int) -> None:
         except OSError:
             pass
     elif not current:
-        try:
-            epoll.register(conn.fd, events)
-        except FileExistsError:
-            # A pool thread re-added this fd number for a connection the loop had just closed
-            # (threads.py, _rearm): the registration is this connection's now.
-            epoll.modify(conn.fd, events)
+        epoll.register(conn.fd, events)
     else:
         epoll.modify(conn.fd, events)
     conn.events = events

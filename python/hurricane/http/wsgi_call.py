@@ -50,18 +50,20 @@ class WsgiCall:
 
     def _run_app(
         self, conn: Conn, app: Callable, env: Dict[str, Any], method: str,
-        version11: bool, keep_alive: bool, body: Any,
+        version11: bool, keep_alive: bool, body: Any, started: float = 0.0,
     ) -> State:
         ex = Exchange(conn, version11, method == "HEAD", keep_alive, self.stopping, self._hold)
         activity = self.activity
-        # The loop's clock (read once per wakeup) is precise enough for --timeout and saves a call.
+        # The loop's clock (read once per wakeup) is precise enough for --timeout and saves a call;
+        # a pool thread that read the request itself passes its own.
         threaded = self.pool is not None
-        started = self.now
+        if not started:
+            started = self.now
         if threaded:
             ident = threading.get_ident()
-            activity.inflight[ident] = (self.now, method, env["PATH_INFO"])
+            activity.inflight[ident] = (started, method, env["PATH_INFO"])
         else:
-            activity.current = (self.now, method, env["PATH_INFO"])
+            activity.current = (started, method, env["PATH_INFO"])
         result = None
         tail: Optional[Tail] = None
         # --threads auto: a request on the loop is timed for the governor once per
