@@ -810,6 +810,47 @@ fn a_pools_idle_connections_are_answered_swept_and_drained() {
     );
 }
 
+/// A pool kept busy by keep-alive clients (each next request waits in the pool's epoll) still
+/// gives the next free thread to requests the loop queued, here new connections' first ones: they
+/// wait for a thread, not for a round of every busy connection (http/threads.py, `Pool._run`).
+#[test]
+fn a_busy_pool_runs_the_requests_the_loop_queued_first() {
+    let server = Server::start("app", &["--workers", "1", "--threads", "2"]);
+    let worker = server.wait_workers(1, START_TIMEOUT)[0];
+    let load = Load::start(server.addr, 16, "/sleep?s=0.02");
+    wait_for(Duration::from_secs(10), || {
+        (calls(&server) > 50).then_some(())
+    })
+    .expect("the keep-alive load runs");
+    let addr = server.addr;
+    let newcomers: Vec<_> = (0..10)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let answer = get(addr, "/pid").map(|r| r.text());
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    let waits: Vec<_> = newcomers
+        .into_iter()
+        .map(|n| {
+            let (answer, waited) = n.join().unwrap();
+            assert_eq!(answer.unwrap(), worker.to_string());
+            waited
+        })
+        .collect();
+    let seen = load.finish();
+    assert!(seen.failures.is_empty(), "{:?}", seen.failures);
+    // Ten 20 ms requests ahead of them on 2 threads is 100 ms; one round of the 16 busy
+    // connections is 160 ms, so ten rounds would be 1.6 s.
+    let slowest = waits.iter().max().unwrap();
+    assert!(
+        *slowest < Duration::from_millis(700),
+        "new connections waited {waits:?}"
+    );
+}
+
 /// Without a pool, a pass of the event loop reads every ready connection before it runs their
 /// requests (http/server.py): 16 keep-alive clients on one worker, with others that connect,
 /// send half a request and leave meanwhile, get every answer for their own request, in order, and

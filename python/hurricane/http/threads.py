@@ -93,22 +93,34 @@ class Pool:
     def _run(self) -> None:
         poll = self.epoll.poll
         calls = self._calls
-        calls_r = self._calls_r
         on_readable = self._on_readable
         while True:
-            for fd, _ in poll(-1, 1):
-                try:
-                    if fd != calls_r:
+            try:
+                # Queued calls first: each is a request the loop already read, older than the
+                # connections that became readable since. Waiting behind them for the pipe's one
+                # entry in epoll's list, they would get a thread once per round of the busy
+                # connections: a pool of 8 under 50 clients kept new connections waiting 0.6 s.
+                if calls and self._take_call():
+                    continue
+                for fd, _ in poll(-1, 1):
+                    if fd != self._calls_r:
                         on_readable(fd)
-                        continue
-                    try:
-                        os.read(calls_r, 1)
-                    except BlockingIOError:
-                        continue
-                    call, args = calls.popleft()
-                    call(*args)
-                except BaseException:  # noqa: BLE001, S110 - each call reports its own errors; the thread lives on
-                    pass
+                    else:
+                        self._take_call()
+            except BaseException:  # noqa: BLE001, S110 - each call reports its own errors; the thread lives on
+                pass
+
+    def _take_call(self) -> bool:
+        """Run the next queued call if this thread gets one's byte; False when every waiting call's
+        byte was taken (their threads run them). A call is appended before its byte is written and
+        a thread pops one only for a byte it read, so the deque always has the call it pops."""
+        try:
+            os.read(self._calls_r, 1)
+        except BlockingIOError:
+            return False
+        call, args = self._calls.popleft()
+        call(*args)
+        return True
 
 
 class ThreadHandoff:
