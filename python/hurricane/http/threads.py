@@ -202,11 +202,9 @@ class ThreadHandoff:
         if parsed is None:
             self._let_go(conn, READING)
             return
-        now = _monotonic()
-        conn.last = now
         state = CLOSED
         try:
-            state = self._handle(conn, head, end + 4, self._app, parsed, None, now)
+            state = self._handle(conn, head, end + 4, self._app, parsed, None, _monotonic())
         except HTTPError as exc:
             state = self._reject(conn, exc.reason)
         except ClientGone:
