@@ -168,6 +168,52 @@ fn hostile_requests_get_their_status_a_closed_connection_and_never_reach_the_app
     );
 }
 
+/// RFC 9112 2.2: empty lines (up to 8 bytes of CR and LF) before a request are ignored, also
+/// between keep-alive requests; any other control byte before the method is refused and never
+/// reaches the app.
+#[test]
+fn empty_lines_before_a_request_are_ignored_and_other_control_bytes_refused() {
+    let server = strict_server();
+    let before = calls(&server);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"\r\nGET /pid HTTP/1.1\r\nHost: x\r\n\r\n\r\n\n\r\nGET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answers = read_responses(&mut stream, 2);
+    assert!(
+        answers.iter().all(|r| r.status == 200),
+        "both requests after empty lines answered: {answers:?}"
+    );
+    // (each read of the counter is a request too)
+    assert_eq!(
+        calls(&server),
+        before + 3,
+        "each request reached the app once"
+    );
+    for lead in [&b"\x0b"[..], b"\x00", b"\t", b"\x0c\r\n"] {
+        let mut raw = lead.to_vec();
+        raw.extend_from_slice(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n");
+        let answer = exchange(&server, &raw);
+        assert!(
+            answer.starts_with("HTTP/1.1 400 "),
+            "{lead:?} before the method: {answer:?}"
+        );
+        assert_eq!(
+            answer.matches("HTTP/1.1 ").count(),
+            1,
+            "{lead:?}: one response, then close: {answer:?}"
+        );
+    }
+    assert_eq!(
+        calls(&server),
+        before + 4,
+        "no refused request reached the app"
+    );
+}
+
 /// Issue 11, point 2: an attack's rejections cannot flood the log.
 #[test]
 fn ten_thousand_bad_requests_leave_a_bounded_log() {

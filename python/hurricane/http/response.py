@@ -260,22 +260,24 @@ class Exchange:
             self.write(body)
             self.finish()
             return
-        head = self._head_bytes(len(body))
+        size = len(body)
+        head = self._head_bytes(size)
         if self.framing is NO_BODY:
             self._send_last(head)  # HEAD, 1xx, 204, 304
             return
-        if len(body) != self.length:
+        if size != self.length:
             # The app declared another length; let write() enforce it.
             conn_send(self.conn, head)
             self.sent = True
             self.write(body)
             self.finish()
             return
-        self.written = len(body)
-        if len(body) <= HOLD_MAX_BYTES:
+        self.written = size
+        if size <= HOLD_MAX_BYTES:
             data = head + body
-            if self.hold is not None and self.keep_alive and len(data) <= HOLD_MAX_BYTES:
-                self.hold(self.conn, data)  # _send_last, inline: this is every small response
+            hold = self.hold
+            if hold is not None and self.keep_alive and len(data) <= HOLD_MAX_BYTES:
+                hold(self.conn, data)  # _send_last, inline: this is every small response
             else:
                 self._send_end(data)
         else:

@@ -578,7 +578,7 @@ class Server(WsgiCall, ThreadHandoff):
                 return READING
             if end > self.max_head:
                 return self._reject(conn, "header_too_large")
-            if end == 0 or buf[0] in b"\r\n":
+            if buf[0] < 14:  # a CR or LF first (end == 0 is one); other control bytes fail the parse
                 stripped = buf.lstrip(b"\r\n")
                 if stripped is not buf and len(buf) - len(stripped) <= 8:
                     conn.buf = stripped

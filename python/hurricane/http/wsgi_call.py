@@ -21,6 +21,7 @@ from hurricane.http.governor import SAMPLE_INTERVAL_S as _SAMPLE_INTERVAL_S
 from hurricane.http.rejections import HTTPError, error_response
 from hurricane.http.request import METRIC_METHODS
 from hurricane.http.response import NO_BODY, Exchange, FileWrapper, Tail
+from hurricane.http.wire import FLUSH_AFTER_S as _FLUSH_AFTER_S
 from hurricane.http.wire import CLOSED, CLOSING, READING, SENDING, ClientGone, Conn, State, send_closing
 from hurricane.log import log_line as _log_line
 
@@ -129,7 +130,8 @@ class WsgiCall:
                 else:
                     activity.current = None
             else:
-                if result is not None and hasattr(result, "close"):
+                # (a list has no close(): the common case skips the attribute search)
+                if type(result) is not list and result is not None and hasattr(result, "close"):
                     try:
                         result.close()
                     except Exception:
@@ -139,8 +141,9 @@ class WsgiCall:
                 if not threaded:
                     # The next request of this pass starts now, not when the loop woke up.
                     self.now = ended
-                    if self.outbox is not None:
-                        self.outbox.expire(ended)
+                    outbox = self.outbox
+                    if outbox is not None and outbox.held and ended - outbox.since >= _FLUSH_AFTER_S:
+                        outbox.flush()  # Outbox.expire, inline
                     if sample_cpu >= 0.0:
                         self.next_sample = ended + _SAMPLE_INTERVAL_S
                         if self.governor.sample(ended - sample_wall, _thread_time() - sample_cpu,
