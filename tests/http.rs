@@ -168,7 +168,7 @@ fn hostile_requests_get_their_status_a_closed_connection_and_never_reach_the_app
     );
 }
 
-/// RFC 9112 2.2: empty lines (up to 8 bytes of CR and LF) before a request are ignored, also
+/// RFC 9112 2.2: empty lines (CRLFs, up to 8 bytes) before a request are ignored, also
 /// between keep-alive requests; any other control byte before the method is refused and never
 /// reaches the app.
 #[test]
@@ -180,7 +180,9 @@ fn empty_lines_before_a_request_are_ignored_and_other_control_bytes_refused() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     stream
-        .write_all(b"\r\nGET /pid HTTP/1.1\r\nHost: x\r\n\r\n\r\n\n\r\nGET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(
+            b"\r\nGET /pid HTTP/1.1\r\nHost: x\r\n\r\n\r\n\r\nGET /pid HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
         .unwrap();
     let answers = read_responses(&mut stream, 2);
     assert!(
