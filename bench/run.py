@@ -659,6 +659,31 @@ def commit() -> str:
     return out.stdout.strip() + ("+changes" if dirty else "")
 
 
+def loop_seconds() -> float:
+    """A fixed pure-Python loop (3 million additions in a function, best of 3) on the server's CPU,
+    timed once a run. Why: the model name does not tell machines apart (two "AMD EPYC" VMs of
+    sessions 19 and 20 differed 2.6x in speed), and a ratio read on a slow, noisy machine is not
+    one read on a fast, quiet one; the history keeps this beside each ratio."""
+    if not _LOOP_S:
+        allowed = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {int(SERVER_CPU)})
+        try:
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                total = 0
+                for i in range(3_000_000):
+                    total += i
+                best = min(best, time.perf_counter() - started)
+        finally:
+            os.sched_setaffinity(0, allowed)
+        _LOOP_S.append(best)
+    return _LOOP_S[0]
+
+
+_LOOP_S: List[float] = []
+
+
 def machine() -> str:
     model = ""
     try:
@@ -666,7 +691,8 @@ def machine() -> str:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
         pass
-    return f"{os.cpu_count()} CPUs {model}, Python {sys.version.split()[0]}"
+    return (f"{os.cpu_count()} CPUs {model}, Python {sys.version.split()[0]} (bench venv), 3M-addition loop "
+            f"{loop_seconds():.3f} s")
 
 
 def record_history(key: str, ratios: Dict[str, float]) -> None:
@@ -744,7 +770,7 @@ def main() -> None:
     static_dir = Path(tempfile.mkdtemp(prefix="hurricane-bench-"))
     (static_dir / "1mib.bin").write_bytes(os.urandom(1 << 20))
     all_servers = ["hurricane", "gunicorn sync", "gunicorn gthread", "uWSGI", "granian"]
-    print(f"\nMachine: {machine()} (bench venv), {time.strftime('%Y-%m-%d')}, commit {commit()}; 1 worker, server "
+    print(f"\nMachine: {machine()}, {time.strftime('%Y-%m-%d')}, commit {commit()}; 1 worker, server "
           f"on CPU {SERVER_CPU}, load (wrk -t1 -c50, or bench/wsload) on CPU {LOAD_CPU}, "
           f"{DURATION_S}s per run after a 2s warm-up, {REPEAT} interleaved rounds: each server's median run, and "
           f"each ratio the median of the rounds' ratios.")
