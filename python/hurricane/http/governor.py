@@ -35,7 +35,9 @@ WARMUP_SAMPLES = 8
 WINDOW_SAMPLES = 32
 # What handing a request to a thread and back costs the worker, in CPU seconds: measured with a
 # Django JSON view, 74 us of CPU a request on the loop against 89-93 on a pool of 4 (a hello world:
-# 5.3 us; before threads gave connections back themselves, http/threads.py, 24 us and 15 us).
+# 5.3 us; before threads gave connections back themselves, http/threads.py, 24 us and 15 us). On
+# session 20's machine the same pool cost 33 us (89 -> 122; docs/PERFORMANCE.md): this is a low
+# estimate, so an app whose waits barely pay for a pool may get one; a view without waits never does.
 HANDOFF_S = 15e-6
 # A pool is started when the median sampled request would run this much faster on one: its wall
 # time over its CPU time plus the hand-off. A Django view reading PostgreSQL at CONN_MAX_AGE=600
