@@ -321,7 +321,9 @@ class Outbox:
         self._unpark = threading.Event()
 
     def hold(self, conn: Conn, data: bytes) -> None:
-        """Hold `data` for `conn`; the loop calls expire() after each request with its clock."""
+        """Hold `data` for `conn`. After each request the loop flushes once the oldest held response
+        is FLUSH_AFTER_S old (that check is inline in wsgi_call.WsgiCall._run_app: it runs for every
+        request); the flusher thread bounds the wait when a slow request keeps the loop away."""
         _OUT_LOCK.acquire()  # not `with`: this runs for every small response, and `with` costs 2x
         try:
             if conn.parked:  # the socket is already full: wait in line
@@ -341,11 +343,6 @@ class Outbox:
                 self._unpark.set()
         finally:
             _OUT_LOCK.release()
-
-    def expire(self, now: float) -> None:
-        """Flush if the oldest held response is FLUSH_AFTER_S old."""
-        if self.held and now - self.since >= FLUSH_AFTER_S:
-            self.flush()
 
     def flush(self) -> None:
         if self.held:
