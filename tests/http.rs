@@ -749,6 +749,35 @@ fn pool_threads_serve_their_idle_keep_alive_connections_without_the_loop() {
     assert_eq!(answer, expect);
 }
 
+/// With a pool, a small keep-alive response waits for a burst only while the worker is CPU-bound
+/// (http/threads.py, `PoolOutbox`), checked with no event loop running (tests/apps/pool_outbox.py):
+/// not CPU-bound, it leaves from its thread and the outbox never sees it; CPU-bound and alone, its
+/// thread sends it at once; while another request runs, the flusher thread sends it once it is
+/// FLUSH_AFTER_S old; held responses leave together when the running request ends, and each
+/// connection then serves its next request; a connection the loop takes carries its response along,
+/// first in line; a reset client's connection is settled closed, and what a client that reads
+/// nothing did not take is parked for the loop.
+#[test]
+fn pool_responses_wait_for_a_burst_only_while_the_worker_is_cpu_bound() {
+    let script = apps_dir().join("pool_outbox.py");
+    let out = output_ok(
+        Command::new(test_venv_python())
+            .arg(&script)
+            .arg(root().join("python")),
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expect = serde_json::json!({
+        "direct": ["/direct", 0, true],
+        "alone": ["/alone", 1, [true], true],
+        "aged": ["/aged", ["hurricane-pool-flusher"]],
+        "burst": [true, [null, null, null], ["/last", "/held0", "/held1", "/held2"], [4], true],
+        "again": "/again",
+        "to_loop": [true, true, "", "HTTP/1.1 200 OK\r\n\r\n"],
+        "sends": [["closed"], ["reading"], true, [], ""],
+    });
+    assert_eq!(answer, expect);
+}
+
 /// The next `n` Content-Length-framed responses on `stream` (panics on a close or a timeout).
 fn read_responses(stream: &mut TcpStream, n: usize) -> Vec<Response> {
     let mut data = Vec::new();

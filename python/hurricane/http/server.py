@@ -125,8 +125,8 @@ class Server(WsgiCall, ThreadHandoff):
         self.accept_batch = 1 if self.rotate_accept else ACCEPT_BATCH
         # --threads: requests run on a pool; the event loop stays on the main thread.
         self.pool = self._new_pool(self.threads) if self.threads > 1 else None
-        # Without threads, small keep-alive responses leave in bursts (see Outbox); with them, a
-        # response leaves from its own thread at once.
+        # Without threads, small keep-alive responses leave in bursts (see Outbox); with them, the
+        # pool has an outbox of its own (ThreadHandoff._new_pool), for its threads' responses.
         self.outbox = Outbox(self._wake) if self.pool is None else None
         self._hold = self.outbox.hold if self.outbox is not None else None
         self._done: Deque[Tuple[Conn, State]] = deque()
@@ -237,7 +237,7 @@ class Server(WsgiCall, ThreadHandoff):
                     # connection. Only if there is a sibling, and never for long: when every worker
                     # is busy, the keep-alive connections it serves would otherwise leave a new one
                     # in the backlog for as long as they keep sending.
-                    busy = self.rotate_accept and self._submitted - self._returned >= self.threads
+                    busy = self.rotate_accept and self._running() >= self.threads
                     if busy and not paused:
                         paused = self._paused = True
                         paused_at = now

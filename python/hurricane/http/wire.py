@@ -152,6 +152,18 @@ def drop_parked_locked(conn: Conn) -> None:
     conn.parked.clear()
 
 
+def unhold(conn: Conn) -> None:
+    """What a pool's thread kept back for a burst goes first in line instead (the loop sends it)."""
+    with _OUT_LOCK:
+        _unhold_locked(conn)
+
+
+def park(conn: Conn, data: Any) -> None:
+    """Bytes the socket did not take wait on `conn`, after what already waits there."""
+    with _OUT_LOCK:
+        _park_locked(conn, data)
+
+
 def push(conn: Conn) -> bool:
     with _OUT_LOCK:
         return push_locked(conn)
@@ -317,6 +329,7 @@ class Outbox:
         self.since = 0.0
         self.stalled: List[Conn] = []
         self._wake = wake
+        self._lock = _OUT_LOCK  # what guards `held` and the flusher's parking
         self._parked = True
         self._unpark = threading.Event()
 
@@ -386,17 +399,19 @@ class Outbox:
         while True:
             self._unpark.wait()
             time.sleep(FLUSH_TICK_S)
-            with _OUT_LOCK:
+            due = False
+            with self._lock:
                 if self.held:
                     idle = 0
-                    if _monotonic() - self.since >= FLUSH_AFTER_S:
-                        self._flush_locked()
+                    due = _monotonic() - self.since >= FLUSH_AFTER_S
                 else:
                     idle += 1
                     if idle >= FLUSHER_PARK_TICKS:  # no load: stop ticking until the next hold
                         idle = 0
                         self._parked = True
                         self._unpark.clear()
+            if due:
+                self.flush()  # (which looks again: the loop may have flushed meanwhile)
 
 
 def register(epoll: Any, conn: Conn, events: int) -> None:

@@ -53,11 +53,14 @@ class WsgiCall:
         self, conn: Conn, app: Callable, env: Dict[str, Any], method: str,
         version11: bool, keep_alive: bool, body: Any, started: float = 0.0,
     ) -> State:
-        ex = Exchange(conn, version11, method == "HEAD", keep_alive, self.stopping, self._hold)
+        threaded = self.pool is not None
+        # On a pool's thread, a small response waits for the pool's outbox while the worker is
+        # CPU-bound (threads.py); on the loop, for the loop's.
+        ex = Exchange(conn, version11, method == "HEAD", keep_alive, self.stopping,
+                      self._thread_hold if threaded else self._hold)
         activity = self.activity
         # The loop's clock (read once per wakeup) is precise enough for --timeout and saves a call;
         # a pool thread that read the request itself passes its own.
-        threaded = self.pool is not None
         if not started:
             started = self.now
         if threaded:

@@ -1,0 +1,166 @@
+"""http/threads.py's outbox for a pool's responses, with no event loop running: when a thread's
+response waits for a burst and when it leaves (tests/http.rs runs this and checks the JSON it prints).
+
+Usage: pool_outbox.py PYTHON_PACKAGE_DIR
+"""
+
+import json
+import math
+import select
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, sys.argv[1])
+
+import hurricane.http.threads as threads  # noqa: E402
+import hurricane.http.wire as wire  # noqa: E402
+from hurricane.http.server import Server  # noqa: E402
+from hurricane.http.wire import CLOSED, POOL_IDLE, READING, Conn  # noqa: E402
+from hurricane.supervision import Activity  # noqa: E402
+
+
+def app(environ, start_response):
+    body = environ["PATH_INFO"].encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def response(client, timeout=5.0):
+    """One Content-Length response's body from `client`, or None if none came within `timeout`."""
+    data = b""
+    client.settimeout(timeout)
+    while True:
+        end = data.find(b"\r\n\r\n")
+        if end >= 0:
+            length = int(data[:end].decode().split("Content-Length: ")[1].split("\r\n")[0])
+            if len(data) >= end + 4 + length:
+                return data[end + 4:end + 4 + length].decode()
+        try:
+            chunk = client.recv(65536)
+        except socket.timeout:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+
+
+def wait(predicate):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+server = Server({"http": {"threads": "2"}}, Activity([0.1], [100.0]))
+server.base_environ = {"wsgi.url_scheme": "http", "SCRIPT_NAME": "", "SERVER_NAME": "t", "SERVER_PORT": "1"}
+server.parser.base_environ = server.base_environ
+server._app = app
+server._epoll = select.epoll()  # the loop's; never polled here
+server.pool.submit(lambda: None)  # the pool's threads start with its first call
+outbox = server.pool_outbox
+added = []  # the connections the outbox was given
+flushes = []  # per flush: (its thread's name, how many connections it sent)
+add, flush = outbox.add, outbox.flush
+
+
+def counting_add(conn):
+    added.append(conn)
+    return add(conn)
+
+
+def counting_flush():
+    flushes.append((threading.current_thread().name, len(outbox.held)))
+    flush()
+
+
+outbox.add, outbox.flush = counting_add, counting_flush
+listener = socket.create_server(("127.0.0.1", 0))
+out = {}
+
+
+def idle_connection():
+    client = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    ours.setblocking(False)
+    conn = Conn(ours, ("127.0.0.1", 1), time.monotonic())
+    server._submitted += 1  # as if a thread had claimed it ...
+    server._rearm(conn)  # ... and finished a keep-alive request on it
+    return conn, client
+
+
+def cpu_bound(busy):
+    """What the load measure would decide; held there (the next measure in an hour)."""
+    server._thread_hold = threads._keep_back if busy else None
+    server._load_until = math.inf
+
+
+# Not CPU-bound: the response leaves from its thread at once, the outbox never sees it.
+cpu_bound(False)
+conn, client = idle_connection()
+client.sendall(b"GET /direct HTTP/1.1\r\nHost: t\r\n\r\n")
+out["direct"] = [response(client), len(added), wait(lambda: conn.state is POOL_IDLE)]
+
+# CPU-bound, no other request running: held, and sent at once by the same thread.
+cpu_bound(True)
+client.sendall(b"GET /alone HTTP/1.1\r\nHost: t\r\n\r\n")
+body = response(client)
+out["alone"] = [body, len(added), [name.startswith("hurricane-app-") for name, _ in flushes],
+                wait(lambda: conn.state is POOL_IDLE)]
+
+# CPU-bound while another request runs: held until the oldest is FLUSH_AFTER_S old, sent by the
+# outbox's flusher thread when no request ends to send it.
+del flushes[:]
+server._submitted += 1  # as if a thread were running a request
+client.sendall(b"GET /aged HTTP/1.1\r\nHost: t\r\n\r\n")
+out["aged"] = [response(client), [name for name, _ in flushes]]
+
+# Three responses wait for the running request; when it ends, all four leave in one burst, and each
+# connection then waits for its next request in the pool.
+wire.FLUSH_AFTER_S = threads.FLUSH_AFTER_S = 3600.0
+del flushes[:]
+others = [idle_connection() for _ in range(3)]
+for i, (_, other) in enumerate(others):
+    other.sendall(b"GET /held%d HTTP/1.1\r\nHost: t\r\n\r\n" % i)
+held = wait(lambda: len(outbox.held) == 3)
+early = [response(other, 0.2) for _, other in others]
+server._submitted -= 1  # the running request ended ...
+client.sendall(b"GET /last HTTP/1.1\r\nHost: t\r\n\r\n")  # ... and this one ends after it
+bodies = [response(client)] + [response(other) for _, other in others]
+out["burst"] = [held, early, bodies, [n for _, n in flushes],
+                wait(lambda: all(c.state is POOL_IDLE for c, _ in others + [(conn, client)]))]
+others[0][1].sendall(b"GET /again HTTP/1.1\r\nHost: t\r\n\r\n")
+out["again"] = response(others[0][1])
+
+# A connection whose thread leaves it to the loop (here: bytes of a next request already read)
+# takes its kept-back response along, first in line, for the loop to send.
+cpu_bound(True)
+conn5, client5 = idle_connection()
+conn5.state = threads.IN_THREAD
+conn5.out = b"HTTP/1.1 200 OK\r\n\r\n"
+conn5.buf = b"GET /next"
+server._let_go(conn5, READING)
+given, state = server._done.popleft() if server._done else (None, None)
+out["to_loop"] = [given is conn5, state is READING, conn5.out.decode(),
+                  b"".join(bytes(d) for d in conn5.parked).decode()]
+
+# The outbox's sends: a client gone (CLOSED), one that reads nothing (the rest parked, READING).
+settled = []
+box = threads.PoolOutbox(lambda: None, lambda c, s: settled.append((c, s.value)))
+gone_conn, gone_client = idle_connection()
+gone_client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+gone_client.close()  # a reset
+time.sleep(0.05)
+slow_conn, slow_client = idle_connection()
+slow_conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+slow_client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+for c, data in ((gone_conn, b"x" * 100), (slow_conn, b"y" * 60000)):
+    c.out = data
+    box.add(c)
+box.flush()
+out["sends"] = [[s for c, s in settled if c is gone_conn], [s for c, s in settled if c is slow_conn],
+                0 < sum(len(d) for d in slow_conn.parked) < 60000, box.held, slow_conn.out.decode()]
+print(json.dumps(out))
