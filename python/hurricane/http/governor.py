@@ -2,8 +2,8 @@
 
 Why measure instead of picking a count: a Django view that waits on PostgreSQL (an insert's commit,
 a connection per request at ``CONN_MAX_AGE=0``) leaves a single-threaded worker idle for the wait,
-which a pool fills with other requests (1.5-2x here), while a view that only computes loses 15-20 %
-of its rate to the hand-off a pool costs per request. Which one a worker serves shows in its
+which a pool fills with other requests (1.5-2x here), while a view that only computes loses some of
+its rate to the hand-off a pool costs per request (a Django JSON view 7 %, a hello world a third). Which one a worker serves shows in its
 requests: the time a request's thread spent off the CPU, against what a hand-off to a thread costs.
 
 The server times at most one request per ``SAMPLE_INTERVAL_S`` (the thread's CPU clock and its count
@@ -36,8 +36,10 @@ WINDOW_SAMPLES = 32
 # What handing a request to a thread and back costs the worker, in CPU seconds: measured with a
 # Django JSON view, 74 us of CPU a request on the loop against 89-93 on a pool of 4 (a hello world:
 # 5.3 us; before threads gave connections back themselves, http/threads.py, 24 us and 15 us). On
-# session 20's machine the same pool cost 33 us (89 -> 122; docs/PERFORMANCE.md): this is a low
-# estimate, so an app whose waits barely pay for a pool may get one; a view without waits never does.
+# session 20's machine the same pool cost 33 us (89 -> 122), most of it the clients' wakeups of
+# responses sent one by one; since a CPU-bound pool sends them in bursts (threads.PoolOutbox) it
+# costs 6 us there (87 -> 93; docs/PERFORMANCE.md, session 21). Kept at 15 us: a high estimate now,
+# so an app whose waits barely pay for a pool stays on the loop; a view without waits never moves.
 HANDOFF_S = 15e-6
 # A pool is started when the median sampled request would run this much faster on one: its wall
 # time over its CPU time plus the hand-off. A Django view reading PostgreSQL at CONN_MAX_AGE=600
