@@ -723,6 +723,16 @@ fn threads_hand_keep_alive_connections_back_without_losing_or_mixing_a_request()
     assert_eq!(server.worker_pids(), vec![worker]);
 }
 
+/// What a script of tests/apps that drives a pool with no event loop (pool_harness.py) printed.
+fn loopless(script: &str) -> serde_json::Value {
+    let out = output_ok(
+        Command::new(test_venv_python())
+            .arg(apps_dir().join(script))
+            .arg(root().join("python")),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// With a pool, a thread keeps the keep-alive connection it finished with in the pool's own epoll,
 /// and whichever thread wakes for its next request reads and runs it (http/threads.py): checked
 /// here with no event loop running at all (tests/apps/pool_idle.py). A plain request and a POST
@@ -730,13 +740,7 @@ fn threads_hand_keep_alive_connections_back_without_losing_or_mixing_a_request()
 /// with their bytes; a connection the loop closed while idle is never touched by a thread again.
 #[test]
 fn pool_threads_serve_their_idle_keep_alive_connections_without_the_loop() {
-    let script = apps_dir().join("pool_idle.py");
-    let out = output_ok(
-        Command::new(test_venv_python())
-            .arg(&script)
-            .arg(root().join("python")),
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = loopless("pool_idle.py");
     let expect = serde_json::json!({
         "idle": [true, true],
         "served": [true, "/one ", "/two body"],
@@ -759,13 +763,7 @@ fn pool_threads_serve_their_idle_keep_alive_connections_without_the_loop() {
 /// nothing did not take is parked for the loop.
 #[test]
 fn pool_responses_wait_for_a_burst_only_while_the_worker_is_cpu_bound() {
-    let script = apps_dir().join("pool_outbox.py");
-    let out = output_ok(
-        Command::new(test_venv_python())
-            .arg(&script)
-            .arg(root().join("python")),
-    );
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer = loopless("pool_outbox.py");
     let expect = serde_json::json!({
         "direct": ["/direct", 0, true],
         "alone": ["/alone", 1, [true], true],

@@ -5,7 +5,6 @@ Usage: pool_idle.py PYTHON_PACKAGE_DIR
 """
 
 import json
-import select
 import socket
 import sys
 import threading
@@ -13,9 +12,9 @@ import time
 
 sys.path.insert(0, sys.argv[1])
 
-from hurricane.http.server import Server  # noqa: E402
-from hurricane.http.wire import CLOSED, POOL_IDLE, Conn  # noqa: E402
-from hurricane.supervision import Activity  # noqa: E402
+import pool_harness  # noqa: E402
+from hurricane.http.wire import CLOSED, POOL_IDLE  # noqa: E402
+from pool_harness import loopless_server, wait  # noqa: E402
 
 
 def app(environ, start_response):
@@ -45,34 +44,13 @@ def response(client):
         data += chunk
 
 
-def wait(predicate):
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return False
-
-
-server = Server({"http": {"threads": "2"}}, Activity([0.1], [100.0]))
-server.base_environ = {"wsgi.url_scheme": "http", "SCRIPT_NAME": "", "SERVER_NAME": "t", "SERVER_PORT": "1"}
-server.parser.base_environ = server.base_environ
-server._app = app
-server._epoll = select.epoll()  # the loop's; never polled here
-server.pool.submit(lambda: None)  # the pool's threads start with its first call
+server = loopless_server(app)
 out = {}
-
-
 listener = socket.create_server(("127.0.0.1", 0))
 
 
 def idle_connection():
-    client = socket.create_connection(listener.getsockname())
-    ours, _ = listener.accept()
-    ours.setblocking(False)
-    conn = Conn(ours, ("127.0.0.1", 1), time.monotonic())
-    server._rearm(conn)  # as a thread does when it finished a keep-alive request
-    return conn, client
+    return pool_harness.idle_connection(server, listener)
 
 
 conn, client = idle_connection()

@@ -6,7 +6,6 @@ Usage: pool_outbox.py PYTHON_PACKAGE_DIR
 
 import json
 import math
-import select
 import socket
 import sys
 import threading
@@ -16,9 +15,9 @@ sys.path.insert(0, sys.argv[1])
 
 import hurricane.http.threads as threads  # noqa: E402
 import hurricane.http.wire as wire  # noqa: E402
-from hurricane.http.server import Server  # noqa: E402
-from hurricane.http.wire import CLOSED, POOL_IDLE, READING, Conn  # noqa: E402
-from hurricane.supervision import Activity  # noqa: E402
+import pool_harness  # noqa: E402
+from hurricane.http.wire import POOL_IDLE, READING  # noqa: E402
+from pool_harness import loopless_server, wait  # noqa: E402
 
 
 def app(environ, start_response):
@@ -46,21 +45,7 @@ def response(client, timeout=5.0):
         data += chunk
 
 
-def wait(predicate):
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return False
-
-
-server = Server({"http": {"threads": "2"}}, Activity([0.1], [100.0]))
-server.base_environ = {"wsgi.url_scheme": "http", "SCRIPT_NAME": "", "SERVER_NAME": "t", "SERVER_PORT": "1"}
-server.parser.base_environ = server.base_environ
-server._app = app
-server._epoll = select.epoll()  # the loop's; never polled here
-server.pool.submit(lambda: None)  # the pool's threads start with its first call
+server = loopless_server(app)
 outbox = server.pool_outbox
 added = []  # the connections the outbox was given
 flushes = []  # per flush: (its thread's name, how many connections it sent)
@@ -83,13 +68,7 @@ out = {}
 
 
 def idle_connection():
-    client = socket.create_connection(listener.getsockname())
-    ours, _ = listener.accept()
-    ours.setblocking(False)
-    conn = Conn(ours, ("127.0.0.1", 1), time.monotonic())
-    server._submitted += 1  # as if a thread had claimed it ...
-    server._rearm(conn)  # ... and finished a keep-alive request on it
-    return conn, client
+    return pool_harness.idle_connection(server, listener)
 
 
 def cpu_bound(busy):

@@ -3,8 +3,9 @@
 Why measure instead of picking a count: a Django view that waits on PostgreSQL (an insert's commit,
 a connection per request at ``CONN_MAX_AGE=0``) leaves a single-threaded worker idle for the wait,
 which a pool fills with other requests (1.5-2x here), while a view that only computes loses some of
-its rate to the hand-off a pool costs per request (a Django JSON view 7 %, a hello world a third). Which one a worker serves shows in its
-requests: the time a request's thread spent off the CPU, against what a hand-off to a thread costs.
+its rate to the hand-off a pool costs per request (a Django JSON view 7 %, a hello world a third).
+Which one a worker serves shows in its requests: the time a request's thread spent off the CPU,
+against what a hand-off to a thread costs.
 
 The server times at most one request per ``SAMPLE_INTERVAL_S`` (the thread's CPU clock and its count
 of voluntary context switches read on each side of the app call: two system calls each) and hands

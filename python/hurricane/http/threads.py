@@ -162,7 +162,8 @@ class PoolOutbox(Outbox):
     meanwhile waits for the burst to go, where without the lock it would take the GIL from the
     sender at every send() and give it back (Django at --threads 4: 4 % of its rate). Once its
     bytes are out (or parked: the loop sends the rest as the client reads; or its socket failed)
-    each connection goes to ``settle``.
+    each connection goes to ``settle``. Of Outbox it uses the bounds and the flusher thread;
+    ``hold`` and ``stalled`` are the loop's.
     """
 
     def __init__(self, wake: Callable[[], None], settle: Callable[[Conn, State], None]) -> None:
@@ -191,7 +192,9 @@ class PoolOutbox(Outbox):
             return
         settle = self._settle
         with self._lock:
-            for conn in self.held:
+            burst, self.held = self.held, []
+            self.held_bytes = 0
+            for conn in burst:
                 data, conn.out = conn.out, b""
                 try:
                     sent = conn.sock.send(data)
@@ -203,8 +206,6 @@ class PoolOutbox(Outbox):
                 if sent != len(data):
                     park(conn, memoryview(data)[sent:])  # the client is not reading: the loop waits for it
                 settle(conn, READING)
-            self.held = []
-            self.held_bytes = 0
 
 
 class ThreadHandoff:
