@@ -772,6 +772,52 @@ fn pool_responses_wait_for_a_burst_only_while_the_worker_is_cpu_bound() {
         "again": "/again",
         "to_loop": [true, true, "", "HTTP/1.1 200 OK\r\n\r\n"],
         "sends": [["closed"], ["reading"], true, [], ""],
+        // (CPU-bound at: one CPU, 9.5 ms and 5 ms of 10; a quota of half a CPU, 5 ms and 4 ms)
+        "load": [true, false, true, false],
+    });
+    assert_eq!(answer, expect);
+}
+
+/// The CPU a worker may use, read from its cgroup (hurricane/cgroup.py) for the pool's load
+/// measure: v2's cpu.max and v1's CFS quota, in the process's cgroup and the ones above it (the
+/// least wins), at the mount (what a container with its own cgroup namespace sees), beside v1
+/// (hybrid), and no quota when none is set or nothing can be read.
+#[test]
+fn a_workers_cpu_quota_is_read_from_its_cgroup_v1_or_v2() {
+    let script = "import json, math, os, sys, tempfile\n\
+        sys.path.insert(0, sys.argv[1])\n\
+        from hurricane.cgroup import cpu_quota\n\
+        def tree(proc, files):\n\
+        \x20   root = tempfile.mkdtemp()\n\
+        \x20   for path, text in files.items():\n\
+        \x20       os.makedirs(os.path.dirname(os.path.join(root, path)), exist_ok=True)\n\
+        \x20       open(os.path.join(root, path), 'w').write(text)\n\
+        \x20   open(os.path.join(root, 'proc'), 'w').write(proc)\n\
+        \x20   q = cpu_quota(root, os.path.join(root, 'proc'))\n\
+        \x20   return None if math.isinf(q) else q\n\
+        print(json.dumps({\n\
+        \x20   'v2_pod': tree('0::/kubepods/pod1/c1\\n', {'cpu.max': 'max 100000\\n',\n\
+        \x20       'kubepods/pod1/cpu.max': '50000 100000\\n', 'kubepods/pod1/c1/cpu.max': 'max 100000\\n'}),\n\
+        \x20   'v2_container': tree('0::/\\n', {'cpu.max': '150000 100000\\n'}),\n\
+        \x20   'v2_none': tree('0::/a\\n', {'a/cpu.max': 'max 100000\\n'}),\n\
+        \x20   'hybrid': tree('1:cpu:/\\n0::/x\\n', {'unified/x/cpu.max': '20000 100000\\n'}),\n\
+        \x20   'v1': tree('5:memory:/m\\n4:cpu,cpuacct:/docker/abc\\n', {\n\
+        \x20       'cpu,cpuacct/docker/abc/cpu.cfs_quota_us': '25000\\n', 'cpu,cpuacct/docker/abc/cpu.cfs_period_us': '100000\\n'}),\n\
+        \x20   'v1_none': tree('4:cpu,cpuacct:/\\n', {'cpu,cpuacct/cpu.cfs_quota_us': '-1\\n',\n\
+        \x20       'cpu,cpuacct/cpu.cfs_period_us': '100000\\n'}),\n\
+        \x20   'unreadable': tree('0::/\\n', {'cpu.max': 'nonsense'}),\n\
+        \x20   'no_proc': None if math.isinf(cpu_quota('/nonexistent', '/nonexistent/cgroup')) else 0,\n\
+        }))\n";
+    let answer = py_json(script, &[&root().join("python").display().to_string()]);
+    let expect = serde_json::json!({
+        "v2_pod": 0.5,
+        "v2_container": 1.5,
+        "v2_none": null,
+        "hybrid": 0.2,
+        "v1": 0.25,
+        "v1_none": null,
+        "unreadable": null,
+        "no_proc": null,
     });
     assert_eq!(answer, expect);
 }

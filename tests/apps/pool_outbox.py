@@ -142,4 +142,14 @@ for c, data in ((gone_conn, b"x" * 100), (slow_conn, b"y" * 60000)):
 box.flush()
 out["sends"] = [[s for c, s in settled if c is gone_conn], [s for c, s in settled if c is slow_conn],
                 0 < sum(len(d) for d in slow_conn.parked) < 60000, box.held, slow_conn.out.decode()]
+# The load measure: CPU-bound at 90 % of what the worker may use, one CPU or its cgroup's quota.
+clock = [0.0]
+threads._process_time = lambda: clock[0]
+decisions = []
+for busy_cpu, used in ((0.9, 0.0095), (0.9, 0.005), (0.45, 0.005), (0.45, 0.004)):
+    server._busy_cpu = busy_cpu
+    server._load_mark, clock[0] = (100.0, 1.0), 1.0 + used  # `used` CPU seconds in 10 ms
+    server._measure_load(100.01)
+    decisions.append(server._thread_hold is threads._keep_back)
+out["load"] = decisions
 print(json.dumps(out))

@@ -27,8 +27,9 @@ Django view at --threads 4: 9 % of the worker's CPU, in the waker's sock_def_rea
 done with a small keep-alive response hands the connection to the outbox, which sends the burst
 when no other request is running, when the oldest is FLUSH_AFTER_S old, or at its limits, and
 then gives each connection to the pool again. Holding costs latency and saves CPU, which only
-pays when the CPU is what requests wait for: below BUSY_SHARE of a CPU over the last
-LOAD_WINDOW_S (an app that sleeps or waits on a slow database, a lone client) nothing is held.
+pays when the CPU is what requests wait for: below BUSY_SHARE of a CPU (or of the cgroup's quota,
+if less) over the last LOAD_WINDOW_S (an app that sleeps or waits on a slow database, a lone client)
+nothing is held.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Tuple
 
+from hurricane.cgroup import cpu_quota
 from hurricane.http.governor import Governor
 from hurricane.http.rejections import HTTPError
 from hurricane.http.request import HEAD_CACHE
@@ -67,8 +69,8 @@ _ONESHOT_IN = select.EPOLLIN | select.EPOLLONESHOT
 _monotonic = time.monotonic
 _process_time = time.process_time
 
-# The pool's outbox holds responses only while the worker used at least this share of a CPU over
-# the last window (see the module's doc).
+# The pool's outbox holds responses only while the worker used at least this share of the CPU it
+# may use (one, or its cgroup's quota if less) over the last window (see the module's doc).
 BUSY_SHARE = 0.9
 LOAD_WINDOW_S = 0.01
 
@@ -219,6 +221,8 @@ class ThreadHandoff:
         self._thread_hold: Any = None
         self._load_mark = (_monotonic(), _process_time())
         self._load_until = 0.0
+        # One CPU at most: the app's Python holds the GIL; less under a quota (a pod's limits.cpu).
+        self._busy_cpu = BUSY_SHARE * min(1.0, cpu_quota())
         return Pool(threads, "hurricane-app", self._serve_idle)
 
     def _running(self) -> int:
@@ -234,7 +238,7 @@ class ThreadHandoff:
             return
         cpu = _process_time()
         self._load_mark = (now, cpu)
-        self._thread_hold = _keep_back if cpu - cpu_since >= BUSY_SHARE * (now - since) else None
+        self._thread_hold = _keep_back if cpu - cpu_since >= self._busy_cpu * (now - since) else None
 
     def _start_pool(self, governor: Governor) -> None:
         """--threads auto: the governor saw the app wait; from the next request on, it runs on a
