@@ -806,6 +806,7 @@ fn a_workers_cpu_quota_is_read_from_its_cgroup_v1_or_v2() {
         \x20   'v1_none': tree('4:cpu,cpuacct:/\\n', {'cpu,cpuacct/cpu.cfs_quota_us': '-1\\n',\n\
         \x20       'cpu,cpuacct/cpu.cfs_period_us': '100000\\n'}),\n\
         \x20   'unreadable': tree('0::/\\n', {'cpu.max': 'nonsense'}),\n\
+        \x20   'zero_period': tree('0::/\\n', {'cpu.max': '50000 0\\n'}),\n\
         \x20   'no_proc': None if math.isinf(cpu_quota('/nonexistent', '/nonexistent/cgroup')) else 0,\n\
         }))\n";
     let answer = py_json(script, &[&root().join("python").display().to_string()]);
@@ -817,6 +818,7 @@ fn a_workers_cpu_quota_is_read_from_its_cgroup_v1_or_v2() {
         "v1": 0.25,
         "v1_none": null,
         "unreadable": null,
+        "zero_period": null,
         "no_proc": null,
     });
     assert_eq!(answer, expect);

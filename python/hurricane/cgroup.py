@@ -54,10 +54,13 @@ def _cpu_dirs(root: str, proc: str) -> List[str]:
 
 
 def _quota_in(directory: str) -> float:
+    """One cgroup's quota in CPUs (v2's file first, then v1's); math.inf if it sets none."""
     try:
         with open(os.path.join(directory, "cpu.max")) as f:
             quota, period = f.read().split()[:2]
-        return math.inf if quota == "max" else int(quota) / int(period)
+        if quota == "max" or int(period) <= 0:
+            return math.inf
+        return int(quota) / int(period)
     except (OSError, ValueError):
         pass
     try:
