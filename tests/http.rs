@@ -755,10 +755,12 @@ fn pool_threads_serve_their_idle_keep_alive_connections_without_the_loop() {
 
 /// With a pool, a small keep-alive response waits for a burst only while the worker is CPU-bound
 /// (http/threads.py, `PoolOutbox`), checked with no event loop running (tests/apps/pool_outbox.py):
-/// not CPU-bound, it leaves from its thread and the outbox never sees it; CPU-bound and alone, its
-/// thread sends it at once; while another request runs, the flusher thread sends it once it is
-/// FLUSH_AFTER_S old; held responses leave together when the running request ends, and each
-/// connection then serves its next request; a connection the loop takes carries its response along,
+/// not CPU-bound, it leaves from its thread and the outbox never sees it; CPU-bound and alone, it
+/// is not held either; while another request runs, it is held and the flusher thread sends it once
+/// it is FLUSH_AFTER_S old; held responses leave together when the running request ends and the
+/// next request, alone, is not held, and each connection then serves its next request; only with
+/// more than 4 connections a thread is a response held, and a burst goes once nothing else runs or
+/// no more clients than threads are left; a connection the loop takes carries its response along,
 /// first in line; a reset client's connection is settled closed, and what a client that reads
 /// nothing did not take is parked for the loop.
 #[test]
@@ -766,14 +768,16 @@ fn pool_responses_wait_for_a_burst_only_while_the_worker_is_cpu_bound() {
     let answer = loopless("pool_outbox.py");
     let expect = serde_json::json!({
         "direct": ["/direct", 0, true],
-        "alone": ["/alone", 1, [true], true],
+        "alone": ["/alone", 0, 0, true],
         "aged": ["/aged", ["hurricane-pool-flusher"]],
-        "burst": [true, [null, null, null], ["/last", "/held0", "/held1", "/held2"], [4], true],
+        "burst": [true, [null, null, null], ["/last", "/held0", "/held1", "/held2"], [3], true],
         "again": "/again",
         "to_loop": [true, true, "", "HTTP/1.1 200 OK\r\n\r\n"],
         "sends": [["closed"], ["reading"], true, [], ""],
         // (CPU-bound at: one CPU, 9.5 ms and 5 ms of 10; a quota of half a CPU, 5 ms and 4 ms)
         "load": [true, false, true, false],
+        // [held?, burst due?] for (connections, requests running, responses held), 4 threads
+        "rules": [[true, false], [false, false], [false, false], [false, true], [false, true], [true, false]],
     });
     assert_eq!(answer, expect);
 }

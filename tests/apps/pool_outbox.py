@@ -77,18 +77,22 @@ def cpu_bound(busy):
     server._load_until = math.inf
 
 
+# How many clients a response waits for is tested at the end; until then any number will do, and
+# a burst never goes early for want of clients.
+threads.HOLD_CLIENTS_PER_THREAD = 0
+server.threads = 0
+
 # Not CPU-bound: the response leaves from its thread at once, the outbox never sees it.
 cpu_bound(False)
 conn, client = idle_connection()
 client.sendall(b"GET /direct HTTP/1.1\r\nHost: t\r\n\r\n")
 out["direct"] = [response(client), len(added), wait(lambda: conn.state is POOL_IDLE)]
 
-# CPU-bound, no other request running: held, and sent at once by the same thread.
+# CPU-bound, no other request running: not held (it would wait for nothing).
 cpu_bound(True)
 client.sendall(b"GET /alone HTTP/1.1\r\nHost: t\r\n\r\n")
 body = response(client)
-out["alone"] = [body, len(added), [name.startswith("hurricane-app-") for name, _ in flushes],
-                wait(lambda: conn.state is POOL_IDLE)]
+out["alone"] = [body, len(added), len(flushes), wait(lambda: conn.state is POOL_IDLE)]
 
 # CPU-bound while another request runs: held until the oldest is FLUSH_AFTER_S old, sent by the
 # outbox's flusher thread when no request ends to send it.
@@ -107,7 +111,7 @@ for i, (_, other) in enumerate(others):
 held = wait(lambda: len(outbox.held) == 3)
 early = [response(other, 0.2) for _, other in others]
 server._submitted -= 1  # the running request ended ...
-client.sendall(b"GET /last HTTP/1.1\r\nHost: t\r\n\r\n")  # ... and this one ends after it
+client.sendall(b"GET /last HTTP/1.1\r\nHost: t\r\n\r\n")  # ... this one, alone, is not held, and sends them
 bodies = [response(client)] + [response(other) for _, other in others]
 out["burst"] = [held, early, bodies, [n for _, n in flushes],
                 wait(lambda: all(c.state is POOL_IDLE for c, _ in others + [(conn, client)]))]
@@ -152,4 +156,24 @@ for busy_cpu, used in ((0.9, 0.0095), (0.9, 0.005), (0.45, 0.005), (0.45, 0.004)
     server._measure_load(100.01)
     decisions.append(server._thread_hold is threads._keep_back)
 out["load"] = decisions
+
+# How many clients: with 4 threads a response waits only with more than 16 connections (4 a
+# thread) and another request running; a burst goes once nothing else runs or the clients it does
+# not hold are no more than the threads.
+threads.HOLD_CLIENTS_PER_THREAD = 4
+server.threads = 4
+saved = (server.conns, server._submitted, server._returned)
+
+
+def rules(conns, running, held):
+    server.conns = {-1 - i: None for i in range(conns)}
+    server._submitted, server._returned = running + held, 0
+    outbox.held, outbox.since = [None] * held, time.monotonic()
+    return [server._worth_holding(), server._burst_due(time.monotonic())]
+
+
+out["rules"] = [rules(15, 2, 0), rules(14, 2, 0), rules(20, 1, 0), rules(2, 2, 5), rules(20, 0, 5),
+                rules(20, 2, 5)]
+server.conns, server._submitted, server._returned = saved
+outbox.held = []
 print(json.dumps(out))

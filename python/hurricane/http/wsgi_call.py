@@ -54,10 +54,14 @@ class WsgiCall:
         version11: bool, keep_alive: bool, body: Any, started: float = 0.0,
     ) -> State:
         threaded = self.pool is not None
-        # On a pool's thread, a small response waits for the pool's outbox while the worker is
-        # CPU-bound (threads.py); on the loop, for the loop's.
-        ex = Exchange(conn, version11, method == "HEAD", keep_alive, self.stopping,
-                      self._thread_hold if threaded else self._hold)
+        hold = self._hold  # on the loop, the loop's outbox
+        if threaded:
+            # On a pool's thread, a small response waits for the pool's outbox while the worker is
+            # CPU-bound and has more clients than threads (threads.py, _worth_holding).
+            hold = self._thread_hold
+            if hold is not None and not self._worth_holding():
+                hold = None
+        ex = Exchange(conn, version11, method == "HEAD", keep_alive, self.stopping, hold)
         activity = self.activity
         # The loop's clock (read once per wakeup) is precise enough for --timeout and saves a call;
         # a pool thread that read the request itself passes its own.
