@@ -25,11 +25,13 @@ CPU-bound: a send() that wakes a client sleeping on another CPU pays for that wa
 outbox explains; sent from their threads at once, a pool's responses paid it one by one (perf on a
 Django view at --threads 4: 9 % of the worker's CPU, in the waker's sock_def_readable). A thread
 done with a small keep-alive response hands the connection to the outbox, which sends the burst
-when no other request is running, when the oldest is FLUSH_AFTER_S old, or at its limits, and
-then gives each connection to the pool again. Holding costs latency and saves CPU, which only
-pays when the CPU is what requests wait for: below BUSY_SHARE of a CPU (or of the cgroup's quota,
-if less) over the last LOAD_WINDOW_S (an app that sleeps or waits on a slow database, a lone client)
-nothing is held.
+when no other request is running, when no more clients than threads are left unheld, when the
+oldest is FLUSH_AFTER_S old, or at its limits, and then gives each connection to the pool again.
+Holding costs latency and saves CPU, which only pays when the CPU is what requests wait for and
+other clients keep it busy meanwhile: below BUSY_SHARE of a CPU (or of the cgroup's quota, if
+less) over the last LOAD_WINDOW_S (an app that sleeps or waits on a slow database), with no other
+request running (a lone client), or with HOLD_CLIENTS_PER_THREAD connections a thread or fewer,
+nothing is held (``_worth_holding``, ``_burst_due``).
 """
 
 from __future__ import annotations
