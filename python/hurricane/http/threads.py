@@ -239,7 +239,7 @@ class ThreadHandoff:
         before) and the worker has more than HOLD_CLIENTS_PER_THREAD clients a thread, enough to
         keep the CPU busy while some wait for their burst (a Django view at --threads 4: 8
         clients lost 5 % to held responses, 50 gained 27 %; one lost 20 % without this rule)."""
-        running = self._submitted - self._returned - len(self.pool_outbox.held)
+        running = self._running()
         return running >= 2 and len(self.conns) + running > HOLD_CLIENTS_PER_THREAD * self.threads
 
     def _burst_due(self, now: float) -> bool:
@@ -248,10 +248,9 @@ class ThreadHandoff:
         rest must not wait for each other: with 8 clients and 4 threads, bursts of all 8 lost 9 %
         of a Django view's rate to the pause while they sent their next requests), or when its
         oldest waited FLUSH_AFTER_S."""
-        outbox = self.pool_outbox
-        held = len(outbox.held)
-        running = self._submitted - self._returned - held
-        return running <= 0 or len(self.conns) + running <= self.threads or now - outbox.since >= FLUSH_AFTER_S
+        running = self._running()
+        return (running <= 0 or len(self.conns) + running <= self.threads
+                or now - self.pool_outbox.since >= FLUSH_AFTER_S)
 
     def _measure_load(self, now: float) -> None:
         """Once per LOAD_WINDOW_S: was the worker CPU-bound over the last window? (One clock read
